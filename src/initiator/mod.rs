@@ -1,0 +1,1 @@
+//! The project's own iSCSI initiator (tests, CLI, backup client).

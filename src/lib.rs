@@ -1,0 +1,8 @@
+//! gentgt: a user-space iSCSI target that knows what changed.
+
+pub mod backend;
+pub mod config;
+pub mod initiator;
+pub mod proto;
+pub mod scsi;
+pub mod target;

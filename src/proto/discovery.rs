@@ -1,0 +1,1 @@
+//! SendTargets responses for discovery sessions. SKELETON.

@@ -1,0 +1,61 @@
+//! A logical unit: a backend plus geometry and identity. SKELETON.
+
+use crate::backend::Backend;
+use std::sync::Arc;
+
+/// Identity that must never change across restarts (stored beside the data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunIdentity {
+    /// Unit serial number (VPD 80h), printable ASCII, at most 20 bytes.
+    pub serial: String,
+    /// NAA IEEE Registered Extended designator (NAA 6), 16 bytes (VPD 83h).
+    pub naa: [u8; 16],
+}
+
+pub struct LogicalUnit {
+    pub backend: Arc<dyn Backend>,
+    pub block_size: u32,
+    pub identity: LunIdentity,
+    pub read_only: bool,
+}
+
+impl LogicalUnit {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        block_size: u32,
+        identity: LunIdentity,
+        read_only: bool,
+    ) -> LogicalUnit {
+        LogicalUnit {
+            backend,
+            block_size,
+            identity,
+            read_only,
+        }
+    }
+}
+
+/// SAM-5 single-level LUN encoding (peripheral or flat addressing).
+pub fn encode_lun(lun: u64) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if lun < 256 {
+        b[1] = lun as u8;
+    } else {
+        b[0] = 0x40 | ((lun >> 8) as u8 & 0x3f);
+        b[1] = lun as u8;
+    }
+    b
+}
+
+/// Inverse of [`encode_lun`] for single-level LUNs; other forms map to
+/// `u64::MAX` (no such LUN).
+pub fn decode_lun(raw: [u8; 8]) -> u64 {
+    if raw[2..].iter().any(|&b| b != 0) {
+        return u64::MAX;
+    }
+    match raw[0] >> 6 {
+        0 if raw[0] == 0 => raw[1] as u64,
+        1 => (((raw[0] & 0x3f) as u64) << 8) | raw[1] as u64,
+        _ => u64::MAX,
+    }
+}

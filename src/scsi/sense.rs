@@ -1,0 +1,3 @@
+//! SKELETON
+pub struct Sense;
+pub enum SenseReason {}

@@ -1,0 +1,1 @@
+//! The only socket code: accept loop, connections, sessions, registry.
