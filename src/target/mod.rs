@@ -1,1 +1,5 @@
 //! The only socket code: accept loop, connections, sessions, registry.
+
+pub mod registry;
+
+pub use registry::{Registry, TargetEntry};
