@@ -3,3 +3,6 @@
 pub mod registry;
 
 pub use registry::{Registry, TargetEntry};
+pub mod server;
+
+pub use server::Server;
