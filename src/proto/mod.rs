@@ -2,11 +2,14 @@
 //! negotiation, login, CHAP. Events in, actions out; tested in memory.
 
 pub mod chap;
+pub mod cmdsn;
+pub mod dataout;
 pub mod digest;
 pub mod discovery;
 pub mod login;
 pub mod negotiation;
 pub mod pdu;
+pub mod response;
 pub mod text;
 
 pub use pdu::{BHS_LEN, Bhs, Framing, Opcode, Pdu, PduError};

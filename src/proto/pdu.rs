@@ -449,7 +449,7 @@ pub fn encode(pdu: &Pdu, framing: &Framing) -> Vec<u8> {
 /// Like [`encode`], appending to `out` (lets callers batch PDUs in one buffer).
 pub fn encode_into(pdu: &Pdu, framing: &Framing, out: &mut Vec<u8>) {
     let mut bhs = pdu.bhs.clone();
-    debug_assert!(pdu.ahs.len() % 4 == 0 && pdu.ahs.len() <= 255 * 4);
+    debug_assert!(pdu.ahs.len().is_multiple_of(4) && pdu.ahs.len() <= 255 * 4);
     bhs.0[4] = (pdu.ahs.len() / 4) as u8;
     bhs.set_data_segment_len(pdu.data.len() as u32);
     let start = out.len();

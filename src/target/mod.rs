@@ -1,8 +1,15 @@
 //! The only socket code: accept loop, connections, sessions, registry.
 
+mod login;
 pub mod registry;
+pub mod server;
+mod session;
+pub mod shared;
+mod task;
+mod text;
+mod tmf;
+mod wire;
 
 pub use registry::{Registry, TargetEntry};
-pub mod server;
-
 pub use server::Server;
+pub use shared::TargetSettings;

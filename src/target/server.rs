@@ -1,15 +1,22 @@
-//! Accept loop and graceful shutdown. SKELETON — interface fixed.
+//! Accept loop and graceful shutdown.
 
 use super::Registry;
+use super::login::login_phase;
+use super::session;
+use super::shared::{Shared, TargetSettings};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
 
 pub struct Server {
     registry: Arc<Registry>,
     listeners: Vec<TcpListener>,
+    settings: TargetSettings,
 }
 
 impl Server {
@@ -22,7 +29,14 @@ impl Server {
         Ok(Server {
             registry,
             listeners,
+            settings: TargetSettings::default(),
         })
+    }
+
+    /// Replace the transport tunables (tests shorten the timers).
+    pub fn with_settings(mut self, settings: TargetSettings) -> Server {
+        self.settings = settings;
+        self
     }
 
     /// The addresses actually bound.
@@ -40,7 +54,63 @@ impl Server {
     /// Serve until `shutdown` completes, then stop accepting, ask initiators
     /// to log out, finish or abort in-flight commands and flush backends.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let portals = self.local_addrs();
+        let shared = Arc::new(Shared::new(self.registry.clone(), self.settings, portals));
+        let mut accept_tasks = JoinSet::new();
+        for l in self.listeners {
+            accept_tasks.spawn(accept_loop(l, shared.clone()));
+        }
         shutdown.await;
+        info!("shutting down: no new connections; asking initiators to log out");
+        accept_tasks.abort_all();
+        while accept_tasks.join_next().await.is_some() {}
+        shared.shutdown.cancel();
+        let grace = shared.settings.logout_grace + Duration::from_secs(3);
+        let deadline = tokio::time::Instant::now() + grace;
+        while shared.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in shared.registry.targets.values() {
+            if let Err(e) = t.device.flush_all() {
+                warn!(target = %t.name, error = %e, "flush at shutdown failed");
+            }
+        }
+        info!("stopped");
         Ok(())
+    }
+}
+
+/// Connections run detached from the accept loop, so that stopping to
+/// accept at shutdown does not cut sessions that are logging out.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                debug!(%peer, "connection");
+                tokio::spawn(connection(stream, shared.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, go on.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let (mut rd, mut wr) = stream.into_split();
+    let login = tokio::time::timeout(
+        shared.settings.login_timeout,
+        login_phase(&mut rd, &mut wr, &shared),
+    )
+    .await;
+    match login {
+        Ok(Ok(Some(done))) => session::run(shared, rd, wr, done).await,
+        Ok(Ok(None)) => debug!(?peer, "login ended without a session"),
+        Ok(Err(e)) => debug!(?peer, error = %e, "login I/O error"),
+        Err(_) => info!(?peer, "login timed out; connection dropped"),
     }
 }

@@ -1,0 +1,113 @@
+//! The login phase of one connection: feed login PDUs to the protocol
+//! state machine, send its answers, and on success register the session
+//! (TSIH, reinstatement). The whole phase runs under the login timeout.
+
+use super::shared::Shared;
+use super::wire::{self, ReadOutcome};
+use crate::proto::login::{LoginOffer, LoginResult, LoginStep, TargetLogin};
+use crate::proto::pdu::{Framing, Opcode, Pdu};
+use std::io;
+use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// A completed login: what full feature phase starts from.
+pub struct LoggedIn {
+    pub result: LoginResult,
+    pub tsih: u16,
+    pub cancel: CancellationToken,
+}
+
+/// Run the login phase. `Ok(None)` means the login failed and the
+/// connection should close (the failure response has been sent).
+pub async fn login_phase(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    shared: &Shared,
+) -> io::Result<Option<LoggedIn>> {
+    let framing = Framing::default();
+    let mut machine = TargetLogin::new(LoginOffer::default());
+    let mut first = true;
+    loop {
+        let pdu = match wire::read_pdu(rd, &framing).await? {
+            ReadOutcome::Pdu(p) => p,
+            other => {
+                debug!(?other, "login connection ended");
+                return Ok(None);
+            }
+        };
+        if pdu.opcode() != Opcode::LoginRequest {
+            // RFC 7143 §6.1: anything but Login before full feature phase
+            // is a protocol error; there is no session to Reject within.
+            warn!(op = ?pdu.opcode(), "non-login PDU during login");
+            return Ok(None);
+        }
+        if first && pdu.bhs.tsih() != 0 {
+            // Adding a connection to an existing session: we negotiate
+            // MaxConnections=1, so there is nothing to add to.
+            let detail = if shared.session_exists(pdu.bhs.tsih()) {
+                0x06 // too many connections
+            } else {
+                0x0a // session does not exist
+            };
+            wire::write_pdus(wr, &[failure_response(&pdu, 0x02, detail)], &framing).await?;
+            return Ok(None);
+        }
+        first = false;
+        match machine.on_pdu(&pdu, shared.registry.as_ref()) {
+            LoginStep::Respond(resp) => wire::write_pdus(wr, &[resp], &framing).await?,
+            LoginStep::Fail(resp) => {
+                wire::write_pdus(wr, &[resp], &framing).await?;
+                return Ok(None);
+            }
+            LoginStep::Complete(resp, result) => {
+                let done = register(shared, *result).await;
+                let mut resp = *resp;
+                resp.bhs.set_tsih(done.tsih);
+                wire::write_pdus(wr, &[resp], &framing).await?;
+                info!(
+                    initiator = %done.result.initiator_name,
+                    target = ?done.result.target_name,
+                    tsih = done.tsih,
+                    "login complete"
+                );
+                return Ok(Some(done));
+            }
+        }
+    }
+}
+
+/// Give the session a TSIH; if it reinstates an older session of the same
+/// initiator port, wait (briefly) for that one to wind down first.
+async fn register(shared: &Shared, result: LoginResult) -> LoggedIn {
+    let (tsih, cancel, old) = shared.add_session(
+        &result.initiator_name,
+        result.isid,
+        result.target_name.as_deref(),
+    );
+    for _ in 0..100 {
+        if !old.iter().any(|t| shared.session_exists(*t)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    LoggedIn {
+        result,
+        tsih,
+        cancel,
+    }
+}
+
+/// A bare login response carrying a failure status.
+fn failure_response(req: &Pdu, class: u8, detail: u8) -> Pdu {
+    let mut p = Pdu::new(Opcode::LoginResponse);
+    p.bhs.set_isid(req.bhs.isid());
+    p.bhs.set_tsih(req.bhs.tsih());
+    p.bhs.set_itt(req.bhs.itt());
+    p.bhs.set_exp_cmd_sn(req.bhs.cmd_sn());
+    p.bhs.set_max_cmd_sn(req.bhs.cmd_sn());
+    p.bhs.0[36] = class;
+    p.bhs.0[37] = detail;
+    p
+}

@@ -1,0 +1,400 @@
+//! Full feature phase of one session (one connection: MaxConnections=1).
+//!
+//! A reader task turns the socket into a stream of PDUs; this task owns all
+//! session state and the write half, and selects over incoming PDUs,
+//! completed commands, timers and cancellation. Commands run on the
+//! blocking pool and report back through a channel, so a slow disk never
+//! stops the session from reading (task management, pings and Data-Out
+//! keep flowing).
+
+use super::login::LoggedIn;
+use super::shared::Shared;
+use super::task::Task;
+use super::tmf::PendingTmf;
+use super::wire::{self, ReadOutcome};
+use crate::proto::cmdsn::{Admit, CmdWindow};
+use crate::proto::dataout::NO_TTT;
+use crate::proto::login::SessionType;
+use crate::proto::negotiation::SessionParams;
+use crate::proto::pdu::{Bhs, Framing, Opcode, Pdu};
+use crate::proto::response::{self, SeqNums, reject};
+use crate::scsi::{DeviceServer, Nexus, ScsiResult};
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
+
+/// A command whose turn in CmdSN order has come.
+#[derive(Debug)]
+pub(super) enum Delivery {
+    /// A SCSI command registered in the task table under this ITT.
+    Scsi(u32),
+    Nop(Pdu),
+    Tmf(Pdu),
+    Text(Pdu),
+    Logout(Pdu),
+    /// A rejected command: its CmdSN is used up, nothing else happens.
+    Skip,
+}
+
+/// A finished SCSI command, from the blocking pool.
+pub(super) struct Done {
+    pub itt: u32,
+    pub result: ScsiResult,
+}
+
+pub(super) struct Session {
+    pub shared: Arc<Shared>,
+    wr: OwnedWriteHalf,
+    framing_out: Framing,
+    pub params: SessionParams,
+    pub kind: SessionType,
+    pub target_name: Option<String>,
+    pub device: Option<Arc<DeviceServer>>,
+    pub nexus: Arc<Nexus>,
+    pub cid: u16,
+    stat_sn: u32,
+    pub window: CmdWindow<Delivery>,
+    pub tasks: HashMap<u32, Task>,
+    pub ttt_next: u32,
+    pub done_tx: mpsc::UnboundedSender<Done>,
+    pub pending_tmfs: Vec<PendingTmf>,
+    /// Our outstanding keep-alive ping: its TTT and answer deadline.
+    nop: Option<(u32, Instant)>,
+    last_rx: Instant,
+    /// A Logout waiting for executing commands to finish.
+    logout: Option<Pdu>,
+    /// Set once the session should end after the current event.
+    pub finished: bool,
+    /// Shutdown: the deadline for the initiator to log out.
+    closing: Option<Instant>,
+    pub text: super::text::TextState,
+}
+
+impl Session {
+    fn new(
+        shared: Arc<Shared>,
+        wr: OwnedWriteHalf,
+        done: &LoggedIn,
+        done_tx: mpsc::UnboundedSender<Done>,
+    ) -> Session {
+        let r = &done.result;
+        let params = r.params.clone();
+        let device = r
+            .target_name
+            .as_deref()
+            .and_then(|t| shared.registry.target(t))
+            .map(|t| t.device.clone());
+        let nexus = Arc::new(Nexus {
+            id: shared.nexus_id(),
+            initiator_port: format!("{},i,0x{}", r.initiator_name, hex::encode(r.isid)),
+            initiator_name: r.initiator_name.clone(),
+            relative_port: r.portal_group_tag.max(1),
+        });
+        let window = CmdWindow::new(r.exp_cmd_sn, shared.settings.cmd_window);
+        Session {
+            framing_out: Framing {
+                header_digest: params.header_digest,
+                data_digest: params.data_digest,
+                max_data_segment: params.initiator_max_recv_dsl,
+            },
+            params,
+            kind: r.session_type,
+            target_name: r.target_name.clone(),
+            device,
+            nexus,
+            cid: r.cid,
+            stat_sn: r.next_stat_sn,
+            window,
+            tasks: HashMap::new(),
+            ttt_next: 1,
+            done_tx,
+            pending_tmfs: Vec::new(),
+            nop: None,
+            last_rx: Instant::now(),
+            logout: None,
+            finished: false,
+            closing: None,
+            text: Default::default(),
+            shared,
+            wr,
+        }
+    }
+
+    /// A fresh target transfer tag (never the reserved 0xffffffff).
+    pub fn next_ttt(&mut self) -> u32 {
+        let t = self.ttt_next;
+        self.ttt_next = self.ttt_next.wrapping_add(1);
+        if self.ttt_next == NO_TTT {
+            self.ttt_next = 1;
+        }
+        t
+    }
+
+    /// Stamp sequence numbers and send. PDUs that carry status advance
+    /// StatSN; the rest carry the next StatSN without using it.
+    pub async fn send(&mut self, mut pdus: Vec<Pdu>) -> io::Result<()> {
+        for p in &mut pdus {
+            let seq = SeqNums {
+                stat_sn: self.stat_sn,
+                exp_cmd_sn: self.window.exp_cmd_sn(),
+                max_cmd_sn: self.window.max_cmd_sn(),
+            };
+            response::stamp(p, seq);
+            if response::carries_status(p) {
+                self.stat_sn = self.stat_sn.wrapping_add(1);
+            }
+        }
+        wire::write_pdus(&mut self.wr, &pdus, &self.framing_out).await
+    }
+
+    pub async fn reject(&mut self, reason: u8, bhs: &Bhs) -> io::Result<()> {
+        debug!(reason, op = ?bhs.opcode(), "reject");
+        self.send(vec![response::reject(reason, &bhs.0)]).await
+    }
+
+    /// Admit a non-immediate command to the CmdSN window (or deliver an
+    /// immediate one at once) and deliver whatever became deliverable.
+    pub async fn admit(&mut self, bhs: &Bhs, d: Delivery) -> io::Result<()> {
+        if bhs.immediate() {
+            return self.deliver(d, true).await;
+        }
+        match self.window.admit(bhs.cmd_sn(), d) {
+            Admit::Deliver(list) => {
+                for d in list {
+                    self.deliver(d, false).await?;
+                }
+                Ok(())
+            }
+            Admit::Held => Ok(()),
+            Admit::Dropped => {
+                debug!(cmd_sn = bhs.cmd_sn(), "CmdSN outside window: ignored");
+                Ok(())
+            }
+        }
+    }
+
+    async fn deliver(&mut self, d: Delivery, immediate: bool) -> io::Result<()> {
+        match d {
+            Delivery::Scsi(itt) => return self.deliver_scsi(itt).await,
+            Delivery::Nop(p) => self.answer_ping(p).await?,
+            Delivery::Tmf(p) => self.on_tmf(p).await?,
+            Delivery::Text(p) => self.on_text(p).await?,
+            Delivery::Logout(p) => {
+                self.logout = Some(p);
+                self.try_logout().await?;
+            }
+            Delivery::Skip => {}
+        }
+        // Non-SCSI commands complete as soon as they are handled.
+        if !immediate {
+            self.window.complete();
+        }
+        Ok(())
+    }
+
+    async fn on_pdu(&mut self, pdu: Pdu) -> io::Result<()> {
+        self.last_rx = Instant::now();
+        let bhs = pdu.bhs.clone();
+        match pdu.opcode() {
+            Opcode::ScsiCommand => self.on_scsi_command(pdu).await,
+            Opcode::DataOut => self.on_data_out(pdu).await,
+            Opcode::NopOut => self.on_nop_out(pdu).await,
+            Opcode::TaskMgmtRequest => self.admit(&bhs, Delivery::Tmf(pdu)).await,
+            Opcode::TextRequest => self.admit(&bhs, Delivery::Text(pdu)).await,
+            Opcode::LogoutRequest => self.admit(&bhs, Delivery::Logout(pdu)).await,
+            Opcode::Snack => self.reject(reject::SNACK_REJECT, &bhs).await,
+            Opcode::LoginRequest => self.reject(reject::PROTOCOL_ERROR, &bhs).await,
+            _ => self.reject(reject::COMMAND_NOT_SUPPORTED, &bhs).await,
+        }
+    }
+
+    async fn on_nop_out(&mut self, pdu: Pdu) -> io::Result<()> {
+        if pdu.bhs.itt() == NO_TTT {
+            // The answer to our keep-alive (or a ping wanting no answer).
+            if self.nop.is_some_and(|(ttt, _)| ttt == pdu.bhs.ttt()) {
+                self.nop = None;
+            }
+            return Ok(());
+        }
+        let bhs = pdu.bhs.clone();
+        self.admit(&bhs, Delivery::Nop(pdu)).await
+    }
+
+    async fn answer_ping(&mut self, pdu: Pdu) -> io::Result<()> {
+        let mut data = pdu.data;
+        data.truncate(self.params.initiator_max_recv_dsl as usize);
+        let reply = response::nop_in(pdu.bhs.itt(), NO_TTT, pdu.bhs.lun(), data);
+        self.send(vec![reply]).await
+    }
+
+    /// Answer a Logout once no command is executing (their responses go
+    /// out first), then end the session.
+    pub async fn try_logout(&mut self) -> io::Result<()> {
+        let Some(req) = &self.logout else {
+            return Ok(());
+        };
+        if self.tasks.values().any(|t| t.executing) {
+            return Ok(());
+        }
+        let reason = req.bhs.flags() & 0x7f;
+        let code = match reason {
+            0 => 0,
+            1 if req.bhs.cid() == self.cid => 0,
+            1 => 1, // CID not found
+            _ => 2, // connection recovery is not supported (ERL 0)
+        };
+        let resp = response::logout_response(req.bhs.itt(), code);
+        self.logout = None;
+        self.send(vec![resp]).await?;
+        if code == 0 {
+            self.finished = true;
+        }
+        Ok(())
+    }
+
+    async fn on_timer(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        if let Some(deadline) = self.closing
+            && now >= deadline
+        {
+            info!(tsih = ?self.target_name, "initiator did not log out in time; closing");
+            self.finished = true;
+            return Ok(());
+        }
+        if let Some((_, deadline)) = self.nop {
+            if now >= deadline {
+                warn!(initiator = %self.nexus.initiator_name, "no answer to NOP-In; dropping connection");
+                self.finished = true;
+            }
+            return Ok(());
+        }
+        if now >= self.last_rx + self.shared.settings.nop_interval {
+            let ttt = self.next_ttt();
+            self.nop = Some((ttt, now + self.shared.settings.nop_timeout));
+            self.send(vec![response::nop_in(NO_TTT, ttt, 0, Vec::new())])
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut t = match self.nop {
+            Some((_, d)) => d,
+            None => self.last_rx + self.shared.settings.nop_interval,
+        };
+        if let Some(c) = self.closing {
+            t = t.min(c);
+        }
+        t
+    }
+
+    /// Shutdown or reinstatement asked us to end.
+    async fn on_cancel(&mut self) -> io::Result<()> {
+        if self.shared.shutdown.is_cancelled() && self.closing.is_none() {
+            let grace = self.shared.settings.logout_grace;
+            self.closing = Some(Instant::now() + grace);
+            let secs = grace.as_secs().max(1) as u16;
+            self.send(vec![response::async_logout_request(secs)]).await
+        } else if !self.shared.shutdown.is_cancelled() {
+            info!(initiator = %self.nexus.initiator_port, "session reinstated; closing the old one");
+            self.finished = true;
+            Ok(())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Wait for commands still on the blocking pool, dropping their results:
+    /// the connection is gone, but the device must not see a nexus vanish
+    /// while it still executes that nexus's commands.
+    async fn drain(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+        while self.tasks.values().any(|t| t.executing) {
+            match done_rx.recv().await {
+                Some(d) => {
+                    self.tasks.remove(&d.itt);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Run full feature phase until logout, error or cancellation.
+pub async fn run(shared: Arc<Shared>, mut rd: OwnedReadHalf, wr: OwnedWriteHalf, done: LoggedIn) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut s = Session::new(shared.clone(), wr, &done, done_tx);
+    let framing_in = Framing {
+        header_digest: s.params.header_digest,
+        data_digest: s.params.data_digest,
+        max_data_segment: s.params.target_max_recv_dsl,
+    };
+    let (pdu_tx, mut pdu_rx) = mpsc::channel::<ReadOutcome>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = match wire::read_pdu(&mut rd, &framing_in).await {
+                Ok(r) => r,
+                Err(_) => ReadOutcome::Closed,
+            };
+            let stop = !matches!(r, ReadOutcome::Pdu(_) | ReadOutcome::DataDigest(_));
+            if pdu_tx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    if let (Some(dev), SessionType::Normal) = (&s.device, s.kind) {
+        dev.nexus_added(&s.nexus);
+    }
+    let cancel = done.cancel.clone();
+    let result = session_loop(&mut s, &mut pdu_rx, &mut done_rx, &cancel).await;
+    if let Err(e) = result {
+        debug!(error = %e, "session ended by I/O error");
+    }
+    reader.abort();
+    s.drain(&mut done_rx).await;
+    if let (Some(dev), SessionType::Normal) = (&s.device, s.kind) {
+        dev.nexus_removed(&s.nexus);
+    }
+    shared.remove_session(done.tsih);
+    info!(initiator = %s.nexus.initiator_port, tsih = done.tsih, "session closed");
+}
+
+async fn session_loop(
+    s: &mut Session,
+    pdu_rx: &mut mpsc::Receiver<ReadOutcome>,
+    done_rx: &mut mpsc::UnboundedReceiver<Done>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> io::Result<()> {
+    let mut cancel_seen = false;
+    while !s.finished {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if !cancel_seen => {
+                cancel_seen = true;
+                s.on_cancel().await?;
+            }
+            Some(d) = done_rx.recv() => s.on_done(d).await?,
+            ev = pdu_rx.recv() => match ev {
+                Some(ReadOutcome::Pdu(p)) => s.on_pdu(p).await?,
+                Some(ReadOutcome::DataDigest(bhs)) => s.on_data_digest_error(&bhs).await?,
+                Some(ReadOutcome::Fatal(bhs, e)) => {
+                    warn!(error = %e, "framing lost; closing connection");
+                    let reason = match e {
+                        crate::proto::PduError::HeaderDigest => None,
+                        _ => Some(reject::PROTOCOL_ERROR),
+                    };
+                    if let Some(r) = reason {
+                        let _ = s.reject(r, &bhs).await;
+                    }
+                    return Ok(());
+                }
+                Some(ReadOutcome::Closed) | None => return Ok(()),
+            },
+            _ = sleep_until(s.next_deadline()) => s.on_timer().await?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! SCSI commands in a session: registration on arrival (so Data-Out can
+//! flow even while the command waits for its CmdSN turn), data collection
+//! through R2Ts, execution on the blocking pool, and the response: Data-In
+//! with status collapsed into the last PDU when the command succeeded, or a
+//! SCSI Response with sense.
+
+use super::session::{Delivery, Done, Session};
+use crate::proto::dataout::{WriteLimits, WriteTransfer};
+use crate::proto::pdu::Pdu;
+use crate::proto::response::{self, DataInPlan, Residual, reject};
+use crate::scsi::{ScsiCommand, ScsiResult, SenseReason, status};
+use std::io;
+use tracing::debug;
+
+pub(super) struct Task {
+    pub lun_raw: [u8; 8],
+    pub lun: u64,
+    pub cdb: Vec<u8>,
+    pub edtl: u32,
+    pub read: bool,
+    pub immediate: bool,
+    pub transfer: Option<WriteTransfer>,
+    pub delivered: bool,
+    pub executing: bool,
+    /// Aborted by task management: finish silently.
+    pub aborted: bool,
+    /// Failed before execution (bad Data-Out): answer with this instead.
+    pub failure: Option<ScsiResult>,
+    /// R2Ts sent, for ExpDataSN in the response.
+    pub r2t_count: u32,
+}
+
+impl Session {
+    pub(super) async fn on_scsi_command(&mut self, pdu: Pdu) -> io::Result<()> {
+        let bhs = pdu.bhs.clone();
+        if self.device.is_none() {
+            // Discovery sessions carry no SCSI traffic (RFC 7143 §6.3).
+            return self.reject(reject::PROTOCOL_ERROR, &bhs).await;
+        }
+        let itt = bhs.itt();
+        if self.tasks.contains_key(&itt) {
+            return self.reject(reject::TASK_IN_PROGRESS, &bhs).await;
+        }
+        let flags = bhs.flags();
+        let (read, write, fin) = (flags & 0x40 != 0, flags & 0x20 != 0, flags & 0x80 != 0);
+        let edtl = bhs.expected_data_len();
+        let imm = &pdu.data;
+        let bad_immediate = !imm.is_empty()
+            && (!write
+                || !self.params.immediate_data
+                || imm.len() as u32 > self.params.first_burst_length
+                || imm.len() as u32 > edtl);
+        if bad_immediate {
+            self.reject(reject::PROTOCOL_ERROR, &bhs).await?;
+            return self.admit(&bhs, Delivery::Skip).await;
+        }
+        let mut task = Task {
+            lun_raw: bhs.0[8..16].try_into().unwrap(),
+            lun: crate::scsi::lun::decode_lun(bhs.0[8..16].try_into().unwrap()),
+            cdb: pdu.full_cdb(),
+            edtl,
+            read,
+            immediate: bhs.immediate(),
+            transfer: None,
+            delivered: false,
+            executing: false,
+            aborted: false,
+            failure: None,
+            r2t_count: 0,
+        };
+        let mut r2ts = Vec::new();
+        if write && edtl > self.shared.settings.max_transfer {
+            task.failure = Some(failed(SenseReason::InvalidFieldInCdb, edtl));
+        } else if write && edtl > 0 {
+            let limits = WriteLimits {
+                initial_r2t: self.params.initial_r2t,
+                first_burst: self.params.first_burst_length,
+                max_burst: self.params.max_burst_length,
+                max_outstanding_r2t: self.params.max_outstanding_r2t,
+            };
+            let mut ttt = || self.ttt_next_raw();
+            match WriteTransfer::new(edtl, imm, fin, limits, &mut ttt) {
+                Ok((t, first)) => {
+                    task.transfer = Some(t);
+                    r2ts = first;
+                }
+                Err(_) => {
+                    self.reject(reject::PROTOCOL_ERROR, &bhs).await?;
+                    return self.admit(&bhs, Delivery::Skip).await;
+                }
+            }
+        }
+        task.r2t_count = r2ts.len() as u32;
+        let lun_raw = task.lun_raw;
+        self.tasks.insert(itt, task);
+        if !r2ts.is_empty() {
+            let pdus = r2ts
+                .iter()
+                .map(|r| response::r2t(itt, lun_raw, r))
+                .collect();
+            self.send(pdus).await?;
+        }
+        self.admit(&bhs, Delivery::Scsi(itt)).await
+    }
+
+    /// Tags handed to R2Ts; kept distinct from keep-alive TTTs by sharing
+    /// one counter.
+    fn ttt_next_raw(&mut self) -> u32 {
+        self.next_ttt()
+    }
+
+    pub(super) async fn on_data_out(&mut self, pdu: Pdu) -> io::Result<()> {
+        let itt = pdu.bhs.itt();
+        let Some(task) = self.tasks.get(&itt) else {
+            // Data for a task that ended (failed, aborted): drop it.
+            debug!(itt, "Data-Out for unknown task ignored");
+            return Ok(());
+        };
+        if task.transfer.is_none() {
+            return self.reject(reject::PROTOCOL_ERROR, &pdu.bhs).await;
+        }
+        let mut transfer = self.tasks.get_mut(&itt).unwrap().transfer.take().unwrap();
+        let mut ttt = || self.ttt_next_raw();
+        let outcome = transfer.on_data_out(&pdu.bhs, &pdu.data, &mut ttt);
+        let task = self.tasks.get_mut(&itt).unwrap();
+        let lun_raw = task.lun_raw;
+        match outcome {
+            Ok(r2ts) => {
+                let complete = transfer.is_complete();
+                task.transfer = Some(transfer);
+                task.r2t_count += r2ts.len() as u32;
+                if !r2ts.is_empty() {
+                    let pdus = r2ts
+                        .iter()
+                        .map(|r| response::r2t(itt, lun_raw, r))
+                        .collect();
+                    self.send(pdus).await?;
+                }
+                if complete {
+                    self.maybe_execute(itt);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                debug!(itt, error = %e, "bad Data-Out; failing the task");
+                task.failure = Some(failed(SenseReason::DataPhaseError, task.edtl));
+                self.reject(reject::PROTOCOL_ERROR, &pdu.bhs).await?;
+                self.maybe_execute(itt);
+                Ok(())
+            }
+        }
+    }
+
+    /// A data digest error: the PDU is lost. For a Data-Out the task can
+    /// no longer complete correctly at ERL 0, so it fails.
+    pub(super) async fn on_data_digest_error(&mut self, bhs: &crate::proto::Bhs) -> io::Result<()> {
+        self.reject(reject::DATA_DIGEST, bhs).await?;
+        match bhs.opcode() {
+            crate::proto::Opcode::DataOut => {
+                let itt = bhs.itt();
+                if let Some(t) = self.tasks.get_mut(&itt) {
+                    t.failure = Some(failed(SenseReason::DataPhaseError, t.edtl));
+                    t.transfer = None;
+                    self.maybe_execute(itt);
+                }
+                Ok(())
+            }
+            crate::proto::Opcode::ScsiCommand => self.admit(bhs, Delivery::Skip).await,
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) async fn deliver_scsi(&mut self, itt: u32) -> io::Result<()> {
+        match self.tasks.get_mut(&itt) {
+            Some(t) if !t.delivered => t.delivered = true,
+            // Aborted while waiting for its turn: its slot is free again.
+            _ => {
+                self.window.complete();
+                return Ok(());
+            }
+        }
+        self.maybe_execute(itt);
+        Ok(())
+    }
+
+    /// Start the command if it is its turn and all its data is here.
+    pub(super) fn maybe_execute(&mut self, itt: u32) {
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        if !task.delivered || task.executing {
+            return;
+        }
+        if let Some(result) = task.failure.take() {
+            task.executing = true;
+            let _ = self.done_tx.send(Done { itt, result });
+            return;
+        }
+        if task.transfer.as_ref().is_some_and(|t| !t.is_complete()) {
+            return;
+        }
+        task.executing = true;
+        let data_out = task
+            .transfer
+            .take()
+            .map(|t| t.into_buffer())
+            .unwrap_or_default();
+        let (lun, cdb, edtl) = (task.lun, task.cdb.clone(), task.edtl);
+        let device = self.device.clone().expect("SCSI task in a normal session");
+        let nexus = self.nexus.clone();
+        let tx = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let cmd = ScsiCommand {
+                lun,
+                cdb: &cdb,
+                data_out: &data_out,
+                expected_len: edtl,
+                nexus: &nexus,
+            };
+            let result = device.execute(&cmd);
+            let _ = tx.send(Done { itt, result });
+        });
+    }
+
+    pub(super) async fn on_done(&mut self, done: Done) -> io::Result<()> {
+        let Some(task) = self.tasks.remove(&done.itt) else {
+            return Ok(());
+        };
+        if !task.immediate {
+            self.window.complete();
+        }
+        if task.aborted {
+            self.task_gone(done.itt).await?;
+            return self.try_logout().await;
+        }
+        let pdus = build_response(done.itt, &task, done.result, &self.params);
+        self.send(pdus).await?;
+        self.try_logout().await
+    }
+}
+
+/// A result for a command that failed in the transport.
+fn failed(reason: SenseReason, transfer_len: u32) -> ScsiResult {
+    ScsiResult {
+        status: status::CHECK_CONDITION,
+        sense: Some(reason.fixed_sense()),
+        data_in: Vec::new(),
+        transfer_len,
+    }
+}
+
+/// Data-In (status collapsed into the last PDU when there is no sense) or
+/// a SCSI Response, with residuals against the initiator's EDTL.
+fn build_response(
+    itt: u32,
+    task: &Task,
+    result: ScsiResult,
+    params: &crate::proto::negotiation::SessionParams,
+) -> Vec<Pdu> {
+    let residual = Residual::compute(task.edtl, result.transfer_len);
+    let mut data = result.data_in;
+    data.truncate(task.edtl as usize);
+    if !task.read || data.is_empty() {
+        return vec![response::scsi_response(
+            itt,
+            result.status,
+            result.sense.as_deref(),
+            residual,
+            task.r2t_count,
+        )];
+    }
+    let collapse = result.sense.is_none() && result.status == status::GOOD;
+    let plan = DataInPlan {
+        itt,
+        lun: task.lun_raw,
+        max_segment: params.initiator_max_recv_dsl,
+        max_burst: params.max_burst_length,
+        status: collapse.then_some((result.status, residual)),
+    };
+    let mut pdus = response::data_in_pdus(&data, &plan);
+    if !collapse {
+        let n = pdus.len() as u32;
+        pdus.push(response::scsi_response(
+            itt,
+            result.status,
+            result.sense.as_deref(),
+            residual,
+            n,
+        ));
+    }
+    pdus
+}
