@@ -101,6 +101,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
+    let local = stream.local_addr().ok();
     let (mut rd, mut wr) = stream.into_split();
     let login = tokio::time::timeout(
         shared.settings.login_timeout,
@@ -108,7 +109,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     )
     .await;
     match login {
-        Ok(Ok(Some(done))) => session::run(shared, rd, wr, done).await,
+        Ok(Ok(Some(done))) => session::run(shared, rd, wr, done, local).await,
         Ok(Ok(None)) => debug!(?peer, "login ended without a session"),
         Ok(Err(e)) => debug!(?peer, error = %e, "login I/O error"),
         Err(_) => info!(?peer, "login timed out; connection dropped"),

@@ -21,6 +21,7 @@ use crate::proto::response::{self, SeqNums, reject};
 use crate::scsi::{DeviceServer, Nexus, ScsiResult};
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -72,6 +73,8 @@ pub(super) struct Session {
     /// Shutdown: the deadline for the initiator to log out.
     closing: Option<Instant>,
     pub text: super::text::TextState,
+    /// The portal this connection came in on (what SendTargets advertises).
+    pub local_addr: Option<SocketAddr>,
 }
 
 impl Session {
@@ -119,6 +122,7 @@ impl Session {
             finished: false,
             closing: None,
             text: Default::default(),
+            local_addr: None,
             shared,
             wr,
         }
@@ -324,9 +328,16 @@ impl Session {
 }
 
 /// Run full feature phase until logout, error or cancellation.
-pub async fn run(shared: Arc<Shared>, mut rd: OwnedReadHalf, wr: OwnedWriteHalf, done: LoggedIn) {
+pub async fn run(
+    shared: Arc<Shared>,
+    mut rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    done: LoggedIn,
+    local: Option<SocketAddr>,
+) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut s = Session::new(shared.clone(), wr, &done, done_tx);
+    s.local_addr = local;
     let framing_in = Framing {
         header_digest: s.params.header_digest,
         data_digest: s.params.data_digest,

@@ -10,6 +10,7 @@ use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, reject};
 use crate::proto::text::{MAX_TEXT_BYTES, TextPairs};
 use std::io;
+use std::net::SocketAddr;
 
 /// Continuation of a long text exchange.
 #[derive(Default)]
@@ -71,12 +72,13 @@ impl Session {
     /// session, only its own in a normal one (RFC 7143 §13.2 / Appendix C).
     fn visible_targets(&self, request: &str) -> Vec<(String, Vec<String>)> {
         let tpgt = self.shared.registry.portal_group_tag.max(1);
-        let addrs: Vec<String> = self
-            .shared
-            .portals
-            .iter()
-            .map(|a| format!("{a},{tpgt}"))
-            .collect();
+        // Advertise the address this connection reached us on; a portal bound
+        // to 0.0.0.0 must not be announced as such.
+        let portals: Vec<SocketAddr> = match self.local_addr {
+            Some(a) => vec![a],
+            None => self.shared.portals.clone(),
+        };
+        let addrs: Vec<String> = portals.iter().map(|a| format!("{a},{tpgt}")).collect();
         let all = self.shared.registry.targets.keys();
         match self.kind {
             SessionType::Discovery if request == "All" => {
