@@ -1,0 +1,176 @@
+//! A real target for integration tests: started in-process on
+//! 127.0.0.1:0 on its own runtime thread, with real backends, so tests can
+//! point real clients (libiscsi's tools, qemu-img, our initiator) at it.
+#![allow(dead_code)]
+
+use gentgt::backend::{Backend, FileBackend, MemoryBackend};
+use gentgt::proto::login::ChapSecrets;
+use gentgt::scsi::{DeviceServer, LogicalUnit, LunIdentity};
+use gentgt::target::{Registry, Server, TargetEntry, TargetSettings};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
+
+pub const TARGET: &str = "iqn.2026-11.dev.gentgt:test";
+pub const INITIATOR: &str = "iqn.2026-11.dev.gentgt:test-initiator";
+
+/// How to build one test LUN.
+pub enum LunSpec<'a> {
+    Memory { size: u64, block_size: u32 },
+    File { path: &'a Path, size: u64, block_size: u32 },
+}
+
+#[derive(Default, Clone)]
+pub struct TargetOptions {
+    pub chap: Option<ChapSecrets>,
+    pub discovery_chap: Option<ChapSecrets>,
+    pub allowed: Option<Vec<String>>,
+    pub read_only: bool,
+    pub settings: Option<TargetSettings>,
+}
+
+pub struct TestTarget {
+    pub addr: SocketAddr,
+    pub name: String,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn identity(n: u8) -> LunIdentity {
+    let mut naa = [0u8; 16];
+    naa[0] = 0x60;
+    naa[15] = n;
+    LunIdentity {
+        serial: format!("TESTSERIAL{n:04}"),
+        naa,
+    }
+}
+
+impl TestTarget {
+    pub fn memory(size: u64) -> TestTarget {
+        Self::start(&[LunSpec::Memory { size, block_size: 512 }], TargetOptions::default())
+    }
+
+    pub fn start(luns: &[LunSpec], opts: TargetOptions) -> TestTarget {
+        let mut list = Vec::new();
+        for (i, spec) in luns.iter().enumerate() {
+            let (backend, bs): (Arc<dyn Backend>, u32) = match spec {
+                LunSpec::Memory { size, block_size } => {
+                    (Arc::new(MemoryBackend::new(*size)), *block_size)
+                }
+                LunSpec::File { path, size, block_size } => (
+                    Arc::new(FileBackend::open(path, *size, true, opts.read_only).unwrap()),
+                    *block_size,
+                ),
+            };
+            let lu = LogicalUnit::new(backend, bs, identity(i as u8), opts.read_only);
+            list.push((i as u64, Arc::new(lu)));
+        }
+        let mut registry = Registry {
+            discovery_chap: opts.discovery_chap.clone(),
+            portal_group_tag: 1,
+            ..Default::default()
+        };
+        registry.targets.insert(
+            TARGET.to_string(),
+            TargetEntry {
+                name: TARGET.to_string(),
+                alias: Some("test".into()),
+                allowed_initiators: opts.allowed.clone(),
+                chap: opts.chap.clone(),
+                device: Arc::new(DeviceServer::new(TARGET, list)),
+            },
+        );
+        let registry = Arc::new(registry);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let settings = opts.settings.clone().unwrap_or_default();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let server = Server::bind(registry, &["127.0.0.1:0".parse().unwrap()])
+                    .await
+                    .unwrap()
+                    .with_settings(settings);
+                addr_tx.send(server.local_addrs()[0]).unwrap();
+                server
+                    .run(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        TestTarget {
+            addr,
+            name: TARGET.to_string(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// iscsi://127.0.0.1:PORT/TARGET/LUN
+    pub fn url(&self, lun: u32) -> String {
+        format!("iscsi://{}/{}/{}", self.addr, self.name, lun)
+    }
+
+    pub fn portal_url(&self) -> String {
+        format!("iscsi://{}", self.addr)
+    }
+
+    /// Stop the target and wait for it (graceful shutdown path).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestTarget {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Whether a client program is installed; tests that need it fail loudly
+/// rather than skip, because CI installs it.
+pub fn require_tool(name: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "{name} is not installed (CI installs it: see .ci/run)");
+}
+
+/// Run a command with a timeout, returning (success, stdout, stderr).
+pub fn run(cmd: &mut Command, secs: u64) -> (bool, String, String) {
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .expect("spawn");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
