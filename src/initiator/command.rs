@@ -128,7 +128,11 @@ impl Session {
         let out = data_out.unwrap_or(&[]);
         let total = u32::try_from(out.len())
             .map_err(|_| InitiatorError::Protocol("write larger than 4 GiB".into()))?;
-        let edtl = if data_out.is_some() { total } else { expected_in };
+        let edtl = if data_out.is_some() {
+            total
+        } else {
+            expected_in
+        };
         let mut pdu = command_pdu(lun, cdb, edtl, expected_in > 0, data_out.is_some());
         let p = self.params();
         let mrdsl = p.target_max_recv_dsl;

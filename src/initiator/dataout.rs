@@ -124,7 +124,9 @@ mod tests {
     fn r2t_sequences_restart_datasn() {
         let s = plan_r2t(65536, 20000, 100_000, 8192).unwrap();
         assert_eq!(
-            s.iter().map(|x| (x.offset, x.len, x.data_sn)).collect::<Vec<_>>(),
+            s.iter()
+                .map(|x| (x.offset, x.len, x.data_sn))
+                .collect::<Vec<_>>(),
             vec![(65536, 8192, 0), (73728, 8192, 1), (81920, 3616, 2)]
         );
         assert!(s[2].final_bit && !s[0].final_bit);

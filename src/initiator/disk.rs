@@ -38,7 +38,13 @@ impl Session {
     }
 
     /// READ (16) of `blocks` blocks of `block_size` bytes.
-    pub async fn read16(&self, lun: u64, lba: u64, blocks: u32, block_size: u32) -> Result<Vec<u8>> {
+    pub async fn read16(
+        &self,
+        lun: u64,
+        lba: u64,
+        blocks: u32,
+        block_size: u32,
+    ) -> Result<Vec<u8>> {
         let len = blocks
             .checked_mul(block_size)
             .ok_or_else(|| InitiatorError::Protocol("read too large".into()))?;
@@ -54,8 +60,15 @@ impl Session {
     }
 
     /// WRITE (16); `data` must be whole blocks of `block_size`.
-    pub async fn write16(&self, lun: u64, lba: u64, data: &[u8], block_size: u32, fua: bool) -> Result<()> {
-        if block_size == 0 || data.len() % block_size as usize != 0 {
+    pub async fn write16(
+        &self,
+        lun: u64,
+        lba: u64,
+        data: &[u8],
+        block_size: u32,
+        fua: bool,
+    ) -> Result<()> {
+        if block_size == 0 || !data.len().is_multiple_of(block_size as usize) {
             return Err(InitiatorError::Protocol("write is not whole blocks".into()));
         }
         let blocks = u32::try_from(data.len() / block_size as usize)

@@ -244,7 +244,12 @@ impl LoginDriver {
             self.our_challenge = Some((our_id, our_c.to_vec()));
         }
         self.phase = Phase::ChapResponse;
-        Ok(LoginNext::Send(self.request(SECURITY, OPERATIONAL, true, &out)))
+        Ok(LoginNext::Send(self.request(
+            SECURITY,
+            OPERATIONAL,
+            true,
+            &out,
+        )))
     }
 
     fn on_chap_response(&mut self, t: &TextPairs, transit: bool, nsg: u8) -> Result<LoginNext> {

@@ -67,7 +67,9 @@ impl Session {
         let r = task.next().await?;
         expect(&r, Opcode::NopIn)?;
         if r.data != payload {
-            return Err(InitiatorError::Protocol("NOP-In did not echo the ping data".into()));
+            return Err(InitiatorError::Protocol(
+                "NOP-In did not echo the ping data".into(),
+            ));
         }
         Ok(())
     }
@@ -144,9 +146,7 @@ impl Session {
         self.shared.shutdown_writer().await;
         match r.bhs.0[2] {
             0 => Ok(()),
-            code => Err(InitiatorError::Protocol(format!(
-                "logout response {code}"
-            ))),
+            code => Err(InitiatorError::Protocol(format!("logout response {code}"))),
         }
     }
 }

@@ -57,7 +57,10 @@ pub(crate) fn offers(opts: &ConnectOptions) -> TextPairs {
         p.push("ImmediateData", yes_no(opts.immediate_data));
         p.push("InitialR2T", yes_no(opts.initial_r2t));
         p.push("MaxBurstLength", opts.max_burst.to_string());
-        p.push("FirstBurstLength", opts.first_burst.min(opts.max_burst).to_string());
+        p.push(
+            "FirstBurstLength",
+            opts.first_burst.min(opts.max_burst).to_string(),
+        );
         p.push("MaxOutstandingR2T", "1");
         p.push("MaxConnections", "1");
         p.push("DataPDUInOrder", "Yes");
@@ -216,13 +219,17 @@ impl Negotiator {
                 None => Ok(d),
             }
         };
-        p.header_digest = self.agreed.get("HeaderDigest").is_some_and(|v| v == "CRC32C");
+        p.header_digest = self
+            .agreed
+            .get("HeaderDigest")
+            .is_some_and(|v| v == "CRC32C");
         p.data_digest = self.agreed.get("DataDigest").is_some_and(|v| v == "CRC32C");
         p.max_connections = num("MaxConnections", p.max_connections)?;
         p.initial_r2t = flag("InitialR2T", p.initial_r2t)?;
         p.immediate_data = flag("ImmediateData", p.immediate_data)?;
         p.max_burst_length = num("MaxBurstLength", p.max_burst_length)?;
-        p.first_burst_length = num("FirstBurstLength", p.first_burst_length)?.min(p.max_burst_length);
+        p.first_burst_length =
+            num("FirstBurstLength", p.first_burst_length)?.min(p.max_burst_length);
         p.default_time2wait = num("DefaultTime2Wait", p.default_time2wait)?;
         p.default_time2retain = num("DefaultTime2Retain", p.default_time2retain)?;
         p.max_outstanding_r2t = num("MaxOutstandingR2T", p.max_outstanding_r2t)?;

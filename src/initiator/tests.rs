@@ -51,7 +51,10 @@ fn plain_login_negotiates_per_rfc_rules() {
     assert_eq!(text(&first).get("AuthMethod"), Some("None"));
     assert_eq!(text(&first).get("TargetName"), Some("iqn.t"));
 
-    let op = send(d.on_response(&resp(T | 1, 5, &[("AuthMethod", "None")])).unwrap());
+    let op = send(
+        d.on_response(&resp(T | 1, 5, &[("AuthMethod", "None")]))
+            .unwrap(),
+    );
     assert_eq!(op.bhs.flags(), T | (1 << 2) | 3);
     assert_eq!(op.bhs.exp_stat_sn(), 6);
     assert_eq!(op.bhs.tsih(), 0x22);
@@ -71,10 +74,7 @@ fn plain_login_negotiates_per_rfc_rules() {
         ("DefaultTime2Retain", "0"),
         ("TargetAlias", "disk"),
     ];
-    let LoginNext::Done(out) = d
-        .on_response(&resp(T | (1 << 2) | 3, 6, &answer))
-        .unwrap()
-    else {
+    let LoginNext::Done(out) = d.on_response(&resp(T | (1 << 2) | 3, 6, &answer)).unwrap() else {
         panic!("expected the login to finish");
     };
     let p = &out.params;
@@ -90,7 +90,10 @@ fn plain_login_negotiates_per_rfc_rules() {
     assert_eq!(out.stat_sn, 6);
     assert_eq!(out.cmd_sn, 1);
     assert_eq!(out.max_cmd_sn, 8);
-    assert_eq!(out.declared.get("TargetAlias").map(String::as_str), Some("disk"));
+    assert_eq!(
+        out.declared.get("TargetAlias").map(String::as_str),
+        Some("disk")
+    );
 }
 
 #[test]
@@ -121,13 +124,20 @@ fn mutual_chap_checks_the_target() {
         let first = d.start();
         assert_eq!(first.bhs.flags() & T, 0);
         assert_eq!(text(&first).get("AuthMethod"), Some("CHAP,None"));
-        let a = send(d.on_response(&resp(0, 0, &[("AuthMethod", "CHAP")])).unwrap());
+        let a = send(
+            d.on_response(&resp(0, 0, &[("AuthMethod", "CHAP")]))
+                .unwrap(),
+        );
         assert_eq!(text(&a).get("CHAP_A"), Some("5"));
         let challenge = [9u8, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6];
         let c = encode_binary(&challenge);
         let r = send(
-            d.on_response(&resp(0, 1, &[("CHAP_A", "5"), ("CHAP_I", "77"), ("CHAP_C", &c)]))
-                .unwrap(),
+            d.on_response(&resp(
+                0,
+                1,
+                &[("CHAP_A", "5"), ("CHAP_I", "77"), ("CHAP_C", &c)],
+            ))
+            .unwrap(),
         );
         let rt = text(&r);
         assert_eq!(rt.get("CHAP_N"), Some("alice"));
@@ -153,7 +163,10 @@ fn login_failure_is_typed() {
     r.bhs.0[37] = 3;
     assert!(matches!(
         d.on_response(&r),
-        Err(InitiatorError::LoginFailed { class: 2, detail: 3 })
+        Err(InitiatorError::LoginFailed {
+            class: 2,
+            detail: 3
+        })
     ));
 }
 
@@ -184,4 +197,87 @@ fn keys_the_target_raises_get_answers() {
     let p = n.params().unwrap();
     assert_eq!(p.max_outstanding_r2t, 1);
     assert!(p.initial_r2t);
+}
+
+/// Session dispatch against a scripted peer on loopback: the CmdSN window,
+/// keep-alive answers, Async Messages, Reject routing and ExpStatSN.
+#[tokio::test]
+async fn session_dispatch_with_scripted_peer() {
+    use super::session::Session;
+    use super::wire::read_pdu;
+    use crate::proto::Framing;
+    use crate::proto::pdu::encode;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (mut peer, _) = l.accept().await.unwrap();
+    let (rd, wr) = client.into_split();
+    let outcome = super::login::LoginOutcome {
+        params: Default::default(),
+        tsih: 1,
+        stat_sn: 4,
+        cmd_sn: 1,
+        exp_cmd_sn: 1,
+        max_cmd_sn: 0, // window closed: no command may go yet
+        declared: Default::default(),
+    };
+    let s = Session::start(rd, wr, outcome, Duration::from_secs(5));
+    let f = Framing::default();
+    let to_peer = |op: Opcode, stat_sn: u32, max: u32| {
+        let mut p = Pdu::new(op);
+        p.bhs.set_final(true);
+        p.bhs.set_stat_sn(stat_sn);
+        p.bhs.set_exp_cmd_sn(1);
+        p.bhs.set_max_cmd_sn(max);
+        p
+    };
+
+    let peer_script = async {
+        let mut ev = to_peer(Opcode::AsyncMessage, 5, 0);
+        ev.bhs.set_itt(0xffff_ffff);
+        ev.bhs.0[36] = 1; // target requests logout
+        let mut ping = to_peer(Opcode::NopIn, 6, 0);
+        ping.bhs.set_itt(0xffff_ffff);
+        ping.bhs.set_ttt(0x55);
+        let mut bytes = encode(&ev, &f);
+        bytes.extend(encode(&ping, &f));
+        peer.write_all(&bytes).await.unwrap();
+        // Only the NOP-Out answer may arrive while the window is closed.
+        let pong = read_pdu(&mut peer, &f).await.unwrap().unwrap();
+        assert_eq!(pong.opcode(), Opcode::NopOut);
+        assert_eq!((pong.bhs.itt(), pong.bhs.ttt()), (0xffff_ffff, 0x55));
+        assert!(pong.bhs.immediate());
+        let quiet = tokio::time::timeout(Duration::from_millis(200), read_pdu(&mut peer, &f));
+        assert!(
+            quiet.await.is_err(),
+            "a command went out with the window closed"
+        );
+        // Open the window with an unsolicited NOP-In (which has no status).
+        let mut open = to_peer(Opcode::NopIn, 6, 1);
+        open.bhs.set_itt(0xffff_ffff);
+        open.bhs.set_ttt(0xffff_ffff);
+        peer.write_all(&encode(&open, &f)).await.unwrap();
+        let cmd = read_pdu(&mut peer, &f).await.unwrap().unwrap();
+        assert_eq!(cmd.opcode(), Opcode::ScsiCommand);
+        assert_eq!(cmd.bhs.cmd_sn(), 1);
+        assert_eq!(
+            cmd.bhs.exp_stat_sn(),
+            6,
+            "Async Message StatSN 5 acknowledged"
+        );
+        let mut rej = to_peer(Opcode::Reject, 6, 2);
+        rej.bhs.0[2] = 0x04;
+        rej.data = cmd.bhs.0.to_vec();
+        peer.write_all(&encode(&rej, &f)).await.unwrap();
+        peer
+    };
+    let (res, _peer) = tokio::join!(s.test_unit_ready(0), peer_script);
+    assert!(matches!(res, Err(InitiatorError::Rejected { reason: 4 })));
+    let events = s.take_async_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, 1);
+    assert_eq!(s.sequence_numbers(), (2, 1, 2, 7));
 }
