@@ -1,0 +1,78 @@
+//! Reading PDUs from a byte stream, and serial number arithmetic.
+
+use super::error::{InitiatorError, Result};
+use crate::proto::pdu::{decode_tail, tail_len};
+use crate::proto::{BHS_LEN, Bhs, Framing, Pdu, PduError};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// One PDU off the wire. The inner `Err` is a PDU-local problem (a data
+/// digest mismatch) that leaves the stream usable; the outer one is not.
+pub(crate) async fn read_pdu<R: AsyncRead + Unpin>(
+    r: &mut R,
+    framing: &Framing,
+) -> Result<std::result::Result<Pdu, (Bhs, PduError)>> {
+    let mut head = [0u8; BHS_LEN];
+    read_full(r, &mut head).await?;
+    let bhs = Bhs(head);
+    let n = tail_len(&bhs, framing)?;
+    let mut tail = vec![0u8; n];
+    read_full(r, &mut tail).await?;
+    match decode_tail(bhs.clone(), &tail, framing) {
+        Ok(p) => Ok(Ok(p)),
+        Err(e) if !e.is_fatal() => Ok(Err((bhs, e))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<()> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(InitiatorError::ConnectionClosed)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// RFC 1982 serial comparison: is `a` before `b`?
+pub(crate) fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && (b.wrapping_sub(a) as i32) > 0
+}
+
+/// Is `sn` inside the window that ends at `max` (inclusive)?
+pub(crate) fn sn_le(a: u32, b: u32) -> bool {
+    a == b || sn_lt(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_compare_wraps() {
+        assert!(sn_lt(1, 2));
+        assert!(!sn_lt(2, 1));
+        assert!(sn_lt(u32::MAX, 0));
+        assert!(sn_le(5, 5));
+        assert!(!sn_le(0, u32::MAX));
+    }
+
+    #[tokio::test]
+    async fn reads_one_pdu_and_reports_eof() {
+        let mut p = Pdu::new(crate::proto::Opcode::NopIn);
+        p.data = vec![9; 5];
+        let f = Framing {
+            header_digest: true,
+            data_digest: true,
+            max_data_segment: 8192,
+        };
+        let wire = crate::proto::pdu::encode(&p, &f);
+        let mut r = &wire[..];
+        let got = read_pdu(&mut r, &f).await.unwrap().unwrap();
+        assert_eq!(got.data, vec![9; 5]);
+        assert!(matches!(
+            read_pdu(&mut r, &f).await,
+            Err(InitiatorError::ConnectionClosed)
+        ));
+    }
+}
