@@ -5,8 +5,10 @@ use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use gentgt::config::{self, Config, build_registry, format_size};
 use gentgt::target::{Registry, Server};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -45,14 +47,35 @@ struct ServeArgs {
     config: Option<PathBuf>,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Version => {
             println!("gentgt {}", env!("CARGO_PKG_VERSION"));
             Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print an error for the operator: the message, then any cause it does
+/// not already spell out (no backtrace; RUST_LOG=debug is for digging).
+fn report(e: &anyhow::Error) {
+    let mut shown = e.to_string();
+    eprintln!("error: {shown}");
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
+            shown.push_str(&text);
         }
     }
 }
@@ -69,6 +92,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -118,6 +142,9 @@ fn print_summary(portals: &[SocketAddr], registry: &Registry, data_dir: &std::pa
     for p in portals {
         println!("  portal   {p}");
     }
+    if registry.discovery_chap.is_some() {
+        println!("  discovery requires CHAP");
+    }
     for t in registry.targets.values() {
         let acl = match &t.allowed_initiators {
             None => "open to all".to_string(),
@@ -128,7 +155,11 @@ fn print_summary(portals: &[SocketAddr], registry: &Registry, data_dir: &std::pa
             Some(c) if c.mutual.is_some() => "mutual CHAP",
             Some(_) => "CHAP",
         };
-        let alias = t.alias.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
+        let alias = t
+            .alias
+            .as_deref()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default();
         println!("  target   {}{alias}: {acl}, {auth}", t.name);
         for (id, lun) in &t.device.luns {
             println!(

@@ -24,23 +24,21 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
     }
     let stored = preflight(cfg, data_dir)?;
 
-    std::fs::create_dir_all(data_dir).map_err(|source| ConfigError::Storage {
-        what: "cannot create data directory".into(),
-        path: data_dir.to_path_buf(),
-        source,
-    })?;
+    create_dir(data_dir)?;
     let mut targets = BTreeMap::new();
     for t in &cfg.targets {
         let mut luns = Vec::new();
         for lun in &t.luns {
             let path = lun.path.as_ref().map(|p| data_dir.join(p));
-            let backend = open_backend(lun, path.as_deref()).map_err(|source| {
-                ConfigError::Storage {
+            if let Some(rel) = lun.path.as_ref().filter(|p| p.is_relative()) {
+                create_dir(data_dir.join(rel).parent().unwrap_or(data_dir))?;
+            }
+            let backend =
+                open_backend(lun, path.as_deref()).map_err(|source| ConfigError::Storage {
                     what: format!("target {:?} LUN {}: cannot open backend", t.name, lun.id),
                     path: path.clone().unwrap_or_default(),
                     source,
-                }
-            })?;
+                })?;
             let identity = match (&path, stored.get(&(t.name.as_str(), lun.id))) {
                 (_, Some(id)) => id.clone(),
                 (Some(p), None) => {
@@ -89,7 +87,10 @@ fn preflight<'a>(
                 return Err(ConfigError::Storage {
                     what: format!("target {:?} LUN {}: read-only file", t.name, lun.id),
                     path,
-                    source: io::ErrorKind::NotFound.into(),
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "does not exist (gentgt never creates a read-only LUN's file)",
+                    ),
                 });
             }
             let idp = identity_path(&path);
@@ -103,6 +104,15 @@ fn preflight<'a>(
         }
     }
     Ok(stored)
+}
+
+/// The data directory, and subdirectories named by relative LUN paths.
+fn create_dir(dir: &Path) -> Result<(), ConfigError> {
+    std::fs::create_dir_all(dir).map_err(|source| ConfigError::Storage {
+        what: "cannot create directory".into(),
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// The one place that names the backend constructors.
@@ -121,4 +131,3 @@ fn chap_secrets(c: &ChapConfig) -> ChapSecrets {
         mutual: c.mutual_user.clone().zip(c.mutual_secret.clone()),
     }
 }
-

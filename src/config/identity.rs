@@ -103,7 +103,9 @@ fn parse(text: &str) -> Result<LunIdentity, String> {
     }
     let serial = serial.ok_or("no serial= line")?;
     if serial.is_empty() || serial.len() > 20 || !serial.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("serial {serial:?} is not 1..=20 printable characters"));
+        return Err(format!(
+            "serial {serial:?} is not 1..=20 printable characters"
+        ));
     }
     let naa = naa.ok_or("no naa= line")?;
     let bytes: [u8; 16] = hex::decode(&naa)
@@ -177,7 +179,10 @@ mod tests {
         assert_eq!(load(&p), Ok(None));
         let first = load_or_create(&p).unwrap();
         assert_eq!(load_or_create(&p).unwrap(), first);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec!["lun0.img.id"]);
     }
 }

@@ -2,8 +2,8 @@
 //! typo fails loudly (the TOML error names the key, line and column) instead
 //! of silently falling back to a default.
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -138,7 +138,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Render a byte count for humans: exact binary unit when it divides evenly.
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
         }
     }
@@ -195,7 +195,11 @@ mod tests {
         assert!(parse_size("-1").unwrap_err().contains("number"));
         assert!(parse_size("1.5G").unwrap_err().contains("unit"));
         assert!(parse_size("1PiB").unwrap_err().contains("unit"));
-        assert!(parse_size("99999999999999999999").unwrap_err().contains("large"));
+        assert!(
+            parse_size("99999999999999999999")
+                .unwrap_err()
+                .contains("large")
+        );
         assert!(parse_size("16777216T").unwrap_err().contains("large"));
     }
 
@@ -208,9 +212,15 @@ mod tests {
         }
         let t: T = toml::from_str("a = 1048576\nb = \"1MiB\"").unwrap();
         assert_eq!((t.a, t.b), (Size(1 << 20), Size(1 << 20)));
-        let e = toml::from_str::<T>("a = -5\nb = 1").err().unwrap().to_string();
+        let e = toml::from_str::<T>("a = -5\nb = 1")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("negative"), "{e}");
-        let e = toml::from_str::<T>("a = 1\nb = \"1 XB\"").err().unwrap().to_string();
+        let e = toml::from_str::<T>("a = 1\nb = \"1 XB\"")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("unknown unit") && e.contains("line 2"), "{e}");
     }
 

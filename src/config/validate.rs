@@ -42,16 +42,22 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
         if !names.insert(t.name.as_str()) {
             f.errors.push(format!("{what} is defined twice"));
         }
-        if t.alias.as_ref().is_some_and(|a| a.is_empty() || a.len() > 255) {
-            f.errors.push(format!("{what}: alias must be 1..=255 bytes"));
+        if t.alias
+            .as_ref()
+            .is_some_and(|a| a.is_empty() || a.len() > 255)
+        {
+            f.errors
+                .push(format!("{what}: alias must be 1..=255 bytes"));
         }
         for name in t.allow.iter().flatten() {
             if let Err(e) = check_iscsi_name(name) {
-                f.errors.push(format!("{what}: allowed initiator {name:?}: {e}"));
+                f.errors
+                    .push(format!("{what}: allowed initiator {name:?}: {e}"));
             }
         }
         if t.allow.as_ref().is_some_and(|a| a.is_empty()) {
-            f.warnings.push(format!("{what}: empty allow list, no initiator can log in"));
+            f.warnings
+                .push(format!("{what}: empty allow list, no initiator can log in"));
         }
         if let Some(chap) = &t.chap {
             check_chap(&format!("{what} chap"), chap, &mut f);
@@ -78,7 +84,8 @@ fn check_listen(listen: &[String], f: &mut Findings) {
     }
     for a in listen {
         if let Err(e) = a.parse::<SocketAddr>() {
-            f.errors.push(format!("listen address {a:?}: {e} (want IP:PORT)"));
+            f.errors
+                .push(format!("listen address {a:?}: {e} (want IP:PORT)"));
         }
     }
 }
@@ -86,11 +93,13 @@ fn check_listen(listen: &[String], f: &mut Findings) {
 fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
     let bs = lun.block_size;
     if lun.id >= MAX_LUN_ID {
-        f.errors.push(format!("{what}: id must be below {MAX_LUN_ID}"));
+        f.errors
+            .push(format!("{what}: id must be below {MAX_LUN_ID}"));
     }
     if bs != 512 && bs != 4096 {
-        f.errors.push(format!("{what}: block_size {bs} is not 512 or 4096"));
-    } else if lun.size.0 == 0 || lun.size.0 % u64::from(bs) != 0 {
+        f.errors
+            .push(format!("{what}: block_size {bs} is not 512 or 4096"));
+    } else if lun.size.0 == 0 || !lun.size.0.is_multiple_of(u64::from(bs)) {
         f.errors.push(format!(
             "{what}: size {} is not a positive multiple of the block size {bs}",
             lun.size.0
@@ -101,9 +110,9 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
         (BackendKind::File, Some(p)) if p.as_os_str().is_empty() => {
             f.errors.push(format!("{what}: path is empty"))
         }
-        (BackendKind::Memory, Some(_)) => {
-            f.errors.push(format!("{what}: memory backend takes no path"))
-        }
+        (BackendKind::Memory, Some(_)) => f
+            .errors
+            .push(format!("{what}: memory backend takes no path")),
         _ => {}
     }
 }
@@ -111,10 +120,14 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
 fn check_chap(what: &str, c: &ChapConfig, f: &mut Findings) {
     let mut pair = |kind: &str, user: &str, secret: &str| {
         if user.is_empty() || user.len() > MAX_CHAP_FIELD {
-            f.errors.push(format!("{what}: {kind}user must be 1..={MAX_CHAP_FIELD} bytes"));
+            f.errors.push(format!(
+                "{what}: {kind}user must be 1..={MAX_CHAP_FIELD} bytes"
+            ));
         }
         if secret.is_empty() || secret.len() > MAX_CHAP_FIELD {
-            f.errors.push(format!("{what}: {kind}secret must be 1..={MAX_CHAP_FIELD} bytes"));
+            f.errors.push(format!(
+                "{what}: {kind}secret must be 1..={MAX_CHAP_FIELD} bytes"
+            ));
         } else if secret.len() < MIN_GOOD_SECRET {
             f.warnings.push(format!(
                 "{what}: {kind}secret is {} bytes; RFC 7143 recommends at least {MIN_GOOD_SECRET}",
@@ -128,11 +141,14 @@ fn check_chap(what: &str, c: &ChapConfig, f: &mut Findings) {
             pair("mutual_", u, s);
             // RFC 7143 12.1.3: a secret must not authenticate both directions.
             if *s == c.secret {
-                f.errors.push(format!("{what}: mutual_secret must differ from secret"));
+                f.errors
+                    .push(format!("{what}: mutual_secret must differ from secret"));
             }
         }
         (None, None) => {}
-        _ => f.errors.push(format!("{what}: mutual CHAP needs both mutual_user and mutual_secret")),
+        _ => f.errors.push(format!(
+            "{what}: mutual CHAP needs both mutual_user and mutual_secret"
+        )),
     }
 }
 
@@ -220,7 +236,9 @@ fn check_iqn(rest: &str) -> Result<(), String> {
     let authority = rest[7..].strip_prefix('.').unwrap_or("");
     let domain = authority.split(':').next().unwrap_or("");
     if domain.is_empty() || domain.starts_with('.') || domain.ends_with('.') {
-        return Err("iqn. needs a reversed domain name after the date (iqn.yyyy-mm.com.example)".into());
+        return Err(
+            "iqn. needs a reversed domain name after the date (iqn.yyyy-mm.com.example)".into(),
+        );
     }
     Ok(())
 }
@@ -263,7 +281,10 @@ mod tests {
 
     #[test]
     fn normalizes_paths() {
-        assert_eq!(normalize(Path::new("d/./a/../b.img")), PathBuf::from("d/b.img"));
+        assert_eq!(
+            normalize(Path::new("d/./a/../b.img")),
+            PathBuf::from("d/b.img")
+        );
         assert_eq!(normalize(Path::new("./b.img")), PathBuf::from("b.img"));
     }
 }
