@@ -29,26 +29,7 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
     for t in &cfg.targets {
         let mut luns = Vec::new();
         for lun in &t.luns {
-            let path = lun.path.as_ref().map(|p| data_dir.join(p));
-            if let Some(rel) = lun.path.as_ref().filter(|p| p.is_relative()) {
-                create_dir(data_dir.join(rel).parent().unwrap_or(data_dir))?;
-            }
-            let backend =
-                open_backend(lun, path.as_deref()).map_err(|source| ConfigError::Storage {
-                    what: format!("target {:?} LUN {}: cannot open backend", t.name, lun.id),
-                    path: path.clone().unwrap_or_default(),
-                    source,
-                })?;
-            let identity = match (&path, stored.get(&(t.name.as_str(), lun.id))) {
-                (_, Some(id)) => id.clone(),
-                (Some(p), None) => {
-                    let idp = identity_path(p);
-                    identity::load_or_create(&idp)
-                        .map_err(|reason| ConfigError::Identity { path: idp, reason })?
-                }
-                (None, None) => identity::derived_identity(&t.name, lun.id),
-            };
-            let unit = LogicalUnit::new(backend, lun.block_size, identity, lun.read_only);
+            let unit = build_lun(&t.name, lun, data_dir, &stored)?;
             luns.push((lun.id, Arc::new(unit)));
         }
         let entry = TargetEntry {
@@ -69,6 +50,39 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
             .map(chap_secrets),
         portal_group_tag: 1,
     })
+}
+
+/// Open one LUN's backend and give it its identity.
+fn build_lun(
+    target: &str,
+    lun: &LunConfig,
+    data_dir: &Path,
+    stored: &BTreeMap<(&str, u64), LunIdentity>,
+) -> Result<LogicalUnit, ConfigError> {
+    let path = lun.path.as_ref().map(|p| data_dir.join(p));
+    if let Some(rel) = lun.path.as_ref().filter(|p| p.is_relative()) {
+        create_dir(data_dir.join(rel).parent().unwrap_or(data_dir))?;
+    }
+    let backend = open_backend(lun, path.as_deref()).map_err(|source| ConfigError::Storage {
+        what: format!("target {target:?} LUN {}: cannot open backend", lun.id),
+        path: path.clone().unwrap_or_default(),
+        source,
+    })?;
+    let identity = match (&path, stored.get(&(target, lun.id))) {
+        (_, Some(id)) => id.clone(),
+        (Some(p), None) => {
+            let idp = identity_path(p);
+            identity::load_or_create(&idp)
+                .map_err(|reason| ConfigError::Identity { path: idp, reason })?
+        }
+        (None, None) => identity::derived_identity(target, lun.id),
+    };
+    Ok(LogicalUnit::new(
+        backend,
+        lun.block_size,
+        identity,
+        lun.read_only,
+    ))
 }
 
 /// Identities already stored, keyed by (target, LUN); read-only files must
