@@ -1,3 +1,174 @@
-fn main() -> anyhow::Result<()> {
-    Ok(())
+//! The `gentgt` command line. Library errors are typed; here they become
+//! `anyhow` messages for the operator.
+
+use anyhow::{Context, Result};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use gentgt::config::{self, Config, build_registry, format_size};
+use gentgt::target::{Registry, Server};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+#[derive(Parser)]
+#[command(name = "gentgt", version, about = "A user-space iSCSI target")]
+struct Cli {
+    /// More logging: -v debug, -vv trace (RUST_LOG takes precedence).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured targets until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Portal to listen on (repeatable); replaces the configuration's
+    /// `listen`. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Directory for LUN files with relative paths [default: the
+    /// configuration's data_dir, else ./gentgt-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file [default: built-in, see configs/default.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Version => {
+            println!("gentgt {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print an error for the operator: the message, then any cause it does
+/// not already spell out (no backtrace; RUST_LOG=debug is for digging).
+fn report(e: &anyhow::Error) {
+    let mut shown = e.to_string();
+    eprintln!("error: {shown}");
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
+            shown.push_str(&text);
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => LevelFilter::INFO,
+        1 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    let filter = EnvFilter::builder()
+        .with_default_directive(level.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    // Everything that touches the disk happens here, before the runtime
+    // starts, so no blocking I/O runs on the reactor.
+    let cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default_config(),
+    };
+    let addrs = if args.listen.is_empty() {
+        cfg.listen_addrs()?
+    } else {
+        args.listen.clone()
+    };
+    let data_dir = args
+        .data_dir
+        .or_else(|| cfg.data_dir.clone())
+        .unwrap_or_else(|| config::DEFAULT_DATA_DIR.into());
+    let data_dir = std::path::absolute(&data_dir)
+        .with_context(|| format!("data directory {}", data_dir.display()))?;
+    let registry = Arc::new(build_registry(&cfg, &data_dir)?);
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let server = Server::bind(registry.clone(), &addrs)
+            .await
+            .with_context(|| format!("cannot listen on {addrs:?}"))?;
+        print_summary(&server.local_addrs(), &registry, &data_dir);
+        let shutdown = async move {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            }
+        };
+        server.run(shutdown).await.context("serving")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn print_summary(portals: &[SocketAddr], registry: &Registry, data_dir: &std::path::Path) {
+    println!("gentgt {} ready", env!("CARGO_PKG_VERSION"));
+    println!("  data dir {}", data_dir.display());
+    for p in portals {
+        println!("  portal   {p}");
+    }
+    if registry.discovery_chap.is_some() {
+        println!("  discovery requires CHAP");
+    }
+    for t in registry.targets.values() {
+        let acl = match &t.allowed_initiators {
+            None => "open to all".to_string(),
+            Some(names) => format!("allow {}", names.join(", ")),
+        };
+        let auth = match &t.chap {
+            None => "no auth",
+            Some(c) if c.mutual.is_some() => "mutual CHAP",
+            Some(_) => "CHAP",
+        };
+        let alias = t
+            .alias
+            .as_deref()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default();
+        println!("  target   {}{alias}: {acl}, {auth}", t.name);
+        for (id, lun) in &t.device.luns {
+            println!(
+                "    LUN {id:<4} {}  {}  {}-byte blocks  {}",
+                lun.backend.describe(),
+                format_size(lun.backend.size()),
+                lun.block_size,
+                if lun.read_only { "ro" } else { "rw" }
+            );
+        }
+    }
 }

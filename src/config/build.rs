@@ -1,0 +1,147 @@
+//! Turn a validated configuration into the registry the target serves.
+
+use super::identity::{self, identity_path};
+use super::schema::{ChapConfig, Config, LunConfig};
+use super::{ConfigError, validate};
+use crate::backend::{Backend, FileBackend, MemoryBackend};
+use crate::proto::login::ChapSecrets;
+use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity};
+use crate::target::{Registry, TargetEntry};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Validate `cfg`, then create `data_dir` if missing, open or create every
+/// backend and load or create every LUN's identity.
+///
+/// All checks come first (including reading the stored identities), so
+/// an error before the creation phase leaves the disk untouched.
+pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigError> {
+    let findings = validate::check(cfg, data_dir);
+    if !findings.errors.is_empty() {
+        return Err(ConfigError::Invalid(findings.errors));
+    }
+    let stored = preflight(cfg, data_dir)?;
+
+    create_dir(data_dir)?;
+    let mut targets = BTreeMap::new();
+    for t in &cfg.targets {
+        let mut luns = Vec::new();
+        for lun in &t.luns {
+            let unit = build_lun(&t.name, lun, data_dir, &stored)?;
+            luns.push((lun.id, Arc::new(unit)));
+        }
+        let entry = TargetEntry {
+            name: t.name.clone(),
+            alias: t.alias.clone(),
+            allowed_initiators: t.allow.clone(),
+            chap: t.chap.as_ref().map(chap_secrets),
+            device: Arc::new(DeviceServer::new(&t.name, luns)),
+        };
+        targets.insert(t.name.clone(), entry);
+    }
+    Ok(Registry {
+        targets,
+        discovery_chap: cfg
+            .discovery
+            .as_ref()
+            .and_then(|d| d.chap.as_ref())
+            .map(chap_secrets),
+        portal_group_tag: 1,
+    })
+}
+
+/// Open one LUN's backend and give it its identity.
+fn build_lun(
+    target: &str,
+    lun: &LunConfig,
+    data_dir: &Path,
+    stored: &BTreeMap<(&str, u64), LunIdentity>,
+) -> Result<LogicalUnit, ConfigError> {
+    let path = lun.path.as_ref().map(|p| data_dir.join(p));
+    if let Some(rel) = lun.path.as_ref().filter(|p| p.is_relative()) {
+        create_dir(data_dir.join(rel).parent().unwrap_or(data_dir))?;
+    }
+    let backend = open_backend(lun, path.as_deref()).map_err(|source| ConfigError::Storage {
+        what: format!("target {target:?} LUN {}: cannot open backend", lun.id),
+        path: path.clone().unwrap_or_default(),
+        source,
+    })?;
+    let identity = match (&path, stored.get(&(target, lun.id))) {
+        (_, Some(id)) => id.clone(),
+        (Some(p), None) => {
+            let idp = identity_path(p);
+            identity::load_or_create(&idp)
+                .map_err(|reason| ConfigError::Identity { path: idp, reason })?
+        }
+        (None, None) => identity::derived_identity(target, lun.id),
+    };
+    Ok(LogicalUnit::new(
+        backend,
+        lun.block_size,
+        identity,
+        lun.read_only,
+    ))
+}
+
+/// Identities already stored, keyed by (target, LUN); read-only files must
+/// already exist (we would not create an empty disk nobody can write).
+fn preflight<'a>(
+    cfg: &'a Config,
+    data_dir: &Path,
+) -> Result<BTreeMap<(&'a str, u64), LunIdentity>, ConfigError> {
+    let mut stored = BTreeMap::new();
+    for t in &cfg.targets {
+        for lun in &t.luns {
+            let Some(path) = lun.path.as_ref().map(|p| data_dir.join(p)) else {
+                continue;
+            };
+            if lun.read_only && !path.exists() {
+                return Err(ConfigError::Storage {
+                    what: format!("target {:?} LUN {}: read-only file", t.name, lun.id),
+                    path,
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "does not exist (gentgt never creates a read-only LUN's file)",
+                    ),
+                });
+            }
+            let idp = identity_path(&path);
+            match identity::load(&idp) {
+                Ok(Some(id)) => {
+                    stored.insert((t.name.as_str(), lun.id), id);
+                }
+                Ok(None) => {}
+                Err(reason) => return Err(ConfigError::Identity { path: idp, reason }),
+            }
+        }
+    }
+    Ok(stored)
+}
+
+/// The data directory, and subdirectories named by relative LUN paths.
+fn create_dir(dir: &Path) -> Result<(), ConfigError> {
+    std::fs::create_dir_all(dir).map_err(|source| ConfigError::Storage {
+        what: "cannot create directory".into(),
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// The one place that names the backend constructors.
+fn open_backend(lun: &LunConfig, path: Option<&Path>) -> io::Result<Arc<dyn Backend>> {
+    let size = lun.size.0;
+    Ok(match path {
+        Some(p) => Arc::new(FileBackend::open(p, size, !lun.read_only, lun.read_only)?),
+        None => Arc::new(MemoryBackend::new(size)),
+    })
+}
+
+fn chap_secrets(c: &ChapConfig) -> ChapSecrets {
+    ChapSecrets {
+        user: c.user.clone(),
+        secret: c.secret.clone(),
+        mutual: c.mutual_user.clone().zip(c.mutual_secret.clone()),
+    }
+}

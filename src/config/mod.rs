@@ -1,0 +1,118 @@
+//! Configuration: the TOML schema, its validation, and building the
+//! [`Registry`](crate::target::Registry) the target serves from it.
+//!
+//! Loading and validating never touch the disk; [`build_registry`] validates
+//! again and reads every stored LUN identity before it creates anything, so
+//! a bad configuration leaves no file or directory behind.
+
+mod build;
+pub mod identity;
+mod schema;
+mod validate;
+
+pub use build::build_registry;
+pub use schema::{
+    BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig, format_size,
+    parse_size,
+};
+pub use validate::{MAX_LUN_ID, check_iscsi_name};
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Data directory used when neither `--data-dir` nor `data_dir` is given.
+pub const DEFAULT_DATA_DIR: &str = "./gentgt-data";
+/// Name of the built-in default target.
+pub const DEFAULT_TARGET: &str = "iqn.2026-11.dev.gentgt:default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// TOML syntax or schema error; `message` carries line, column and key.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// Every validation problem found, one per entry.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+    /// A stored LUN identity cannot be used; we refuse to invent a new one.
+    #[error("LUN identity file {}: {reason}", path.display())]
+    Identity { path: PathBuf, reason: String },
+    /// Creating the data directory or opening a backend failed.
+    #[error("{what} {}: {source}", path.display())]
+    Storage {
+        what: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate TOML text; `origin` names it in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check everything that can be checked without the disk; log warnings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let f = validate::check(self, Path::new(""));
+        for w in &f.warnings {
+            tracing::warn!("{w}");
+        }
+        if f.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(f.errors))
+        }
+    }
+
+    /// The portal addresses.
+    pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.listen
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| ConfigError::Invalid(vec![format!("listen address {a:?}: {e}")]))
+            })
+            .collect()
+    }
+
+    /// The built-in default (same as configs/default.toml): one target open
+    /// to every initiator, no authentication, LUN 0 a 1 GiB sparse file.
+    pub fn default_config() -> Config {
+        Config {
+            data_dir: None,
+            listen: vec!["127.0.0.1:3260".to_string()],
+            discovery: None,
+            targets: vec![TargetConfig {
+                name: DEFAULT_TARGET.to_string(),
+                alias: Some("default".to_string()),
+                allow: None,
+                chap: None,
+                luns: vec![LunConfig {
+                    id: 0,
+                    backend: BackendKind::File,
+                    path: Some(PathBuf::from("lun0.img")),
+                    size: Size(1 << 30),
+                    block_size: 512,
+                    read_only: false,
+                }],
+            }],
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The configuration file's shape. Every table denies unknown keys so a
+//! typo fails loudly (the TOML error names the key, line and column) instead
+//! of silently falling back to a default.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where relative LUN paths live; `--data-dir` overrides it.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Portal addresses ("ip:port"); `--listen` overrides them.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    #[serde(default)]
+    pub chap: Option<ChapConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChapConfig {
+    /// Name and secret the initiator must prove.
+    pub user: String,
+    pub secret: String,
+    /// Name and secret the target answers with (mutual CHAP); both or none.
+    #[serde(default)]
+    pub mutual_user: Option<String>,
+    #[serde(default)]
+    pub mutual_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Initiator names allowed to log in; absent = everyone.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub chap: Option<ChapConfig>,
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<LunConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    File,
+    Memory,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::File => "file",
+            BackendKind::Memory => "memory",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LunConfig {
+    pub id: u64,
+    pub backend: BackendKind,
+    /// File backend only; relative paths are under the data directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    pub size: Size,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:3260".to_string()]
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+/// A byte count, written as an integer or as a string with a unit suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+/// Parse "1GiB", "512 MiB", "4k", "1000000", "1GB".
+///
+/// K/M/G/T alone or with "iB" are binary (1024-based), as in qemu-img and
+/// dd; "KB"/"MB"/"GB"/"TB" are decimal. Case does not matter; a space between
+/// number and unit is allowed. No fractions: sizes are exact.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("size {text:?} does not start with a number"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {text:?} is too large"))?;
+    let mult: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "size {text:?} has unknown unit {unit:?} (use K, M, G, T, KiB.., KB..)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Render a byte count for humans: exact binary unit when it divides evenly.
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} B")
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte count: an integer or a string like \"1GiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("size {v} is negative")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1 G"), Ok(1 << 30));
+        assert_eq!(parse_size(" 64 MiB "), Ok(64 << 20));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("3mb"), Ok(3_000_000));
+    }
+
+    #[test]
+    fn bad_sizes_say_why() {
+        assert!(parse_size("").unwrap_err().contains("number"));
+        assert!(parse_size("GiB").unwrap_err().contains("number"));
+        assert!(parse_size("-1").unwrap_err().contains("number"));
+        assert!(parse_size("1.5G").unwrap_err().contains("unit"));
+        assert!(parse_size("1PiB").unwrap_err().contains("unit"));
+        assert!(
+            parse_size("99999999999999999999")
+                .unwrap_err()
+                .contains("large")
+        );
+        assert!(parse_size("16777216T").unwrap_err().contains("large"));
+    }
+
+    #[test]
+    fn sizes_from_toml_integer_or_string() {
+        #[derive(Deserialize)]
+        struct T {
+            a: Size,
+            b: Size,
+        }
+        let t: T = toml::from_str("a = 1048576\nb = \"1MiB\"").unwrap();
+        assert_eq!((t.a, t.b), (Size(1 << 20), Size(1 << 20)));
+        let e = toml::from_str::<T>("a = -5\nb = 1")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("negative"), "{e}");
+        let e = toml::from_str::<T>("a = 1\nb = \"1 XB\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unknown unit") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn formats_sizes() {
+        assert_eq!(format_size(1 << 30), "1 GiB");
+        assert_eq!(format_size(3 << 20), "3 MiB");
+        assert_eq!(format_size(1536), "1536 B");
+        assert_eq!(format_size(4096), "4 KiB");
+        assert_eq!(format_size(1000), "1000 B");
+    }
+}

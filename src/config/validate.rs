@@ -1,0 +1,290 @@
+//! Every check that can be made without touching the disk. Run before
+//! anything is created so a bad configuration leaves no trace.
+
+use super::schema::{BackendKind, ChapConfig, Config, LunConfig};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+/// SAM flat addressing reaches 14 bits of LUN.
+pub const MAX_LUN_ID: u64 = 16384;
+/// RFC 7143 4.2.7.1: iSCSI names are at most 223 bytes.
+const MAX_NAME_LEN: usize = 223;
+/// RFC 7143 12.1.3 wants 96-bit secrets unless IPsec protects the link.
+const MIN_GOOD_SECRET: usize = 12;
+/// Our CHAP_N/CHAP_R handling caps values at 255 bytes.
+const MAX_CHAP_FIELD: usize = 255;
+
+/// Problems found in a configuration: errors refuse to start, warnings don't.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Check `cfg`; LUN paths are resolved against `data_dir` to spot two LUNs
+/// sharing a file (pass "" when the data directory is not known yet).
+pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
+    let mut f = Findings::default();
+    check_listen(&cfg.listen, &mut f);
+    if let Some(chap) = cfg.discovery.as_ref().and_then(|d| d.chap.as_ref()) {
+        check_chap("[discovery] chap", chap, &mut f);
+    }
+    if cfg.targets.is_empty() {
+        f.errors.push("no [[target]] is configured".into());
+    }
+    let mut names = BTreeSet::new();
+    for t in &cfg.targets {
+        let what = format!("target {:?}", t.name);
+        if let Err(e) = check_iscsi_name(&t.name) {
+            f.errors.push(format!("{what}: {e}"));
+        }
+        if !names.insert(t.name.as_str()) {
+            f.errors.push(format!("{what} is defined twice"));
+        }
+        if t.alias
+            .as_ref()
+            .is_some_and(|a| a.is_empty() || a.len() > 255)
+        {
+            f.errors
+                .push(format!("{what}: alias must be 1..=255 bytes"));
+        }
+        for name in t.allow.iter().flatten() {
+            if let Err(e) = check_iscsi_name(name) {
+                f.errors
+                    .push(format!("{what}: allowed initiator {name:?}: {e}"));
+            }
+        }
+        if t.allow.as_ref().is_some_and(|a| a.is_empty()) {
+            f.warnings
+                .push(format!("{what}: empty allow list, no initiator can log in"));
+        }
+        if let Some(chap) = &t.chap {
+            check_chap(&format!("{what} chap"), chap, &mut f);
+        }
+        if t.luns.is_empty() {
+            f.errors.push(format!("{what} has no [[target.lun]]"));
+        }
+        let mut ids = BTreeSet::new();
+        for lun in &t.luns {
+            let what = format!("{what} LUN {}", lun.id);
+            if !ids.insert(lun.id) {
+                f.errors.push(format!("{what} is defined twice"));
+            }
+            check_lun(&what, lun, &mut f);
+        }
+    }
+    check_shared_files(cfg, data_dir, &mut f);
+    f
+}
+
+fn check_listen(listen: &[String], f: &mut Findings) {
+    if listen.is_empty() {
+        f.errors.push("listen: no portal address given".into());
+    }
+    for a in listen {
+        if let Err(e) = a.parse::<SocketAddr>() {
+            f.errors
+                .push(format!("listen address {a:?}: {e} (want IP:PORT)"));
+        }
+    }
+}
+
+fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
+    let bs = lun.block_size;
+    if lun.id >= MAX_LUN_ID {
+        f.errors
+            .push(format!("{what}: id must be below {MAX_LUN_ID}"));
+    }
+    if bs != 512 && bs != 4096 {
+        f.errors
+            .push(format!("{what}: block_size {bs} is not 512 or 4096"));
+    } else if lun.size.0 == 0 || !lun.size.0.is_multiple_of(u64::from(bs)) {
+        f.errors.push(format!(
+            "{what}: size {} is not a positive multiple of the block size {bs}",
+            lun.size.0
+        ));
+    }
+    match (lun.backend, &lun.path) {
+        (BackendKind::File, None) => f.errors.push(format!("{what}: file backend needs a path")),
+        (BackendKind::File, Some(p)) if p.as_os_str().is_empty() => {
+            f.errors.push(format!("{what}: path is empty"))
+        }
+        (BackendKind::Memory, Some(_)) => f
+            .errors
+            .push(format!("{what}: memory backend takes no path")),
+        _ => {}
+    }
+}
+
+fn check_chap(what: &str, c: &ChapConfig, f: &mut Findings) {
+    let mut pair = |kind: &str, user: &str, secret: &str| {
+        if user.is_empty() || user.len() > MAX_CHAP_FIELD {
+            f.errors.push(format!(
+                "{what}: {kind}user must be 1..={MAX_CHAP_FIELD} bytes"
+            ));
+        }
+        if secret.is_empty() || secret.len() > MAX_CHAP_FIELD {
+            f.errors.push(format!(
+                "{what}: {kind}secret must be 1..={MAX_CHAP_FIELD} bytes"
+            ));
+        } else if secret.len() < MIN_GOOD_SECRET {
+            f.warnings.push(format!(
+                "{what}: {kind}secret is {} bytes; RFC 7143 recommends at least {MIN_GOOD_SECRET}",
+                secret.len()
+            ));
+        }
+    };
+    pair("", &c.user, &c.secret);
+    match (&c.mutual_user, &c.mutual_secret) {
+        (Some(u), Some(s)) => {
+            pair("mutual_", u, s);
+            // RFC 7143 12.1.3: a secret must not authenticate both directions.
+            if *s == c.secret {
+                f.errors
+                    .push(format!("{what}: mutual_secret must differ from secret"));
+            }
+        }
+        (None, None) => {}
+        _ => f.errors.push(format!(
+            "{what}: mutual CHAP needs both mutual_user and mutual_secret"
+        )),
+    }
+}
+
+/// Two LUNs writing one file would corrupt each other; compare the paths
+/// after resolving them against the data directory (lexically: the files
+/// may not exist yet).
+fn check_shared_files(cfg: &Config, data_dir: &Path, f: &mut Findings) {
+    let mut seen: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for t in &cfg.targets {
+        for lun in &t.luns {
+            let Some(path) = &lun.path else { continue };
+            let what = format!("target {:?} LUN {}", t.name, lun.id);
+            match seen.get(&normalize(&data_dir.join(path))) {
+                Some(first) => f.errors.push(format!(
+                    "{what}: file {} is already used by {first}",
+                    path.display()
+                )),
+                None => {
+                    seen.insert(normalize(&data_dir.join(path)), what);
+                }
+            }
+        }
+    }
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// RFC 7143 4.2.7: "iqn." date "." reversed domain [":" anything],
+/// "eui." 16 hex digits, or "naa." 16 or 32 hex digits. We accept the
+/// ASCII subset of the stringprep'd form: lowercase letters, digits, '-',
+/// '.', ':' (hex digits in eui./naa. may be upper case, as RFC examples are).
+pub fn check_iscsi_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("longer than {MAX_NAME_LEN} bytes"));
+    }
+    if let Some(rest) = name.strip_prefix("iqn.") {
+        return check_iqn(rest);
+    }
+    let hex_len = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit()).then_some(s.len());
+    if let Some(rest) = name.strip_prefix("eui.") {
+        return match hex_len(rest) {
+            Some(16) => Ok(()),
+            _ => Err("eui. names need exactly 16 hex digits".into()),
+        };
+    }
+    if let Some(rest) = name.strip_prefix("naa.") {
+        return match hex_len(rest) {
+            Some(16 | 32) => Ok(()),
+            _ => Err("naa. names need 16 or 32 hex digits".into()),
+        };
+    }
+    Err("not an iSCSI name (must start with iqn., eui. or naa.)".into())
+}
+
+fn check_iqn(rest: &str) -> Result<(), String> {
+    if let Some(bad) = rest
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:".contains(*c)))
+    {
+        return Err(format!(
+            "character {bad:?} not allowed (use lowercase a-z, 0-9, '-', '.', ':')"
+        ));
+    }
+    let b = rest.as_bytes();
+    let date_ok = b.len() >= 7
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && (1..=12).contains(&rest[5..7].parse::<u8>().unwrap_or(0));
+    if !date_ok {
+        return Err("iqn. must be followed by a yyyy-mm date".into());
+    }
+    let authority = rest[7..].strip_prefix('.').unwrap_or("");
+    let domain = authority.split(':').next().unwrap_or("");
+    if domain.is_empty() || domain.starts_with('.') || domain.ends_with('.') {
+        return Err(
+            "iqn. needs a reversed domain name after the date (iqn.yyyy-mm.com.example)".into(),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iscsi_names() {
+        for ok in [
+            "iqn.2026-11.dev.gentgt:default",
+            "iqn.1993-08.org.debian:01:abcdef",
+            "iqn.2001-04.com.example",
+            "eui.02004567A425678D",
+            "naa.52004567BA64678D",
+            "naa.62004567BA64678D0123456789ABCDEF",
+        ] {
+            assert_eq!(check_iscsi_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "iqn.",
+            "iqn.2026-11",
+            "iqn.2026-11.",
+            "iqn.2026-13.dev.x",
+            "iqn.26-11.dev.x",
+            "iqn.2026-11.Dev.gentgt",
+            "iqn.2026-11.dev.gentgt:my disk",
+            "iqn.2026-11.dev_x",
+            "eui.0200",
+            "eui.02004567A425678Z",
+            "naa.1234",
+            "target0",
+        ] {
+            assert!(check_iscsi_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_iscsi_name(&format!("iqn.2026-11.dev.x:{}", "a".repeat(220))).is_err());
+    }
+
+    #[test]
+    fn normalizes_paths() {
+        assert_eq!(
+            normalize(Path::new("d/./a/../b.img")),
+            PathBuf::from("d/b.img")
+        );
+        assert_eq!(normalize(Path::new("./b.img")), PathBuf::from("b.img"));
+    }
+}
