@@ -28,6 +28,9 @@ pub(crate) struct Chunk {
     pub(crate) gens: [AtomicU64; CHUNK_EXTENTS as usize],
     /// Largest generation in `gens`, so queries can skip the chunk.
     pub(crate) max: AtomicU64,
+    /// Bit i: extent i has a non-zero generation (set before the first
+    /// stamp), so sparse chunks are walked by their set bits only.
+    touched: AtomicU64,
     /// Bit i: the latest change to extent i unmapped all of it.
     pub(crate) dealloc: AtomicU64,
     /// Bumped by every data write that touches the chunk; an unmap only
@@ -40,6 +43,7 @@ impl Chunk {
         Chunk {
             gens: std::array::from_fn(|_| AtomicU64::new(0)),
             max: AtomicU64::new(0),
+            touched: AtomicU64::new(0),
             dealloc: AtomicU64::new(0),
             wseq: AtomicU64::new(0),
         }
@@ -50,7 +54,11 @@ impl Chunk {
         if self.max.load(SeqCst) < g {
             self.max.fetch_max(g, SeqCst);
         }
-        if self.gens[i].load(SeqCst) < g {
+        let cur = self.gens[i].load(SeqCst);
+        if cur < g {
+            if cur == 0 {
+                self.touched.fetch_or(1 << i, SeqCst);
+            }
             self.gens[i].fetch_max(g, SeqCst);
         }
     }
@@ -258,9 +266,16 @@ fn walk_chunk(
     f: &mut dyn FnMut(ExtentInfo) -> bool,
 ) -> bool {
     let dealloc = chunk.dealloc.load(SeqCst);
-    let start = from.saturating_sub(base).min(CHUNK_EXTENTS) as usize;
-    for (i, slot) in chunk.gens.iter().enumerate().skip(start) {
-        let generation = slot.load(SeqCst);
+    let start = from.saturating_sub(base);
+    let mut bits = chunk.touched.load(SeqCst);
+    if start >= CHUNK_EXTENTS {
+        return true;
+    }
+    bits &= u64::MAX << start;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        let generation = chunk.gens[i].load(SeqCst);
         if generation > since {
             let info = ExtentInfo {
                 extent: base + i as u64,
