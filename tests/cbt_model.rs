@@ -19,13 +19,26 @@ const REGION_EXTENTS: u64 = 1024;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Change { unmap: bool, lba_frac: f64, blocks: u64 },
+    Change {
+        unmap: bool,
+        lba_frac: f64,
+        blocks: u64,
+    },
     Close,
-    Query { since_pick: usize, start_frac: f64, max: usize },
+    Query {
+        since_pick: usize,
+        start_frac: f64,
+        max: usize,
+    },
     Checkpoint,
-    Grow { add: u64 },
+    Grow {
+        add: u64,
+    },
     Restart,
-    Crash { mid_checkpoint: bool, stray_tmp: bool },
+    Crash {
+        mid_checkpoint: bool,
+        stray_tmp: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -155,7 +168,7 @@ fn check_layout(p: &ChangedPage, since: u64, start: u64, max: usize, eb: u64, ca
         assert!(since < d.generation && d.generation <= p.open_generation);
         pos = end;
     }
-    assert!(p.next_lba == cap || p.next_lba % eb == 0);
+    assert!(p.next_lba == cap || p.next_lba.is_multiple_of(eb));
     assert_eq!(p.complete, p.next_lba == cap);
     assert!(p.descriptors.len() <= max);
     assert!(p.next_lba > start, "no progress");
@@ -167,7 +180,11 @@ fn query_all(t: &Tracker, m: &mut Model, since: u64, close_time: u64, start0: u6
     loop {
         let page = t.changed_extents(since, start, max).unwrap();
         check_layout(&page, since, start, max, m.eb, m.cap);
-        assert_eq!(page, m.expected(since, start, max), "since {since} start {start} max {max}");
+        assert_eq!(
+            page,
+            m.expected(since, start, max),
+            "since {since} start {start} max {max}"
+        );
         for d in &page.descriptors {
             covered.extend(d.lba / m.eb..(d.lba + d.blocks).div_ceil(m.eb));
         }
@@ -181,8 +198,14 @@ fn query_all(t: &Tracker, m: &mut Model, since: u64, close_time: u64, start0: u6
         let listed = covered.contains(&x);
         assert!(!changed || listed, "under-report: extent {x} since {since}");
         if listed && !changed {
-            let marked = m.recoveries.iter().any(|(t, v)| *t > close_time && v[x as usize]);
-            assert!(marked, "over-report of extent {x} not explained by a recovery");
+            let marked = m
+                .recoveries
+                .iter()
+                .any(|(t, v)| *t > close_time && v[x as usize]);
+            assert!(
+                marked,
+                "over-report of extent {x} not explained by a recovery"
+            );
             m.over_reported += 1;
         }
     }
@@ -228,10 +251,18 @@ fn run(eb: u32, cap: u64, ops: Vec<Op>) {
     for op in ops {
         m.time += 1;
         match op {
-            Op::Change { unmap, lba_frac, blocks } => {
+            Op::Change {
+                unmap,
+                lba_frac,
+                blocks,
+            } => {
                 let lba = ((m.cap as f64 * lba_frac) as u64).min(m.cap - 1);
                 let blocks = blocks.min(m.cap - lba);
-                let kind = if unmap { ChangeKind::Unmap } else { ChangeKind::Write };
+                let kind = if unmap {
+                    ChangeKind::Unmap
+                } else {
+                    ChangeKind::Write
+                };
                 drop(t.begin_change(lba, blocks, kind).unwrap());
                 m.change(lba, blocks, unmap);
             }
@@ -241,9 +272,17 @@ fn run(eb: u32, cap: u64, ops: Vec<Op>) {
                 m.closes.push((g, m.time));
                 m.open += 1;
             }
-            Op::Query { since_pick, start_frac, max } => {
+            Op::Query {
+                since_pick,
+                start_frac,
+                max,
+            } => {
                 let pick = since_pick % (m.closes.len() + 1);
-                let (since, close_time) = if pick == 0 { (0, 0) } else { m.closes[pick - 1] };
+                let (since, close_time) = if pick == 0 {
+                    (0, 0)
+                } else {
+                    m.closes[pick - 1]
+                };
                 let start = ((m.cap as f64 * start_frac) as u64).min(m.cap - 1);
                 query_all(&t, &mut m, since, close_time, start, max);
             }
@@ -263,10 +302,16 @@ fn run(eb: u32, cap: u64, ops: Vec<Op>) {
                 drop(t);
                 t = Tracker::open(&path, m.cap, eb).unwrap();
                 let s = t.status();
-                assert_eq!((s.uuid, s.open_generation, s.recovered), (uuid, m.open, false));
+                assert_eq!(
+                    (s.uuid, s.open_generation, s.recovered),
+                    (uuid, m.open, false)
+                );
                 m.dirty.clear();
             }
-            Op::Crash { mid_checkpoint, stray_tmp } => {
+            Op::Crash {
+                mid_checkpoint,
+                stray_tmp,
+            } => {
                 if mid_checkpoint {
                     checkpoint_then_undo(&t, &path);
                 }

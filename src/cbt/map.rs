@@ -201,7 +201,7 @@ impl ExtentMap {
     /// `> since`. `f` returns false to stop. Skips subtrees by their max.
     pub(crate) fn walk(&self, since: u64, from: u64, f: &mut dyn FnMut(ExtentInfo) -> bool) {
         let top_bits = CHUNK_SHIFT + FAN_SHIFT * (self.levels - 1);
-        walk_node(&self.root, self.levels - 1, 0, top_bits, since, from, f);
+        walk_node(&self.root, 0, top_bits, since, from, f);
     }
 
     /// Visit every existing chunk in order (for snapshots).
@@ -213,7 +213,6 @@ impl ExtentMap {
 /// `base` is the first extent the node covers; a child covers `1 << bits`.
 fn walk_node(
     node: &Node,
-    level: u32,
     base: u64,
     child_bits: u32,
     since: u64,
@@ -233,7 +232,7 @@ fn walk_node(
                     continue;
                 }
                 let bits = child_bits - FAN_SHIFT;
-                if !walk_node(kid, level - 1, child_base, bits, since, from, f) {
+                if !walk_node(kid, child_base, bits, since, from, f) {
                     return false;
                 }
             }

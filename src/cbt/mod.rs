@@ -49,6 +49,10 @@ mod recovery;
 mod tracker;
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod stress_tests;
+#[cfg(test)]
 mod tests;
 
 pub use tracker::{ChangeGuard, Tracker};
@@ -129,7 +133,11 @@ pub enum CbtError {
     InvalidField(&'static str),
     /// The change lies beyond the capacity: a caller bug, nothing happened.
     #[error("range {lba}+{blocks} beyond capacity {capacity}")]
-    OutOfRange { lba: u64, blocks: u64, capacity: u64 },
+    OutOfRange {
+        lba: u64,
+        blocks: u64,
+        capacity: u64,
+    },
     /// The tracker was shut down; no change may start.
     #[error("tracker is shut down")]
     ShutDown,

@@ -107,7 +107,11 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Replace `dir/name` with `bytes` atomically and durably.
-fn write_atomic(dir: &Path, name: &str, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+fn write_atomic(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let file = File::create(&tmp)?;
     let mut w = BufWriter::new(file);
@@ -145,7 +149,12 @@ impl CrcWriter<'_> {
 }
 
 /// Snapshot every existing chunk; `epoch`: logs older than it are covered.
-pub(crate) fn write_snapshot(dir: &Path, uuid: &[u8; 16], epoch: u64, map: &ExtentMap) -> io::Result<()> {
+pub(crate) fn write_snapshot(
+    dir: &Path,
+    uuid: &[u8; 16],
+    epoch: u64,
+    map: &ExtentMap,
+) -> io::Result<()> {
     write_atomic(dir, "snapshot", |w| {
         let mut cw = CrcWriter { w, crc: 0 };
         cw.put(SNAP_MAGIC)?;
@@ -157,7 +166,10 @@ pub(crate) fn write_snapshot(dir: &Path, uuid: &[u8; 16], epoch: u64, map: &Exte
                 return;
             }
             let gens: Vec<u64> = chunk.gens.iter().map(|g| g.load(SeqCst)).collect();
-            let nonzero = gens.iter().enumerate().fold(0u64, |m, (i, &g)| m | (u64::from(g != 0) << i));
+            let nonzero = gens
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (i, &g)| m | (u64::from(g != 0) << i));
             res = (|| {
                 cw.put(&ci.to_le_bytes())?;
                 cw.put(&nonzero.to_le_bytes())?;
@@ -224,7 +236,11 @@ pub(crate) fn read_snapshot(dir: &Path, uuid: &[u8; 16]) -> Result<Option<Snapsh
                 at += 8;
             }
         }
-        chunks.push(SnapChunk { index, gens, dealloc });
+        chunks.push(SnapChunk {
+            index,
+            gens,
+            dealloc,
+        });
     }
     Ok(Some(Snapshot { epoch, chunks }))
 }
@@ -258,15 +274,28 @@ fn record_crc(epoch: u64, region: u64) -> u32 {
     crc32c::crc32c(&b)
 }
 
+/// What an intent log says.
+pub(crate) struct LogContents {
+    pub(crate) regions: Vec<u64>,
+    /// A bad record is followed by a good one: not a torn append but damage,
+    /// so the regions it named are unknown.
+    pub(crate) damaged: bool,
+}
+
 /// Regions named by a log. A header that never became durable (short or
-/// all zeros) means an empty log; a bad header is corruption.
-pub(crate) fn read_log(dir: &Path, uuid: &[u8; 16], epoch: u64) -> Result<Vec<u64>, Corrupt> {
+/// all zeros) means an empty log; a bad header is corruption. Bad records
+/// at the tail are a torn append whose writers never went on: ignored.
+pub(crate) fn read_log(dir: &Path, uuid: &[u8; 16], epoch: u64) -> Result<LogContents, Corrupt> {
     let mut b = Vec::new();
     File::open(dir.join(log_name(epoch)))
         .and_then(|mut f| f.read_to_end(&mut b))
         .map_err(|e| corrupt(format!("intent log {epoch}: {e}")))?;
+    let mut out = LogContents {
+        regions: Vec::new(),
+        damaged: false,
+    };
     if b.len() < LOG_HEADER_LEN || b[..LOG_HEADER_LEN].iter().all(|&x| x == 0) {
-        return Ok(Vec::new());
+        return Ok(out);
     }
     let h = &b[..LOG_HEADER_LEN];
     let ok = &h[..8] == LOG_MAGIC
@@ -276,12 +305,16 @@ pub(crate) fn read_log(dir: &Path, uuid: &[u8; 16], epoch: u64) -> Result<Vec<u6
     if !ok {
         return Err(corrupt(format!("intent log {epoch}: bad header")));
     }
-    let regions = b[LOG_HEADER_LEN..]
-        .chunks_exact(LOG_RECORD_LEN)
-        .filter(|r| record_crc(epoch, le_u64(r, 0)) == le_u32(r, 8))
-        .map(|r| le_u64(r, 0))
-        .collect();
-    Ok(regions)
+    let mut bad_seen = false;
+    for r in b[LOG_HEADER_LEN..].chunks_exact(LOG_RECORD_LEN) {
+        if record_crc(epoch, le_u64(r, 0)) == le_u32(r, 8) {
+            out.damaged |= bad_seen;
+            out.regions.push(le_u64(r, 0));
+        } else {
+            bad_seen = true;
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Default)]
@@ -312,7 +345,11 @@ impl IntentLog {
     /// Create the (empty, durable) log of `epoch` so writers can use it.
     pub(crate) fn open_epoch(&self, dir: &Path, uuid: &[u8; 16], epoch: u64) -> io::Result<()> {
         let path = dir.join(log_name(epoch));
-        let mut file = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(path)?;
         let mut h = Vec::with_capacity(LOG_HEADER_LEN);
         h.extend_from_slice(LOG_MAGIC);
         h.extend_from_slice(uuid);
@@ -395,8 +432,13 @@ fn write_batch(files: &[(u64, Arc<File>)], batch: &[(u64, u64)]) -> io::Result<(
             file.sync_data()?;
         }
     }
-    if let Some((e, _)) = batch.iter().find(|(e, _)| !files.iter().any(|(f, _)| f == e)) {
-        return Err(io::Error::other(format!("no intent log open for epoch {e}")));
+    if let Some((e, _)) = batch
+        .iter()
+        .find(|(e, _)| !files.iter().any(|(f, _)| f == e))
+    {
+        return Err(io::Error::other(format!(
+            "no intent log open for epoch {e}"
+        )));
     }
     Ok(())
 }

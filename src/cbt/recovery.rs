@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering::SeqCst;
 
 use super::map::{CHUNK_SHIFT, REGION_SHIFT};
-use super::persist::{self, Corrupt, Durable, HIGH_WATER_SLACK, Meta, Snapshot};
+use super::persist::{self, Corrupt, Durable, HIGH_WATER_SLACK, LogContents, Meta, Snapshot};
 use super::tracker::wait_until;
 use super::{CbtError, Tracker};
 
@@ -18,13 +18,15 @@ const CHECKPOINT_REGIONS: u64 = 4096;
 struct Found {
     meta: Meta,
     snapshot: Option<Snapshot>,
-    /// (epoch, regions) of every intent log.
-    logs: Vec<(u64, Vec<u64>)>,
+    /// Every intent log with its epoch.
+    logs: Vec<(u64, LogContents)>,
 }
 
 fn load(dir: &Path) -> Result<Option<Found>, Corrupt> {
     let Some(meta) = persist::read_meta(dir)? else {
-        let leftovers = persist::list_logs(dir).map(|l| !l.is_empty()).unwrap_or(true)
+        let leftovers = persist::list_logs(dir)
+            .map(|l| !l.is_empty())
+            .unwrap_or(true)
             || dir.join("snapshot").exists();
         return if leftovers {
             Err(Corrupt("meta missing but tracking files exist".into()))
@@ -38,7 +40,11 @@ fn load(dir: &Path) -> Result<Option<Found>, Corrupt> {
     for epoch in epochs {
         logs.push((epoch, persist::read_log(dir, &meta.uuid, epoch)?));
     }
-    Ok(Some(Found { meta, snapshot, logs }))
+    Ok(Some(Found {
+        meta,
+        snapshot,
+        logs,
+    }))
 }
 
 impl Tracker {
@@ -95,9 +101,18 @@ impl Tracker {
     }
 
     fn restart(dir: &Path, found: Found) -> Result<Tracker, CbtError> {
-        let Found { mut meta, snapshot, logs } = found;
+        let Found {
+            mut meta,
+            snapshot,
+            logs,
+        } = found;
         let snap_epoch = snapshot.as_ref().map_or(0, |s| s.epoch);
-        let last_epoch = logs.iter().map(|(e, _)| *e).max().unwrap_or(0).max(snap_epoch);
+        let last_epoch = logs
+            .iter()
+            .map(|(e, _)| *e)
+            .max()
+            .unwrap_or(0)
+            .max(snap_epoch);
         let recovery = (!meta.clean).then_some(meta.high_water + 1);
         let open = recovery.unwrap_or(meta.open);
         meta.recovery_gen = recovery.unwrap_or(meta.recovery_gen);
@@ -107,18 +122,35 @@ impl Tracker {
         // Durable before any generation of this run is used or stamped.
         persist::write_meta(dir, &meta)?;
         let durable = Durable::new(dir.to_path_buf(), last_epoch, meta.clone());
-        let mut t = Self::build(meta.uuid, meta.capacity, meta.extent_blocks, open, Some(durable))?;
+        let mut t = Self::build(
+            meta.uuid,
+            meta.capacity,
+            meta.extent_blocks,
+            open,
+            Some(durable),
+        )?;
         t.recovery_gen = meta.recovery_gen;
         for chunk in snapshot.iter().flat_map(|s| &s.chunks) {
             t.load_chunk(chunk.index, &chunk.gens, chunk.dealloc);
         }
         if let Some(r) = recovery {
             t.recovered = true;
-            let dirty: Vec<u64> = logs
-                .iter()
-                .filter(|(e, _)| *e >= snap_epoch)
-                .flat_map(|(_, regions)| regions.iter().copied())
-                .collect();
+            let live = || {
+                logs.iter()
+                    .filter(|(e, _)| *e >= snap_epoch)
+                    .map(|(_, l)| l)
+            };
+            let mut dirty: Vec<u64> = live().flat_map(|l| l.regions.iter().copied()).collect();
+            if live().any(|l| l.damaged) {
+                // Which regions the damaged records named is unknown: every
+                // extent may have changed (a full pass, but the same UUID).
+                tracing::error!(
+                    "CBT in {}: damaged intent log; marking the whole LUN",
+                    dir.display()
+                );
+                let extents = t.capacity_blocks().div_ceil(u64::from(t.extent_blocks()));
+                dirty = (0..extents.div_ceil(1 << REGION_SHIFT)).collect();
+            }
             tracing::warn!(
                 "CBT in {}: unclean stop; {} logged regions stamped with recovery generation {r}",
                 dir.display(),
@@ -133,7 +165,9 @@ impl Tracker {
 
     fn load_chunk(&self, index: u64, gens: &[u64], dealloc: u64) {
         let first = index << CHUNK_SHIFT;
-        let cap_extents = self.capacity_blocks().div_ceil(u64::from(self.extent_blocks()));
+        let cap_extents = self
+            .capacity_blocks()
+            .div_ceil(u64::from(self.extent_blocks()));
         if first >= cap_extents {
             return;
         }
@@ -152,7 +186,9 @@ impl Tracker {
 
     /// Every extent of `region` may have changed after its durable record.
     fn stamp_recovered(&self, region: u64, r: u64) {
-        let cap_extents = self.capacity_blocks().div_ceil(u64::from(self.extent_blocks()));
+        let cap_extents = self
+            .capacity_blocks()
+            .div_ceil(u64::from(self.extent_blocks()));
         let first = region << REGION_SHIFT;
         let end = ((region + 1) << REGION_SHIFT).min(cap_extents);
         if first >= end {
@@ -233,7 +269,8 @@ fn remove_tracking_files(dir: &Path) -> io::Result<()> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = name.starts_with("intent.") || name.starts_with("snapshot") || name.starts_with("meta");
+        let ours =
+            name.starts_with("intent.") || name.starts_with("snapshot") || name.starts_with("meta");
         if ours {
             fs::remove_file(entry.path())?;
         }

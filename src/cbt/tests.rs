@@ -39,7 +39,14 @@ fn map_levels_cover_reach_and_walk_in_order() {
         seen.push((i.extent, i.generation));
         true
     });
-    assert_eq!(seen, vec![(64, 2), ((1 << 20) + 7, ((1 << 20) + 7) % 7 + 1), (1 << 32, (1u64 << 32) % 7 + 1)]);
+    assert_eq!(
+        seen,
+        vec![
+            (64, 2),
+            ((1 << 20) + 7, ((1 << 20) + 7) % 7 + 1),
+            (1 << 32, (1u64 << 32) % 7 + 1)
+        ]
+    );
 }
 
 #[test]
@@ -51,7 +58,10 @@ fn writes_merge_and_clip_to_start_and_capacity() {
     write(&t, 99, 1); // extent 12, short
     assert_eq!(all(&t, 0), vec![d(0, 16, false, 1), d(96, 4, false, 1)]);
     let page = t.changed_extents(0, 5, 10).unwrap();
-    assert_eq!(page.descriptors, vec![d(5, 11, false, 1), d(96, 4, false, 1)]);
+    assert_eq!(
+        page.descriptors,
+        vec![d(5, 11, false, 1), d(96, 4, false, 1)]
+    );
     assert!(page.complete);
     assert_eq!(page.next_lba, 100);
     assert_eq!(page.open_generation, 1);
@@ -83,8 +93,14 @@ fn close_separates_generations_and_errors_are_invalid_fields() {
     write(&t, 16, 8);
     assert_eq!(all(&t, 1), vec![d(16, 8, false, 2)]);
     assert_eq!(all(&t, 0), vec![d(0, 8, false, 1), d(16, 8, false, 2)]);
-    assert!(matches!(t.changed_extents(2, 0, 1), Err(CbtError::InvalidField(_))));
-    assert!(matches!(t.changed_extents(0, 64, 1), Err(CbtError::InvalidField(_))));
+    assert!(matches!(
+        t.changed_extents(2, 0, 1),
+        Err(CbtError::InvalidField(_))
+    ));
+    assert!(matches!(
+        t.changed_extents(0, 64, 1),
+        Err(CbtError::InvalidField(_))
+    ));
     assert!(matches!(
         t.begin_change(60, 5, ChangeKind::Write),
         Err(CbtError::OutOfRange { .. })
@@ -95,11 +111,20 @@ fn close_separates_generations_and_errors_are_invalid_fields() {
 fn dealloc_hint_only_for_whole_extents_and_cleared_by_writes() {
     let t = Tracker::volatile(100, 8).unwrap();
     unmap(&t, 4, 30); // extents 0 and 4 partial, 1..=3 whole
-    assert_eq!(all(&t, 0), vec![d(0, 8, false, 1), d(8, 24, true, 1), d(32, 8, false, 1)]);
+    assert_eq!(
+        all(&t, 0),
+        vec![d(0, 8, false, 1), d(8, 24, true, 1), d(32, 8, false, 1)]
+    );
     write(&t, 17, 1); // extent 2 gets data again
     assert_eq!(
         all(&t, 0),
-        vec![d(0, 8, false, 1), d(8, 8, true, 1), d(16, 8, false, 1), d(24, 8, true, 1), d(32, 8, false, 1)]
+        vec![
+            d(0, 8, false, 1),
+            d(8, 8, true, 1),
+            d(16, 8, false, 1),
+            d(24, 8, true, 1),
+            d(32, 8, false, 1)
+        ]
     );
     unmap(&t, 96, 4); // the short last extent counts as whole
     assert_eq!(all(&t, 0).last(), Some(&d(96, 4, true, 1)));
@@ -127,7 +152,10 @@ fn close_waits_for_changes_stamped_with_the_closed_generation() {
             g
         });
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!closed.load(Ordering::SeqCst), "close returned while a G write was in flight");
+        assert!(
+            !closed.load(Ordering::SeqCst),
+            "close returned while a G write was in flight"
+        );
         assert!(!t.wait_idle(Duration::from_millis(5)));
         drop(guard);
         assert_eq!(h.join().unwrap(), 1);
@@ -154,7 +182,10 @@ fn status_flags() {
     let t = Tracker::volatile(20, 8).unwrap();
     let s = t.status();
     assert_eq!(s.flags(), 1);
-    assert_eq!((s.open_generation, s.recovery_generation, s.extent_blocks), (1, 0, 8));
+    assert_eq!(
+        (s.open_generation, s.recovery_generation, s.extent_blocks),
+        (1, 0, 8)
+    );
     assert_eq!(default_extent_blocks(512), 128);
     assert_eq!(default_extent_blocks(4096), 16);
 }
@@ -163,7 +194,10 @@ fn status_flags() {
 fn shutdown_refuses_new_changes_and_closes() {
     let t = Tracker::volatile(20, 8).unwrap();
     t.shutdown().unwrap();
-    assert!(matches!(t.begin_change(0, 1, ChangeKind::Write), Err(CbtError::ShutDown)));
+    assert!(matches!(
+        t.begin_change(0, 1, ChangeKind::Write),
+        Err(CbtError::ShutDown)
+    ));
     assert!(matches!(t.close(), Err(CbtError::ShutDown)));
     assert_eq!(t.in_flight(), 0);
 }
@@ -177,7 +211,9 @@ fn query_on_a_terabyte_lun_follows_what_changed() {
     let extents = capacity / 128;
     let mut x = 12345u64;
     for _ in 0..16_384 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         write(&t, ((x >> 20) % extents) * 128, 1);
     }
     let g = t.close().unwrap();
@@ -190,5 +226,8 @@ fn query_on_a_terabyte_lun_follows_what_changed() {
     let incremental = start.elapsed();
     assert!(page.complete && page.descriptors.len() > 16_000);
     assert_eq!(since.descriptors, vec![d(0, 128, false, 2)]);
-    println!("1 TiB LUN: since=0 query {full:?} ({} descriptors), since=G query {incremental:?}", page.descriptors.len());
+    println!(
+        "1 TiB LUN: since=0 query {full:?} ({} descriptors), since=G query {incremental:?}",
+        page.descriptors.len()
+    );
 }
