@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::map::ExtentMap;
+use super::map::{self, ExtentMap};
 use super::*;
 
 fn write(t: &Tracker, lba: u64, blocks: u64) {
@@ -230,4 +230,40 @@ fn query_on_a_terabyte_lun_follows_what_changed() {
         "1 TiB LUN: since=0 query {full:?} ({} descriptors), since=G query {incremental:?}",
         page.descriptors.len()
     );
+}
+
+#[test]
+fn tracker_is_shareable_and_owned_guards_move_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Tracker>();
+    let t = std::sync::Arc::new(Tracker::volatile(64, 8).unwrap());
+    let guard = t.begin_change_owned(0, 8, ChangeKind::Write).unwrap();
+    let closer = {
+        let t = t.clone();
+        std::thread::spawn(move || t.close().unwrap())
+    };
+    std::thread::spawn(move || drop(guard)).join().unwrap();
+    assert_eq!(closer.join().unwrap(), 1);
+    assert_eq!(t.in_flight(), 0);
+}
+
+#[test]
+fn dense_writes_cost_at_most_16_bytes_per_extent() {
+    let per_extent = std::mem::size_of::<map::Chunk>() as u64 / map::CHUNK_EXTENTS;
+    assert!(per_extent <= 16, "{per_extent} bytes per extent");
+}
+
+#[test]
+fn needs_checkpoint_after_many_logged_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = 4096u64;
+    let cap = regions << map::REGION_SHIFT;
+    let t = Tracker::open(dir.path(), cap, 1).unwrap();
+    write(&t, 0, cap / 2);
+    assert!(!t.needs_checkpoint());
+    write(&t, cap / 2, cap / 2); // one group commit for 2048 more regions
+    assert!(t.needs_checkpoint());
+    t.checkpoint().unwrap();
+    assert!(!t.needs_checkpoint());
+    assert_eq!(all(&t, 0), vec![d(0, cap, false, 1)]);
 }

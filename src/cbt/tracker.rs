@@ -1,8 +1,9 @@
 //! The per-LUN tracker: the write path (`begin_change`), `close`, draining.
 //! See the module docs in `mod.rs` for why the phase protocol is correct.
 
-use std::sync::Mutex;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::map::{CHUNK_EXTENTS, CHUNK_SHIFT, ExtentMap, REGION_SHIFT};
@@ -115,15 +116,32 @@ impl Tracker {
     }
 
     /// Start a change to `[lba, lba + blocks)`. Call it BEFORE writing the
-    /// data and drop the guard AFTER the write completed. Blocks while the
-    /// write-ahead intent of a region touched for the first time is made
-    /// durable; on error the data write must not proceed.
+    /// data and drop the guard AFTER the write completed (or failed). Blocks
+    /// while the write-ahead intent of a region touched for the first time
+    /// in this epoch is made durable; on error the data write must not
+    /// proceed. Zero blocks is a no-op guard.
     pub fn begin_change(
         &self,
         lba: u64,
         blocks: u64,
         kind: ChangeKind,
-    ) -> Result<ChangeGuard<'_>, CbtError> {
+    ) -> Result<ChangeGuard<&Tracker>, CbtError> {
+        begin(self, lba, blocks, kind)
+    }
+
+    /// [`begin_change`](Self::begin_change) with a guard that owns a
+    /// reference, for moving into `spawn_blocking` and the like.
+    pub fn begin_change_owned(
+        self: &Arc<Self>,
+        lba: u64,
+        blocks: u64,
+        kind: ChangeKind,
+    ) -> Result<ChangeGuard<Arc<Tracker>>, CbtError> {
+        begin(Arc::clone(self), lba, blocks, kind)
+    }
+
+    fn start(&self, rec: &mut InFlight) -> Result<(), CbtError> {
+        let (lba, blocks) = (rec.lba, rec.blocks);
         let capacity = self.capacity_blocks();
         if lba.checked_add(blocks).is_none_or(|end| end > capacity) {
             return Err(CbtError::OutOfRange {
@@ -132,18 +150,10 @@ impl Tracker {
                 capacity,
             });
         }
-        let mut guard = ChangeGuard {
-            tracker: self,
-            slot: None,
-            lba,
-            blocks,
-            kind,
-            unmap_seqs: Vec::new(),
-        };
         if blocks == 0 {
-            return Ok(guard);
+            return Ok(());
         }
-        guard.slot = Some(self.register());
+        rec.slot = Some(self.register());
         // Checked after registering, so shutdown's drain sees this change.
         if self.shut.load(SeqCst) {
             return Err(CbtError::ShutDown);
@@ -154,11 +164,11 @@ impl Tracker {
             durable.log_regions(&self.map, first >> REGION_SHIFT, (end - 1) >> REGION_SHIFT)?;
         }
         self.map.stamp(first, end, g);
-        match kind {
+        match rec.kind {
             ChangeKind::Write => self.clear_dealloc(first, end, true),
-            ChangeKind::Unmap => guard.unmap_seqs = self.prepare_unmap(lba, blocks, first, end),
+            ChangeKind::Unmap => rec.unmap_seqs = self.prepare_unmap(lba, blocks, first, end),
         }
-        Ok(guard)
+        Ok(())
     }
 
     /// Clear the hint bits of `[first, end)`; `bump` marks a write start.
@@ -202,7 +212,7 @@ impl Tracker {
         seqs
     }
 
-    fn end_change(&self, guard: &ChangeGuard<'_>) {
+    fn end_change(&self, guard: &InFlight) {
         if guard.blocks == 0 {
             return;
         }
@@ -323,9 +333,28 @@ pub(crate) fn wait_until(timeout: Option<Duration>, mut done: impl FnMut() -> bo
     true
 }
 
-/// A change in flight; drop it after the data write completed (or failed).
-pub struct ChangeGuard<'a> {
-    tracker: &'a Tracker,
+fn begin<T: Deref<Target = Tracker>>(
+    tracker: T,
+    lba: u64,
+    blocks: u64,
+    kind: ChangeKind,
+) -> Result<ChangeGuard<T>, CbtError> {
+    let mut guard = ChangeGuard {
+        tracker,
+        rec: InFlight {
+            slot: None,
+            lba,
+            blocks,
+            kind,
+            unmap_seqs: Vec::new(),
+        },
+    };
+    // On error the guard drops here and deregisters.
+    guard.tracker.start(&mut guard.rec)?;
+    Ok(guard)
+}
+
+struct InFlight {
     slot: Option<usize>,
     lba: u64,
     blocks: u64,
@@ -334,10 +363,17 @@ pub struct ChangeGuard<'a> {
     unmap_seqs: Vec<(u64, u64, u64)>,
 }
 
-impl Drop for ChangeGuard<'_> {
+/// A change in flight; drop it after the data write completed (or failed).
+/// `T` is `&Tracker` or `Arc<Tracker>`.
+pub struct ChangeGuard<T: Deref<Target = Tracker>> {
+    tracker: T,
+    rec: InFlight,
+}
+
+impl<T: Deref<Target = Tracker>> Drop for ChangeGuard<T> {
     fn drop(&mut self) {
-        let Some(slot) = self.slot else { return };
-        self.tracker.end_change(self);
+        let Some(slot) = self.rec.slot else { return };
+        self.tracker.end_change(&self.rec);
         self.tracker.inflight[slot].fetch_sub(1, SeqCst);
     }
 }
