@@ -42,6 +42,7 @@
 //!   write touched the chunk since the unmap began (per-chunk write counter),
 //!   so the hint is set only when true (false negatives are allowed).
 
+mod intent;
 mod map;
 mod persist;
 mod query;

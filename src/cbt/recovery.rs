@@ -6,8 +6,9 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering::SeqCst;
 
+use super::intent::Durable;
 use super::map::{CHUNK_SHIFT, REGION_SHIFT};
-use super::persist::{self, Corrupt, Durable, HIGH_WATER_SLACK, LogContents, Meta, Snapshot};
+use super::persist::{self, Corrupt, HIGH_WATER_SLACK, LogContents, Meta, Snapshot};
 use super::tracker::wait_until;
 use super::{CbtError, Tracker};
 

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::intent::Durable;
 use super::map::{CHUNK_EXTENTS, CHUNK_SHIFT, ExtentMap, REGION_SHIFT};
-use super::persist::Durable;
 use super::{CbtError, ChangeKind, Status};
 
 /// Largest capacity the CDB can address (STARTING LBA is a u40).
