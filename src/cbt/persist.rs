@@ -95,6 +95,9 @@ impl Meta {
             recovery_gen: le_u64(b, 56),
             clean: le_u32(b, 64) != 0,
         };
+        if !meta.extent_blocks.is_power_of_two() {
+            return Err(corrupt("meta: extent size not a power of two"));
+        }
         if meta.open == 0 || meta.open > meta.high_water || meta.recovery_gen > meta.high_water {
             return Err(corrupt("meta: generations inconsistent"));
         }

@@ -267,3 +267,20 @@ fn needs_checkpoint_after_many_logged_regions() {
     assert!(!t.needs_checkpoint());
     assert_eq!(all(&t, 0), vec![d(0, cap, false, 1)]);
 }
+
+#[test]
+fn runs_are_split_to_fit_the_u32_block_count() {
+    let eb = 1u64 << 31;
+    let t = Tracker::volatile(3 * eb - 5, 1 << 31).unwrap();
+    write(&t, 0, 3 * eb - 5);
+    let got = all(&t, 0);
+    assert_eq!(
+        got,
+        vec![
+            d(0, eb, false, 1),
+            d(eb, eb, false, 1),
+            d(2 * eb, eb - 5, false, 1)
+        ]
+    );
+    assert!(got.iter().all(|x| x.blocks <= u64::from(u32::MAX)));
+}
