@@ -1,6 +1,11 @@
 //! Changed-block tracking (CBT) for one LUN: the model and guarantees of
 //! `shared/specs/cbt-scsi.md`, as a pure library with file persistence.
 //!
+//! Files: `map.rs` (generation store), `tracker.rs` (write path, close,
+//! drain, grow), `query.rs` (GET CHANGED EXTENTS), `persist.rs` (on-disk
+//! formats), `intent.rs` (intent log, high-water mark), `recovery.rs`
+//! (open, recovery, checkpoint, shutdown).
+//!
 //! # Design
 //!
 //! * **Generations.** Each extent holds the open generation `O` of its latest
