@@ -1,0 +1,311 @@
+//! The per-extent generation store: a lazily grown radix tree of chunks.
+//!
+//! Why a radix tree of `OnceLock`s rather than a hash map: lookups on the
+//! write path are one acquire load per level and never take a lock; memory
+//! follows what was written (untouched subtrees are never allocated); and the
+//! tree is ordered, so a query walks only existing chunks in LBA order and
+//! skips whole subtrees whose maximum generation is not above `since`.
+//!
+//! Every generation update is a monotonic `fetch_max`: two changes racing on
+//! one extent can never make its generation go backwards.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+/// Extents per chunk (one `u64` bitmap covers the deallocated hints).
+pub(crate) const CHUNK_SHIFT: u32 = 6;
+pub(crate) const CHUNK_EXTENTS: u64 = 1 << CHUNK_SHIFT;
+/// Children per interior node.
+const FAN_SHIFT: u32 = 8;
+const FAN: usize = 1 << FAN_SHIFT;
+/// Extents per write-ahead intent region (1024 = 64 MiB at 64 KiB extents).
+pub(crate) const REGION_SHIFT: u32 = 10;
+/// Regions per leaf node (a leaf covers FAN chunks).
+const LEAF_REGIONS: usize = 1 << (CHUNK_SHIFT + FAN_SHIFT - REGION_SHIFT);
+
+/// 64 extents: about 8.4 bytes per extent when writes are dense.
+pub(crate) struct Chunk {
+    pub(crate) gens: [AtomicU64; CHUNK_EXTENTS as usize],
+    /// Largest generation in `gens`, so queries can skip the chunk.
+    pub(crate) max: AtomicU64,
+    /// Bit i: extent i has a non-zero generation (set before the first
+    /// stamp), so sparse chunks are walked by their set bits only.
+    touched: AtomicU64,
+    /// Bit i: the latest change to extent i unmapped all of it.
+    pub(crate) dealloc: AtomicU64,
+    /// Bumped by every data write that touches the chunk; an unmap only
+    /// sets its hint bits if no write started meanwhile (see tracker.rs).
+    pub(crate) wseq: AtomicU64,
+}
+
+impl Chunk {
+    fn new() -> Self {
+        Chunk {
+            gens: std::array::from_fn(|_| AtomicU64::new(0)),
+            max: AtomicU64::new(0),
+            touched: AtomicU64::new(0),
+            dealloc: AtomicU64::new(0),
+            wseq: AtomicU64::new(0),
+        }
+    }
+
+    /// Raise extent `i` (within the chunk) to at least `g`.
+    pub(crate) fn raise(&self, i: usize, g: u64) {
+        if self.max.load(SeqCst) < g {
+            self.max.fetch_max(g, SeqCst);
+        }
+        let cur = self.gens[i].load(SeqCst);
+        if cur < g {
+            if cur == 0 {
+                self.touched.fetch_or(1 << i, SeqCst);
+            }
+            self.gens[i].fetch_max(g, SeqCst);
+        }
+    }
+}
+
+enum Kids {
+    Inner(Box<[OnceLock<Box<Node>>]>),
+    /// Chunks plus, per intent region, the intent epoch it was logged in.
+    Leaf(Box<[OnceLock<Box<Chunk>>]>, Box<[AtomicU64]>),
+}
+
+struct Node {
+    max: AtomicU64,
+    kids: Kids,
+}
+
+impl Node {
+    fn new(leaf: bool) -> Self {
+        let kids = if leaf {
+            Kids::Leaf(
+                (0..FAN).map(|_| OnceLock::new()).collect(),
+                (0..LEAF_REGIONS).map(|_| AtomicU64::new(0)).collect(),
+            )
+        } else {
+            Kids::Inner((0..FAN).map(|_| OnceLock::new()).collect())
+        };
+        Node {
+            max: AtomicU64::new(0),
+            kids,
+        }
+    }
+
+    fn raise(&self, g: u64) {
+        if self.max.load(SeqCst) < g {
+            self.max.fetch_max(g, SeqCst);
+        }
+    }
+}
+
+/// What a walk reports for one changed extent.
+pub(crate) struct ExtentInfo {
+    pub(crate) extent: u64,
+    pub(crate) generation: u64,
+    pub(crate) dealloc: bool,
+}
+
+pub(crate) struct ExtentMap {
+    root: Node,
+    /// Number of node levels; level 0 is the leaf level.
+    levels: u32,
+}
+
+impl ExtentMap {
+    /// A map able to address `max_extents` extents.
+    pub(crate) fn new(max_extents: u64) -> Self {
+        let mut levels = 1;
+        // Capped at 7 levels (2^62 extents) so child shifts never overflow.
+        while levels < 7 {
+            if (max_extents.saturating_sub(1) >> (CHUNK_SHIFT + FAN_SHIFT * levels)) == 0 {
+                break;
+            }
+            levels += 1;
+        }
+        ExtentMap {
+            root: Node::new(levels == 1),
+            levels,
+        }
+    }
+
+    /// Extents this map can address (grow must stay below it).
+    pub(crate) fn reach(&self) -> u64 {
+        let bits = CHUNK_SHIFT + FAN_SHIFT * self.levels;
+        if bits >= 64 { u64::MAX } else { 1 << bits }
+    }
+
+    /// The leaf node holding chunk `ci`, created on the way if needed;
+    /// every node on the path is raised to `g` (pass 0 to only look).
+    fn leaf(&self, ci: u64, g: u64) -> &Node {
+        let mut node = &self.root;
+        node.raise(g);
+        for level in (1..self.levels).rev() {
+            let idx = ((ci >> (FAN_SHIFT * level)) as usize) & (FAN - 1);
+            let Kids::Inner(kids) = &node.kids else {
+                unreachable!("interior level holds interior nodes")
+            };
+            node = kids[idx].get_or_init(|| Box::new(Node::new(level == 1)));
+            node.raise(g);
+        }
+        node
+    }
+
+    /// Chunk `ci`, created if missing, with the path raised to `g`.
+    pub(crate) fn chunk(&self, ci: u64, g: u64) -> &Chunk {
+        let Kids::Leaf(chunks, _) = &self.leaf(ci, g).kids else {
+            unreachable!("level 0 holds chunks")
+        };
+        chunks[(ci as usize) & (FAN - 1)].get_or_init(|| Box::new(Chunk::new()))
+    }
+
+    /// Chunk `ci` if it exists (never allocates chunks).
+    pub(crate) fn chunk_if_present(&self, ci: u64) -> Option<&Chunk> {
+        let mut node = &self.root;
+        for level in (1..self.levels).rev() {
+            let idx = ((ci >> (FAN_SHIFT * level)) as usize) & (FAN - 1);
+            let Kids::Inner(kids) = &node.kids else {
+                return None;
+            };
+            node = kids[idx].get()?;
+        }
+        let Kids::Leaf(chunks, _) = &node.kids else {
+            return None;
+        };
+        chunks[(ci as usize) & (FAN - 1)].get().map(|b| &**b)
+    }
+
+    /// The intent epoch slot of region `r` (creates the leaf node).
+    pub(crate) fn region_epoch(&self, r: u64) -> &AtomicU64 {
+        let ci = r << (REGION_SHIFT - CHUNK_SHIFT);
+        let Kids::Leaf(_, regions) = &self.leaf(ci, 0).kids else {
+            unreachable!("level 0 holds chunks")
+        };
+        &regions[(r as usize) & (LEAF_REGIONS - 1)]
+    }
+
+    /// Raise extents `[first, end)` to generation `g`.
+    pub(crate) fn stamp(&self, first: u64, end: u64, g: u64) {
+        let mut x = first;
+        while x < end {
+            let ci = x >> CHUNK_SHIFT;
+            let chunk_end = ((ci + 1) << CHUNK_SHIFT).min(end);
+            let chunk = self.chunk(ci, g);
+            for e in x..chunk_end {
+                chunk.raise((e & (CHUNK_EXTENTS - 1)) as usize, g);
+            }
+            x = chunk_end;
+        }
+    }
+
+    /// Visit, in increasing order, every extent `>= from` with generation
+    /// `> since`. `f` returns false to stop. Skips subtrees by their max.
+    pub(crate) fn walk(&self, since: u64, from: u64, f: &mut dyn FnMut(ExtentInfo) -> bool) {
+        let top_bits = CHUNK_SHIFT + FAN_SHIFT * (self.levels - 1);
+        walk_node(&self.root, 0, top_bits, since, from, f);
+    }
+
+    /// Visit every existing chunk in order (for snapshots).
+    pub(crate) fn for_each_chunk(&self, f: &mut dyn FnMut(u64, &Chunk)) {
+        chunks_node(&self.root, self.levels - 1, 0, f);
+    }
+}
+
+/// `base` is the first extent the node covers; a child covers `1 << bits`.
+fn walk_node(
+    node: &Node,
+    base: u64,
+    child_bits: u32,
+    since: u64,
+    from: u64,
+    f: &mut dyn FnMut(ExtentInfo) -> bool,
+) -> bool {
+    if node.max.load(SeqCst) <= since {
+        return true;
+    }
+    match &node.kids {
+        Kids::Inner(kids) => {
+            for (i, kid) in kids.iter().enumerate() {
+                let child_base = base + ((i as u64) << child_bits);
+                let child_end = child_base.saturating_add(1 << child_bits);
+                let Some(kid) = kid.get() else { continue };
+                if child_end <= from {
+                    continue;
+                }
+                let bits = child_bits - FAN_SHIFT;
+                if !walk_node(kid, child_base, bits, since, from, f) {
+                    return false;
+                }
+            }
+            true
+        }
+        Kids::Leaf(chunks, _) => {
+            for (i, chunk) in chunks.iter().enumerate() {
+                let chunk_base = base + ((i as u64) << CHUNK_SHIFT);
+                if chunk_base + CHUNK_EXTENTS <= from {
+                    continue;
+                }
+                let Some(chunk) = chunk.get() else { continue };
+                if chunk.max.load(SeqCst) <= since {
+                    continue;
+                }
+                if !walk_chunk(chunk, chunk_base, since, from, f) {
+                    return false;
+                }
+            }
+            true
+        }
+    }
+}
+
+fn walk_chunk(
+    chunk: &Chunk,
+    base: u64,
+    since: u64,
+    from: u64,
+    f: &mut dyn FnMut(ExtentInfo) -> bool,
+) -> bool {
+    let dealloc = chunk.dealloc.load(SeqCst);
+    let start = from.saturating_sub(base);
+    let mut bits = chunk.touched.load(SeqCst);
+    if start >= CHUNK_EXTENTS {
+        return true;
+    }
+    bits &= u64::MAX << start;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        let generation = chunk.gens[i].load(SeqCst);
+        if generation > since {
+            let info = ExtentInfo {
+                extent: base + i as u64,
+                generation,
+                dealloc: dealloc & (1 << i) != 0,
+            };
+            if !f(info) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn chunks_node(node: &Node, level: u32, base: u64, f: &mut dyn FnMut(u64, &Chunk)) {
+    let child_bits = CHUNK_SHIFT + FAN_SHIFT * level;
+    match &node.kids {
+        Kids::Inner(kids) => {
+            for (i, kid) in kids.iter().enumerate() {
+                if let Some(kid) = kid.get() {
+                    chunks_node(kid, level - 1, base + ((i as u64) << child_bits), f);
+                }
+            }
+        }
+        Kids::Leaf(chunks, _) => {
+            let first_ci = base >> CHUNK_SHIFT;
+            for (i, chunk) in chunks.iter().enumerate() {
+                if let Some(chunk) = chunk.get() {
+                    f(first_ci + i as u64, chunk);
+                }
+            }
+        }
+    }
+}
