@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command: build, run every cargo test, then libiscsi's
+# iscsi-test-cu against the release binary (conformance/expectations.txt
+# says what must pass). Extra arguments go to conformance/run,
+# e.g. ./test.sh --filter Read10
+set -euo pipefail
+cd "$(dirname "$0")"
+
+timed() {
+    local t=$SECONDS
+    echo "==> $*"
+    "$@"
+    echo "==> $1 took $((SECONDS - t)) s"
+}
+
+timed cargo build --release
+timed cargo test --release
+timed conformance/run --bin target/release/gentgt \
+    --expectations conformance/expectations.txt \
+    --results target/conformance-results.tsv "$@"
