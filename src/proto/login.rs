@@ -236,6 +236,8 @@ pub struct TargetLogin {
     session: Option<Session>,
     /// Current stage, `None` before the first request.
     stage: Option<u8>,
+    /// CSG of the latest request, echoed in a failure response.
+    last_csg: u8,
     /// Text of a request still being continued (C bit).
     partial: Vec<u8>,
     /// Every key the initiator sent so far, with its first value.
@@ -255,6 +257,7 @@ impl TargetLogin {
             ident: None,
             session: None,
             stage: None,
+            last_csg: STAGE_SECURITY,
             partial: Vec::new(),
             seen: HashMap::new(),
             auth: Auth::Undecided,
@@ -283,12 +286,12 @@ impl TargetLogin {
     }
 
     /// A failure response with `status`, ending the login. The caller uses
-    /// this for refusals it decides itself (e.g. 0x020a, session does not
-    /// exist, after seeing `LoginResult::tsih`).
+    /// this for refusals it decides itself, e.g. on `LoginStep::Complete`
+    /// with a `LoginResult::tsih` naming no session, send
+    /// `fail_with(status::SESSION_DOES_NOT_EXIST)` instead of the success.
     pub fn fail_with(&mut self, status: u16) -> Pdu {
         self.finished = true;
-        let stage = self.stage.unwrap_or(STAGE_SECURITY);
-        let mut p = self.response(stage << 2, Vec::new());
+        let mut p = self.response(self.last_csg << 2, Vec::new());
         p.bhs.0[36] = (status >> 8) as u8;
         p.bhs.0[37] = status as u8;
         p
@@ -353,6 +356,7 @@ impl TargetLogin {
         let transit = flags & T_BIT != 0;
         let csg = (flags >> 2) & 3;
         let nsg = flags & 3;
+        self.last_csg = csg;
         // VersionMin (byte 3) must admit version 0, the only one there is.
         if pdu.bhs.0[3] != 0 || pdu.bhs.0[2] < pdu.bhs.0[3] {
             return Err(status::UNSUPPORTED_VERSION);
@@ -836,6 +840,11 @@ mod tests {
         );
         assert!(r.params.initial_r2t && r.params.immediate_data);
         assert_eq!(r.params.default_time2retain, 0);
+        // The caller may still turn the success into a refusal.
+        let f = l.fail_with(status::SESSION_DOES_NOT_EXIST);
+        assert_eq!(status_of(&f), status::SESSION_DOES_NOT_EXIST);
+        assert_eq!(f.bhs.flags(), 1 << 2);
+        assert_eq!(f.bhs.itt(), ITT);
         // Anything after completion is refused.
         assert_eq!(
             failed(l.on_pdu(&req(true, 1, 3, &[]), &open_dir())),
@@ -1068,6 +1077,12 @@ mod tests {
         assert_eq!(r.session_type, SessionType::Discovery);
         assert_eq!(r.target_name, None);
         assert_eq!(t.get("TargetPortalGroupTag"), None);
+        // Nothing negotiated: RFC defaults, plus our declared segment size.
+        let want = SessionParams {
+            target_max_recv_dsl: LoginOffer::default().max_recv_dsl,
+            ..SessionParams::default()
+        };
+        assert_eq!(r.params, want);
 
         let dir = Dir {
             chap: None,
