@@ -226,7 +226,9 @@ pub enum NegotiationError {
 /// Parse an RFC 7143 §6.1 numerical value: decimal or 0x-hex.
 pub fn parse_number(v: &str) -> Option<u64> {
     match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        Some(h) if !h.is_empty() && h.len() <= 16 => u64::from_str_radix(h, 16).ok(),
+        Some(h) if !h.is_empty() && h.len() <= 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(h, 16).ok()
+        }
         Some(_) => None,
         None if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) => {
             v.parse().ok()
@@ -575,6 +577,9 @@ mod tests {
         }
         assert_eq!(out.0.len(), 7);
         assert_eq!(n.params(), SessionParams::default());
+        assert_eq!(parse_number("0x+5"), None);
+        assert_eq!(parse_number("+5"), None);
+        assert_eq!(parse_number("0x1F"), Some(31));
     }
 
     #[test]
