@@ -165,7 +165,8 @@ mod tests {
     #[test]
     fn unmap_zeroes_and_frees_whole_chunks() {
         let m = MemoryBackend::new(3 * CHUNK);
-        m.write_at(0, &vec![7u8; (3 * CHUNK) as usize], false).unwrap();
+        m.write_at(0, &vec![7u8; (3 * CHUNK) as usize], false)
+            .unwrap();
         m.unmap(100, 2 * CHUNK).unwrap();
         // Chunk 1 lies wholly inside the range and is freed.
         assert_eq!(m.allocated_bytes(), 2 * CHUNK);

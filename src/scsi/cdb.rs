@@ -29,6 +29,7 @@ impl Ctx<'_> {
     }
 }
 
+#[derive(Debug)]
 pub struct CommandDesc {
     pub opcode: u8,
     pub service_action: Option<u16>,
@@ -121,9 +122,7 @@ pub fn has_service_actions(opcode: u8) -> bool {
 /// CODE; known opcode with an unknown service action → INVALID FIELD IN
 /// CDB pointing at the SERVICE ACTION field (byte 1, bit 4).
 pub fn lookup(cdb: &[u8]) -> Result<&'static CommandDesc, Sense> {
-    let opcode = *cdb
-        .first()
-        .ok_or(Sense::new(SenseReason::InvalidOpcode))?;
+    let opcode = *cdb.first().ok_or(Sense::new(SenseReason::InvalidOpcode))?;
     if !has_service_actions(opcode) {
         return TABLE
             .iter()
@@ -143,8 +142,9 @@ pub fn check_reserved(desc: &CommandDesc, cdb: &[u8]) -> Result<(), Sense> {
     if cdb.len() < desc.cdb_len {
         return Err(Sense::invalid_cdb_field(cdb.len(), None));
     }
-    for i in 1..desc.cdb_len {
-        let bad = cdb[i] & !desc.usage_mask[i];
+    let pairs = cdb.iter().zip(desc.usage_mask.iter());
+    for (i, (b, mask)) in pairs.enumerate().take(desc.cdb_len).skip(1) {
+        let bad = b & !mask;
         if bad != 0 {
             let bit = 7 - bad.leading_zeros() as u8;
             return Err(Sense::invalid_cdb_field(i, Some(bit)));
@@ -193,7 +193,10 @@ mod tests {
         assert_eq!(lookup(&[0x9e, 0x10]).unwrap().name, "READ CAPACITY(16)");
         let e = lookup(&[0x9e, 0x11]).unwrap_err();
         assert_eq!(e.reason, SenseReason::InvalidFieldInCdb);
-        assert_eq!(lookup(&[0xff]).unwrap_err().reason, SenseReason::InvalidOpcode);
+        assert_eq!(
+            lookup(&[0xff]).unwrap_err().reason,
+            SenseReason::InvalidOpcode
+        );
         assert_eq!(lookup(&[]).unwrap_err().reason, SenseReason::InvalidOpcode);
         // A bare 0x9e without byte 1 is not a panic.
         assert!(lookup(&[0x9e]).is_err());

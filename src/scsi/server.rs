@@ -85,7 +85,8 @@ impl DeviceServer {
     /// libiscsi multipath reset test expects it on every path).
     pub fn lun_reset(&self, lun: u64, _by: &Nexus) {
         if self.luns.contains_key(&lun) {
-            self.ua.establish_all(lun, SenseReason::BusDeviceReset, true);
+            self.ua
+                .establish_all(lun, SenseReason::BusDeviceReset, true);
         }
     }
 

@@ -15,7 +15,10 @@ pub struct UnitAttentions {
 }
 
 impl UnitAttentions {
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<u64, HashMap<u64, VecDeque<SenseReason>>>) -> R) -> R {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<u64, HashMap<u64, VecDeque<SenseReason>>>) -> R,
+    ) -> R {
         // A poisoned lock only means another command panicked mid-update;
         // the map itself is still usable.
         let mut g = self.pending.lock().unwrap_or_else(|e| e.into_inner());

@@ -34,7 +34,10 @@ pub fn read_capacity10(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         return Err(Sense::invalid_cdb_field(2, None));
     }
     let last = lu.num_blocks().saturating_sub(1);
-    let mut d = u32::try_from(last).unwrap_or(u32::MAX).to_be_bytes().to_vec();
+    let mut d = u32::try_from(last)
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+        .to_vec();
     d.extend_from_slice(&lu.block_size.to_be_bytes());
     Ok(data_in(cmd, d, 8))
 }

@@ -61,7 +61,10 @@ fn prepare(ctx: &Ctx, rw: &Rw) -> Result<Option<(u64, u64)>, Sense> {
         return Err(Sense::invalid_cdb_field(rw.len_at, None));
     }
     // Both products are bounded by the capacity in bytes: no overflow.
-    Ok(Some((rw.lba * lu.block_bytes(), rw.blocks * lu.block_bytes())))
+    Ok(Some((
+        rw.lba * lu.block_bytes(),
+        rw.blocks * lu.block_bytes(),
+    )))
 }
 
 /// Reads produce at most the initiator's expected length (it may ask for

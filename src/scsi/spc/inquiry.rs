@@ -30,7 +30,11 @@ pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         if page != 0 {
             return Err(Sense::invalid_cdb_field(2, None));
         }
-        let pdt = if ctx.lu.is_some() { DIRECT_ACCESS } else { NO_LUN };
+        let pdt = if ctx.lu.is_some() {
+            DIRECT_ACCESS
+        } else {
+            NO_LUN
+        };
         return Ok(data_in(cmd, standard(pdt), alloc));
     }
     let lu = ctx.lu()?;
@@ -86,7 +90,7 @@ fn name_string(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.truncate(251);
     v.push(0);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
@@ -115,8 +119,16 @@ fn device_identification(ctx: &Ctx, lu: &LogicalUnit) -> Vec<u8> {
     rel.extend_from_slice(&ctx.nexus.relative_port.to_be_bytes());
     designator(&mut d, ISCSI | BINARY, PIV | ASSOC_PORT | 0x04, &rel);
     // SCSI name strings: the target port, then the target device.
-    let port = format!("{},t,0x{:04x}", ctx.server.target_name, ctx.nexus.relative_port);
-    designator(&mut d, ISCSI | UTF8, PIV | ASSOC_PORT | 0x08, &name_string(&port));
+    let port = format!(
+        "{},t,0x{:04x}",
+        ctx.server.target_name, ctx.nexus.relative_port
+    );
+    designator(
+        &mut d,
+        ISCSI | UTF8,
+        PIV | ASSOC_PORT | 0x08,
+        &name_string(&port),
+    );
     let target = name_string(&ctx.server.target_name);
     designator(&mut d, ISCSI | UTF8, PIV | ASSOC_TARGET | 0x08, &target);
     d

@@ -1,10 +1,10 @@
 //! REPORT SUPPORTED OPERATION CODES (SPC-5 §6.35), generated from the
 //! command table.
 
+use crate::scsi::ScsiCommand;
 use crate::scsi::cdb::{CmdResult, CommandDesc, Ctx, TABLE, has_service_actions};
 use crate::scsi::data::{be, byte, data_in};
 use crate::scsi::sense::Sense;
-use crate::scsi::ScsiCommand;
 
 /// SUPPORT field values for the one-command format.
 const NOT_SUPPORTED: u8 = 0x01;
