@@ -59,3 +59,17 @@ pub fn decode_lun(raw: [u8; 8]) -> u64 {
         _ => u64::MAX,
     }
 }
+
+impl LogicalUnit {
+    /// Capacity in logical blocks (a partial trailing block is unusable).
+    pub fn num_blocks(&self) -> u64 {
+        self.backend
+            .size()
+            .checked_div(self.block_size as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn block_bytes(&self) -> u64 {
+        self.block_size as u64
+    }
+}

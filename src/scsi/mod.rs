@@ -4,11 +4,15 @@
 //! `ScsiResult::transfer_len` and its own Expected Data Transfer Length.
 
 pub mod cdb;
+mod data;
 pub mod lun;
 mod sbc;
 pub mod sense;
 pub mod server;
 mod spc;
+#[cfg(test)]
+mod tests;
+mod ua;
 
 pub use lun::{LogicalUnit, LunIdentity};
 pub use sense::{Sense, SenseReason};

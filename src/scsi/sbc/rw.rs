@@ -1,0 +1,108 @@
+//! READ and WRITE (6/10/12/16).
+
+use super::{check_range, max_transfer_blocks};
+use crate::scsi::cdb::{CmdResult, Ctx};
+use crate::scsi::data::{be, byte};
+use crate::scsi::sense::{Sense, SenseReason};
+use crate::scsi::{ScsiCommand, ScsiResult};
+
+/// The fields READ and WRITE share, decoded from any CDB size.
+struct Rw {
+    lba: u64,
+    blocks: u64,
+    fua: bool,
+    /// Offset of TRANSFER LENGTH in the CDB (for the sense field pointer).
+    len_at: usize,
+}
+
+fn parse(cdb: &[u8]) -> Rw {
+    let fua = byte(cdb, 1) & 0x08 != 0;
+    match byte(cdb, 0) {
+        // 6-byte: 21-bit LBA, no flags, TRANSFER LENGTH 0 means 256.
+        0x08 | 0x0a => Rw {
+            lba: be(cdb, 1, 3) & 0x1f_ffff,
+            blocks: match byte(cdb, 4) {
+                0 => 256,
+                n => n as u64,
+            },
+            fua: false,
+            len_at: 4,
+        },
+        0x28 | 0x2a => Rw {
+            lba: be(cdb, 2, 4),
+            blocks: be(cdb, 7, 2),
+            fua,
+            len_at: 7,
+        },
+        0xa8 | 0xaa => Rw {
+            lba: be(cdb, 2, 4),
+            blocks: be(cdb, 6, 4),
+            fua,
+            len_at: 6,
+        },
+        _ => Rw {
+            lba: be(cdb, 2, 8),
+            blocks: be(cdb, 10, 4),
+            fua,
+            len_at: 10,
+        },
+    }
+}
+
+/// Validate the range and the transfer size; `Ok(None)` for a zero-length
+/// transfer (nothing to do), else the byte offset and byte count.
+fn prepare(ctx: &Ctx, rw: &Rw) -> Result<Option<(u64, u64)>, Sense> {
+    let lu = ctx.lu()?;
+    check_range(lu, rw.lba, rw.blocks)?;
+    if rw.blocks == 0 {
+        return Ok(None);
+    }
+    if rw.blocks > max_transfer_blocks(lu) {
+        return Err(Sense::invalid_cdb_field(rw.len_at, None));
+    }
+    // Both products are bounded by the capacity in bytes: no overflow.
+    Ok(Some((
+        rw.lba * lu.block_bytes(),
+        rw.blocks * lu.block_bytes(),
+    )))
+}
+
+/// Reads produce at most the initiator's expected length (it may ask for
+/// 1 GiB with EDTL 0); the transfer length is still the CDB's, so the
+/// transport reports the overflow residual.
+pub fn read(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
+    let rw = parse(cmd.cdb);
+    let Some((offset, needed)) = prepare(ctx, &rw)? else {
+        return Ok(ScsiResult::good(Vec::new(), 0));
+    };
+    let lu = ctx.lu()?;
+    let produce = needed.min(cmd.expected_len as u64) as usize;
+    let mut buf = vec![0u8; produce];
+    lu.backend.read_at(offset, &mut buf).map_err(|e| {
+        tracing::warn!(backend = %lu.backend.describe(), error = %e, "read failed");
+        Sense::new(SenseReason::UnrecoveredReadError).with_information(rw.lba)
+    })?;
+    Ok(ScsiResult::good(buf, needed as u32))
+}
+
+/// Writes need every byte the CDB describes. With fewer (EDTL below the
+/// transfer length) nothing is written and the answer is INVALID FIELD IN
+/// INFORMATION UNIT (FCP-4 option b); extra bytes are ignored.
+pub fn write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
+    let rw = parse(cmd.cdb);
+    let Some((offset, needed)) = prepare(ctx, &rw)? else {
+        return Ok(ScsiResult::good(Vec::new(), 0));
+    };
+    let lu = ctx.lu()?;
+    let Some(data) = cmd.data_out.get(..needed as usize) else {
+        return Ok(ScsiResult::check_condition(
+            SenseReason::InvalidFieldInInformationUnit.into(),
+            needed as u32,
+        ));
+    };
+    lu.backend.write_at(offset, data, rw.fua).map_err(|e| {
+        tracing::warn!(backend = %lu.backend.describe(), error = %e, "write failed");
+        Sense::new(SenseReason::WriteError).with_information(rw.lba)
+    })?;
+    Ok(ScsiResult::good(Vec::new(), needed as u32))
+}

@@ -1,0 +1,158 @@
+//! INQUIRY: standard data and the vital product data pages (SPC-5 §6.7,
+//! §7.7; SBC-4 §6.6).
+
+use crate::scsi::cdb::{CmdResult, Ctx};
+use crate::scsi::data::{be, byte, data_in};
+use crate::scsi::sbc::max_transfer_blocks;
+use crate::scsi::sense::Sense;
+use crate::scsi::{LogicalUnit, ScsiCommand};
+
+pub const VENDOR: &[u8; 8] = b"GENTGT  ";
+pub const PRODUCT: &[u8; 16] = b"gentgt disk     ";
+
+/// Peripheral device type 0: direct access block device.
+const DIRECT_ACCESS: u8 = 0x00;
+/// Peripheral qualifier 3 / type 1Fh: no logical unit here.
+const NO_LUN: u8 = 0x7f;
+
+/// Version descriptors claimed in standard data: SAM-5, iSCSI, SPC-4,
+/// SBC-3 (libiscsi keys its SBC-3 tests on 04C0h).
+const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
+
+/// Supported VPD pages, ascending (SPC-5 requires the order).
+const PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+
+pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
+    let evpd = byte(cmd.cdb, 1) & 0x01 != 0;
+    let page = byte(cmd.cdb, 2);
+    let alloc = be(cmd.cdb, 3, 2);
+    if !evpd {
+        if page != 0 {
+            return Err(Sense::invalid_cdb_field(2, None));
+        }
+        let pdt = if ctx.lu.is_some() {
+            DIRECT_ACCESS
+        } else {
+            NO_LUN
+        };
+        return Ok(data_in(cmd, standard(pdt), alloc));
+    }
+    let lu = ctx.lu()?;
+    let body = match page {
+        0x00 => PAGES.to_vec(),
+        0x80 => lu.identity.serial.as_bytes().to_vec(),
+        0x83 => device_identification(ctx, lu),
+        0xb0 => block_limits(lu),
+        0xb1 => block_device_characteristics(),
+        0xb2 => logical_block_provisioning(),
+        _ => return Err(Sense::invalid_cdb_field(2, None)),
+    };
+    let mut data = vec![DIRECT_ACCESS, page];
+    data.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    data.extend_from_slice(&body);
+    Ok(data_in(cmd, data, alloc))
+}
+
+fn standard(pdt: u8) -> Vec<u8> {
+    let mut d = vec![0u8; 74];
+    d[0] = pdt;
+    d[1] = 0x00; // not removable
+    d[2] = 0x06; // SPC-4
+    d[3] = 0x10 | 0x02; // HISUP, response data format 2
+    d[4] = (d.len() - 5) as u8;
+    d[7] = 0x02; // CMDQUE
+    d[8..16].copy_from_slice(VENDOR);
+    d[16..32].copy_from_slice(PRODUCT);
+    d[32..36].copy_from_slice(&revision());
+    for (i, v) in VERSION_DESCRIPTORS.iter().enumerate() {
+        d[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
+    }
+    d
+}
+
+/// PRODUCT REVISION LEVEL: the crate version, space padded to 4 bytes.
+fn revision() -> [u8; 4] {
+    let mut r = *b"    ";
+    for (dst, src) in r.iter_mut().zip(env!("CARGO_PKG_VERSION").bytes()) {
+        *dst = src;
+    }
+    r
+}
+
+/// One designation descriptor (SPC-5 §7.7.6.1).
+fn designator(out: &mut Vec<u8>, proto_codeset: u8, piv_assoc_type: u8, value: &[u8]) {
+    out.extend_from_slice(&[proto_codeset, piv_assoc_type, 0, value.len() as u8]);
+    out.extend_from_slice(value);
+}
+
+/// SCSI name string: UTF-8, NUL terminated, padded to a multiple of 4.
+fn name_string(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.truncate(251);
+    v.push(0);
+    while !v.len().is_multiple_of(4) {
+        v.push(0);
+    }
+    v
+}
+
+const ISCSI: u8 = 0x50; // protocol identifier 5 in the high nibble
+const BINARY: u8 = 0x01;
+const ASCII: u8 = 0x02;
+const UTF8: u8 = 0x03;
+const PIV: u8 = 0x80;
+const ASSOC_LU: u8 = 0x00;
+const ASSOC_PORT: u8 = 0x10;
+const ASSOC_TARGET: u8 = 0x20;
+
+fn device_identification(ctx: &Ctx, lu: &LogicalUnit) -> Vec<u8> {
+    let mut d = Vec::new();
+    // NAA 6 (IEEE registered extended), the logical unit's stable name.
+    designator(&mut d, BINARY, ASSOC_LU | 0x03, &lu.identity.naa);
+    // T10 vendor ID: vendor + serial.
+    let mut t10 = VENDOR.to_vec();
+    t10.extend_from_slice(lu.identity.serial.as_bytes());
+    t10.truncate(255);
+    designator(&mut d, ASCII, ASSOC_LU | 0x01, &t10);
+    // Relative target port identifier.
+    let mut rel = vec![0, 0];
+    rel.extend_from_slice(&ctx.nexus.relative_port.to_be_bytes());
+    designator(&mut d, ISCSI | BINARY, PIV | ASSOC_PORT | 0x04, &rel);
+    // SCSI name strings: the target port, then the target device.
+    let port = format!(
+        "{},t,0x{:04x}",
+        ctx.server.target_name, ctx.nexus.relative_port
+    );
+    designator(
+        &mut d,
+        ISCSI | UTF8,
+        PIV | ASSOC_PORT | 0x08,
+        &name_string(&port),
+    );
+    let target = name_string(&ctx.server.target_name);
+    designator(&mut d, ISCSI | UTF8, PIV | ASSOC_TARGET | 0x08, &target);
+    d
+}
+
+fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
+    let mut d = vec![0u8; 0x3c];
+    // Offsets below are page offsets minus the 4-byte header.
+    let granularity = (4096 / lu.block_size.max(1)).max(1) as u16;
+    d[2..4].copy_from_slice(&granularity.to_be_bytes());
+    let max = u32::try_from(max_transfer_blocks(lu)).unwrap_or(u32::MAX);
+    d[4..8].copy_from_slice(&max.to_be_bytes());
+    // Unmap, write same and atomic limits stay 0: not supported (yet).
+    d
+}
+
+fn block_device_characteristics() -> Vec<u8> {
+    let mut d = vec![0u8; 0x3c];
+    d[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
+    d
+}
+
+/// Logical block provisioning: LBPU/LBPWS clear and provisioning type 0
+/// (fully provisioned), which is what READ CAPACITY(16) reports too.
+fn logical_block_provisioning() -> Vec<u8> {
+    vec![0u8; 4]
+}
