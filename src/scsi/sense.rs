@@ -49,6 +49,9 @@ pub enum SenseReason {
     InternalTargetFailure,
     // MISCOMPARE
     Miscompare,
+    // ABORTED COMMAND
+    /// The transport lost or refused part of the command's data.
+    DataPhaseError,
 }
 
 impl SenseReason {
@@ -60,6 +63,7 @@ impl SenseReason {
             NoSense => (NO_SENSE, 0x00, 0x00),
             InvalidOpcode => (ILLEGAL_REQUEST, 0x20, 0x00),
             InvalidFieldInCdb => (ILLEGAL_REQUEST, 0x24, 0x00),
+            DataPhaseError => (ABORTED_COMMAND, 0x4b, 0x00),
             InvalidFieldInParameterList => (ILLEGAL_REQUEST, 0x26, 0x00),
             ParameterListLengthError => (ILLEGAL_REQUEST, 0x1a, 0x00),
             LbaOutOfRange => (ILLEGAL_REQUEST, 0x21, 0x00),

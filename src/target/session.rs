@@ -72,7 +72,7 @@ pub(super) struct Session {
     pub finished: bool,
     /// Shutdown: the deadline for the initiator to log out.
     closing: Option<Instant>,
-    pub text: super::text::TextState,
+    pub text: crate::proto::discovery::TextResponder,
     /// The portal this connection came in on (what SendTargets advertises).
     pub local_addr: Option<SocketAddr>,
 }

@@ -8,7 +8,7 @@ use super::session::{Delivery, Done, Session};
 use crate::proto::dataout::{WriteLimits, WriteTransfer};
 use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, DataInPlan, Residual, reject};
-use crate::scsi::{ScsiCommand, ScsiResult, SenseReason, status};
+use crate::scsi::{ScsiCommand, ScsiResult, Sense, SenseReason, status};
 use std::io;
 use tracing::debug;
 
@@ -241,12 +241,7 @@ impl Session {
 
 /// A result for a command that failed in the transport.
 fn failed(reason: SenseReason, transfer_len: u32) -> ScsiResult {
-    ScsiResult {
-        status: status::CHECK_CONDITION,
-        sense: Some(reason.fixed_sense()),
-        data_in: Vec::new(),
-        transfer_len,
-    }
+    ScsiResult::check_condition(Sense::new(reason), transfer_len)
 }
 
 /// Data-In (status collapsed into the last PDU when there is no sense) or
