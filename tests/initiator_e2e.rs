@@ -34,7 +34,10 @@ fn random(n: usize) -> Vec<u8> {
 async fn write_read_back(s: &Session, lba: u64, len: usize) {
     let data = random(len);
     s.write16(0, lba, &data, 512, false).await.expect("write");
-    let back = s.read16(0, lba, (len / 512) as u32, 512).await.expect("read");
+    let back = s
+        .read16(0, lba, (len / 512) as u32, 512)
+        .await
+        .expect("read");
     assert!(back == data, "read back differs at lba {lba} len {len}");
 }
 
@@ -77,7 +80,10 @@ async fn concurrent_commands_in_flight() {
     }
     let reads = (0..32).map(|i| s.read16(0, i as u64 * 128, 128, 512));
     for (i, r) in futures_join(reads).await.into_iter().enumerate() {
-        assert!(r.expect("concurrent read") == blocks[i], "block {i} differs");
+        assert!(
+            r.expect("concurrent read") == blocks[i],
+            "block {i} differs"
+        );
     }
 }
 
@@ -136,7 +142,13 @@ async fn chap_one_way_and_mutual() {
         }),
         ..Default::default()
     };
-    let t = TestTarget::start(&[LunSpec::Memory { size: 1 << 20, block_size: 512 }], opts_t);
+    let t = TestTarget::start(
+        &[LunSpec::Memory {
+            size: 1 << 20,
+            block_size: 512,
+        }],
+        opts_t,
+    );
     let mut o = opts(&t);
     assert!(Initiator::connect(&o).await.is_err(), "no CHAP accepted");
     o.chap = Some(("carol".into(), "wrong-secret-00".into()));
@@ -148,7 +160,10 @@ async fn chap_one_way_and_mutual() {
     let s = login(&o).await;
     s.logout().await.unwrap();
     o.mutual_chap = Some(("tgt".into(), "not-the-secret!".into()));
-    assert!(Initiator::connect(&o).await.is_err(), "target's bad proof accepted");
+    assert!(
+        Initiator::connect(&o).await.is_err(),
+        "target's bad proof accepted"
+    );
 }
 
 #[tokio::test]
@@ -170,10 +185,19 @@ async fn unknown_target_and_acl() {
         allowed: Some(vec![INITIATOR.into()]),
         ..Default::default()
     };
-    let t = TestTarget::start(&[LunSpec::Memory { size: 1 << 20, block_size: 512 }], opts_t);
+    let t = TestTarget::start(
+        &[LunSpec::Memory {
+            size: 1 << 20,
+            block_size: 512,
+        }],
+        opts_t,
+    );
     let mut o = opts(&t);
     o.target_name = Some("iqn.2026-11.dev.gentgt:nope".into());
-    let e = Initiator::connect(&o).await.err().expect("unknown target accepted");
+    let e = Initiator::connect(&o)
+        .await
+        .err()
+        .expect("unknown target accepted");
     assert!(format!("{e:?}").contains("LoginFailed"), "{e:?}");
     let mut o = opts(&t);
     o.initiator_name = "iqn.2026-11.dev.gentgt:stranger".into();
@@ -189,8 +213,18 @@ async fn task_management_and_unit_attention() {
     assert_eq!(r.status, 2);
     assert_eq!(r.sense_code().map(|c| (c.0, c.1)), Some((0x06, 0x29)));
     assert_eq!(s.scsi(0, &[0; 6], None, 0).await.unwrap().status, 0);
-    assert_eq!(s.task_mgmt(tmf::LOGICAL_UNIT_RESET, 0, 0xffff_ffff).await.unwrap(), 0);
-    assert_eq!(s.task_mgmt(tmf::LOGICAL_UNIT_RESET, 7, 0xffff_ffff).await.unwrap(), 2);
+    assert_eq!(
+        s.task_mgmt(tmf::LOGICAL_UNIT_RESET, 0, 0xffff_ffff)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.task_mgmt(tmf::LOGICAL_UNIT_RESET, 7, 0xffff_ffff)
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(s.task_mgmt(tmf::ABORT_TASK, 0, 0x1234).await.unwrap(), 1);
     assert_eq!(s.task_mgmt(tmf::TASK_REASSIGN, 0, 0x1234).await.unwrap(), 4);
     s.nop().await.unwrap();

@@ -10,7 +10,10 @@ use std::process::Command;
 fn inq(url: &str, extra: &[&str]) -> (bool, String, String) {
     require_tool("iscsi-inq");
     run(
-        Command::new("iscsi-inq").args(["-i", INITIATOR]).args(extra).arg(url),
+        Command::new("iscsi-inq")
+            .args(["-i", INITIATOR])
+            .args(extra)
+            .arg(url),
         30,
     )
 }
@@ -20,7 +23,9 @@ fn iscsi_ls_lists_target_and_lun() {
     require_tool("iscsi-ls");
     let t = TestTarget::memory(64 << 20);
     let (ok, out, err) = run(
-        Command::new("iscsi-ls").args(["-i", INITIATOR, "-s"]).arg(t.portal_url()),
+        Command::new("iscsi-ls")
+            .args(["-i", INITIATOR, "-s"])
+            .arg(t.portal_url()),
         30,
     );
     assert!(ok, "iscsi-ls failed: {out}\n{err}");
@@ -68,7 +73,13 @@ fn one_way_chap() {
         chap: Some(chap("alice", "secret-alice-12", None)),
         ..Default::default()
     };
-    let t = TestTarget::start(&[LunSpec::Memory { size: 16 << 20, block_size: 512 }], opts);
+    let t = TestTarget::start(
+        &[LunSpec::Memory {
+            size: 16 << 20,
+            block_size: 512,
+        }],
+        opts,
+    );
     let good = format!("iscsi://alice%secret-alice-12@{}/{}/0", t.addr, t.name);
     let (ok, out, err) = inq(&good, &[]);
     assert!(ok, "good CHAP refused: {out}\n{err}");
@@ -82,10 +93,20 @@ fn one_way_chap() {
 #[test]
 fn mutual_chap() {
     let opts = TargetOptions {
-        chap: Some(chap("bob", "secret-bob-1234", Some(("tgt", "secret-tgt-5678")))),
+        chap: Some(chap(
+            "bob",
+            "secret-bob-1234",
+            Some(("tgt", "secret-tgt-5678")),
+        )),
         ..Default::default()
     };
-    let t = TestTarget::start(&[LunSpec::Memory { size: 16 << 20, block_size: 512 }], opts);
+    let t = TestTarget::start(
+        &[LunSpec::Memory {
+            size: 16 << 20,
+            block_size: 512,
+        }],
+        opts,
+    );
     let good = format!(
         "iscsi://bob%secret-bob-1234@{}/{}/0?target_user=tgt&target_password=secret-tgt-5678",
         t.addr, t.name
@@ -97,7 +118,10 @@ fn mutual_chap() {
         t.addr, t.name
     );
     let (ok, _, _) = inq(&wrong, &[]);
-    assert!(!ok, "initiator accepted a target that proved the wrong secret");
+    assert!(
+        !ok,
+        "initiator accepted a target that proved the wrong secret"
+    );
 }
 
 #[test]
@@ -106,7 +130,13 @@ fn acl_refuses_other_initiators() {
         allowed: Some(vec!["iqn.2026-11.dev.gentgt:only-me".into()]),
         ..Default::default()
     };
-    let t = TestTarget::start(&[LunSpec::Memory { size: 16 << 20, block_size: 512 }], opts);
+    let t = TestTarget::start(
+        &[LunSpec::Memory {
+            size: 16 << 20,
+            block_size: 512,
+        }],
+        opts,
+    );
     let (ok, _, _) = inq(&t.url(0), &[]);
     assert!(!ok, "initiator outside the ACL logged in");
     let (ok, out, err) = run(

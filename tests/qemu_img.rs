@@ -14,7 +14,11 @@ fn qemu_img_convert_roundtrip() {
     let lun = dir.path().join("lun0.img");
     let size: u64 = 32 << 20;
     let t = TestTarget::start(
-        &[LunSpec::File { path: &lun, size, block_size: 512 }],
+        &[LunSpec::File {
+            path: &lun,
+            size,
+            block_size: 512,
+        }],
         TargetOptions::default(),
     );
     // A source image with random data, some zero runs and a partial tail.

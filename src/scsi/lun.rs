@@ -1,6 +1,9 @@
-//! A logical unit: a backend plus geometry and identity. SKELETON.
+//! A logical unit: a backend plus geometry, identity and (optionally) its
+//! changed-block tracker.
 
+use super::{Sense, SenseReason};
 use crate::backend::Backend;
+use crate::cbt::{ChangeGuard, ChangeKind, Tracker};
 use std::sync::Arc;
 
 /// Identity that must never change across restarts (stored beside the data).
@@ -17,6 +20,8 @@ pub struct LogicalUnit {
     pub block_size: u32,
     pub identity: LunIdentity,
     pub read_only: bool,
+    /// Changed-block tracking, when on for this LUN.
+    pub tracker: Option<Arc<Tracker>>,
 }
 
 impl LogicalUnit {
@@ -31,7 +36,38 @@ impl LogicalUnit {
             block_size,
             identity,
             read_only,
+            tracker: None,
         }
+    }
+
+    pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> LogicalUnit {
+        self.tracker = Some(tracker);
+        self
+    }
+
+    /// Every command that can change what a READ returns calls this
+    /// *before* touching the backend and keeps the guard until the backend
+    /// call has returned (CBT guarantee 2: the extent is stamped with the
+    /// open generation before the data lands, and CLOSE waits for it).
+    /// Without tracking it costs nothing.
+    pub fn begin_change(
+        &self,
+        lba: u64,
+        blocks: u64,
+        kind: ChangeKind,
+    ) -> Result<Option<ChangeGuard<&Tracker>>, Sense> {
+        let Some(t) = &self.tracker else {
+            return Ok(None);
+        };
+        if blocks == 0 {
+            return Ok(None);
+        }
+        t.begin_change(lba, blocks, kind).map(Some).map_err(|e| {
+            // The intent could not be made durable: refusing the write is
+            // the only way not to under-report it later.
+            tracing::error!(error = %e, "changed-block tracking refused a change");
+            Sense::new(SenseReason::WriteError).with_information(lba)
+        })
     }
 }
 

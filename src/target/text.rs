@@ -47,7 +47,9 @@ impl Session {
             .registry
             .targets
             .keys()
-            .filter(|n| self.kind == SessionType::Discovery || Some(*n) == self.target_name.as_ref())
+            .filter(|n| {
+                self.kind == SessionType::Discovery || Some(*n) == self.target_name.as_ref()
+            })
             .map(|n| (n.clone(), addrs.clone()))
             .collect()
     }

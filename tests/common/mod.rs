@@ -19,8 +19,15 @@ pub const INITIATOR: &str = "iqn.2026-11.dev.gentgt:test-initiator";
 
 /// How to build one test LUN.
 pub enum LunSpec<'a> {
-    Memory { size: u64, block_size: u32 },
-    File { path: &'a Path, size: u64, block_size: u32 },
+    Memory {
+        size: u64,
+        block_size: u32,
+    },
+    File {
+        path: &'a Path,
+        size: u64,
+        block_size: u32,
+    },
 }
 
 #[derive(Default, Clone)]
@@ -51,7 +58,13 @@ fn identity(n: u8) -> LunIdentity {
 
 impl TestTarget {
     pub fn memory(size: u64) -> TestTarget {
-        Self::start(&[LunSpec::Memory { size, block_size: 512 }], TargetOptions::default())
+        Self::start(
+            &[LunSpec::Memory {
+                size,
+                block_size: 512,
+            }],
+            TargetOptions::default(),
+        )
     }
 
     pub fn start(luns: &[LunSpec], opts: TargetOptions) -> TestTarget {
@@ -61,7 +74,11 @@ impl TestTarget {
                 LunSpec::Memory { size, block_size } => {
                     (Arc::new(MemoryBackend::new(*size)), *block_size)
                 }
-                LunSpec::File { path, size, block_size } => (
+                LunSpec::File {
+                    path,
+                    size,
+                    block_size,
+                } => (
                     Arc::new(FileBackend::open(path, *size, true, opts.read_only).unwrap()),
                     *block_size,
                 ),

@@ -1,6 +1,7 @@
 //! READ and WRITE (6/10/12/16).
 
 use super::{check_range, max_transfer_blocks};
+use crate::cbt::ChangeKind;
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte};
 use crate::scsi::sense::{Sense, SenseReason};
@@ -85,21 +86,24 @@ pub fn read(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     Ok(ScsiResult::good(buf, needed as u32))
 }
 
-/// Writes need every byte the CDB describes. With fewer (EDTL below the
-/// transfer length) nothing is written and the answer is INVALID FIELD IN
-/// INFORMATION UNIT (FCP-4 option b); extra bytes are ignored.
+/// Writes use the bytes the CDB describes; extra bytes are ignored. With
+/// fewer (EDTL below the transfer length) only the whole blocks that
+/// arrived are written, and the status is GOOD: the transport reports the
+/// overflow residual. This is what libiscsi 1.19's residual tests require
+/// (FCP-4 option a, as LIO does); a torn block is never written.
 pub fn write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let rw = parse(cmd.cdb);
     let Some((offset, needed)) = prepare(ctx, &rw)? else {
         return Ok(ScsiResult::good(Vec::new(), 0));
     };
     let lu = ctx.lu()?;
-    let Some(data) = cmd.data_out.get(..needed as usize) else {
-        return Ok(ScsiResult::check_condition(
-            SenseReason::InvalidFieldInInformationUnit.into(),
-            needed as u32,
-        ));
-    };
+    let bs = u64::from(lu.block_size);
+    let have = (cmd.data_out.len() as u64).min(needed) / bs * bs;
+    let data = &cmd.data_out[..have as usize];
+    if data.is_empty() {
+        return Ok(ScsiResult::good(Vec::new(), needed as u32));
+    }
+    let _change = lu.begin_change(rw.lba, have / bs, ChangeKind::Write)?;
     lu.backend.write_at(offset, data, rw.fua).map_err(|e| {
         tracing::warn!(backend = %lu.backend.describe(), error = %e, "write failed");
         Sense::new(SenseReason::WriteError).with_information(rw.lba)

@@ -104,7 +104,6 @@ pub const LUN_NOT_SUPPORTED: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x25, 0);
 pub const WRITE_PROTECTED: (u8, u8, u8) = (key::DATA_PROTECT, 0x27, 0);
 pub const POWER_ON: (u8, u8, u8) = (key::UNIT_ATTENTION, 0x29, 0);
 pub const BUS_DEVICE_RESET: (u8, u8, u8) = (key::UNIT_ATTENTION, 0x29, 3);
-pub const INVALID_IU: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x0e, 3);
 
 pub fn read10(lba: u32, blocks: u16) -> Vec<u8> {
     let mut c = vec![0x28, 0];
