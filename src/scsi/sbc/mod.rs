@@ -9,6 +9,8 @@ use super::{LogicalUnit, ScsiCommand, ScsiResult};
 
 /// Largest single transfer we accept (reported in the Block Limits VPD
 /// page). Bounds the buffer one command can make us allocate.
+pub mod limits;
+
 pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
 
 pub fn max_transfer_blocks(lu: &LogicalUnit) -> u64 {

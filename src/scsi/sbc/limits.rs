@@ -1,0 +1,17 @@
+//! Limits the device server advertises (VPD B0h) and enforces, in one
+//! place so the page and the handlers can never disagree.
+
+/// MAXIMUM UNMAP LBA COUNT. libiscsi reads "unlimited" badly, so finite.
+pub const MAX_UNMAP_LBA_COUNT: u32 = 1024 * 1024;
+/// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// MAXIMUM WRITE SAME LENGTH in blocks.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 4 * 1024 * 1024;
+/// MAXIMUM COMPARE AND WRITE LENGTH (a one-byte field).
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
+/// ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH GRANULARITY in blocks. The
+/// maximum atomic transfer length is the maximum transfer length: every
+/// write of the device server is atomic against COMPARE AND WRITE and
+/// WRITE ATOMIC through the LUN's write lock.
+pub const ATOMIC_ALIGNMENT: u32 = 1;
+pub const ATOMIC_GRANULARITY: u32 = 1;
