@@ -5,6 +5,34 @@ use super::{Sense, SenseReason};
 use crate::backend::Backend;
 use crate::cbt::{ChangeGuard, ChangeKind, Tracker};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Per-LUN settings of changed-block tracking's vendor command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CbtSettings {
+    /// Initiator names allowed to use opcode C0h.
+    pub allowed_initiators: Vec<String>,
+    /// Longest write-lock lease granted (spec: default 30 s).
+    pub max_lease: Duration,
+    /// Lease when ACQUIRE/RENEW ask for 0.
+    pub default_lease: Duration,
+    /// Drain timeout when ACQUIRE asks for 0.
+    pub default_drain: Duration,
+}
+
+/// The initiator the built-in default allows to use CBT.
+pub const DEFAULT_CBT_INITIATOR: &str = "iqn.2026-11.dev.gentgt:backup";
+
+impl Default for CbtSettings {
+    fn default() -> Self {
+        CbtSettings {
+            allowed_initiators: vec![DEFAULT_CBT_INITIATOR.to_string()],
+            max_lease: Duration::from_secs(30),
+            default_lease: Duration::from_secs(30),
+            default_drain: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Identity that must never change across restarts (stored beside the data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +50,7 @@ pub struct LogicalUnit {
     pub read_only: bool,
     /// Changed-block tracking, when on for this LUN.
     pub tracker: Option<Arc<Tracker>>,
+    pub cbt: CbtSettings,
 }
 
 impl LogicalUnit {
@@ -37,6 +66,7 @@ impl LogicalUnit {
             identity,
             read_only,
             tracker: None,
+            cbt: CbtSettings::default(),
         }
     }
 

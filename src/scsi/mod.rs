@@ -13,6 +13,7 @@ mod spc;
 #[cfg(test)]
 mod tests;
 mod ua;
+pub mod vendor;
 
 pub use lun::{LogicalUnit, LunIdentity};
 pub use sense::{Sense, SenseReason};
