@@ -480,3 +480,43 @@ fn nothing_lands_while_locked() {
     assert!(completed.load(SeqCst) > 0);
     assert_eq!(t.lu().cbt_lock.status(), None);
 }
+
+/// A change that passed the gate before ACQUIRE shut it (paused right
+/// there) must finish before ACQUIRE returns, and be stamped <= G.
+#[test]
+fn acquire_waits_for_a_change_that_passed_the_gate() {
+    let t = Lk::new();
+    let (entered_tx, entered) = channel();
+    let (go, go_rx) = channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let once = AtomicBool::new(true);
+    *t.lu().cbt_lock.after_gate.lock().unwrap() = Some(Box::new(move || {
+        if once.swap(false, SeqCst) {
+            let _ = entered_tx.send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(WAIT);
+        }
+    }));
+    let srv = Arc::clone(&t.srv);
+    let writer = std::thread::spawn(move || good(&Lk { srv }.write(2, 1, 40, 0x5a)));
+    entered.recv_timeout(WAIT).unwrap();
+    let srv = Arc::clone(&t.srv);
+    let acquirer = std::thread::spawn(move || Lk { srv }.lock(1, 10_000));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !acquirer.is_finished(),
+        "ACQUIRE returned while a change ran"
+    );
+    go.send(()).unwrap();
+    writer.join().unwrap();
+    let a = acquirer.join().unwrap();
+    assert!(
+        t.read(40).iter().all(|&b| b == 0x5a),
+        "landed before the lock"
+    );
+    let page = t
+        .tracker()
+        .changed_extents(a.generation - 1, 0, 10)
+        .unwrap();
+    assert_eq!(page.descriptors.len(), 1, "stamped with G itself");
+    assert_eq!(page.descriptors[0].generation, a.generation);
+}

@@ -83,6 +83,9 @@ pub struct CbtLock {
     /// Changes running on the submit path (see the module docs).
     active: AtomicU64,
     state: Mutex<State>,
+    /// Test hook: runs after a change passed the gate, before it executes.
+    #[cfg(test)]
+    pub(crate) after_gate: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 /// What `hold` did with a change.
@@ -118,6 +121,13 @@ impl CbtLock {
         }
         self.active.fetch_sub(1, SeqCst);
         false
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test_after_gate(&self) {
+        if let Some(f) = self.after_gate.lock().unwrap().as_ref() {
+            f();
+        }
     }
 
     pub(crate) fn leave(&self) {
@@ -258,7 +268,7 @@ fn check_reserved(cdb: &[u8], from: usize) -> Result<(), Sense> {
     }
 }
 
-fn tracker<'a>(lu: &'a LogicalUnit) -> Result<&'a Tracker, Sense> {
+fn tracker(lu: &LogicalUnit) -> Result<&Tracker, Sense> {
     lu.tracker
         .as_deref()
         .ok_or(Sense::new(SenseReason::InvalidOpcode))
