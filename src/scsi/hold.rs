@@ -45,8 +45,6 @@ impl DeviceServer {
         let mut held = Held { cmd, done };
         loop {
             if lock.enter() {
-                #[cfg(test)]
-                lock.test_after_gate();
                 let result = self.execute(&held.cmd.as_command());
                 lock.leave();
                 return (held.done)(result);

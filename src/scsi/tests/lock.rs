@@ -467,7 +467,10 @@ fn nothing_lands_while_locked() {
         let snap: Vec<Vec<u8>> = (200..203).map(|b| t.read(b)).collect();
         std::thread::sleep(Duration::from_millis(5));
         let page = t.tracker().changed_extents(a.generation, 0, 10).unwrap();
-        assert!(page.descriptors.is_empty(), "round {round}: stamped <= G");
+        assert!(
+            page.descriptors.is_empty(),
+            "round {round}: a change was stamped after G while locked"
+        );
         let later: Vec<Vec<u8>> = (200..203).map(|b| t.read(b)).collect();
         assert_eq!(snap, later, "round {round}: a write landed while locked");
         t.unlock(1, a.token);
@@ -481,23 +484,27 @@ fn nothing_lands_while_locked() {
     assert_eq!(t.lu().cbt_lock.status(), None);
 }
 
-/// A change that passed the gate before ACQUIRE shut it (paused right
-/// there) must finish before ACQUIRE returns, and be stamped <= G.
+/// The gate protocol, step by step: a change paused between registering
+/// in `active` and reading the gate. ACQUIRE (which shuts the gate
+/// meanwhile) must wait for it; the change then sees the gate shut and is
+/// held, stamped after G. Checking the gate before registering, or not
+/// registering at all, lets ACQUIRE return while the change is about to
+/// run: this test catches both.
 #[test]
-fn acquire_waits_for_a_change_that_passed_the_gate() {
+fn acquire_waits_for_a_change_at_the_gate() {
     let t = Lk::new();
     let (entered_tx, entered) = channel();
     let (go, go_rx) = channel::<()>();
     let go_rx = std::sync::Mutex::new(go_rx);
     let once = AtomicBool::new(true);
-    *t.lu().cbt_lock.after_gate.lock().unwrap() = Some(Box::new(move || {
+    *t.lu().cbt_lock.at_gate.lock().unwrap() = Some(Box::new(move || {
         if once.swap(false, SeqCst) {
             let _ = entered_tx.send(());
             let _ = go_rx.lock().unwrap().recv_timeout(WAIT);
         }
     }));
     let srv = Arc::clone(&t.srv);
-    let writer = std::thread::spawn(move || good(&Lk { srv }.write(2, 1, 40, 0x5a)));
+    let writer = std::thread::spawn(move || Lk { srv }.write(2, 1, 40, 0x5a).recv_timeout(WAIT));
     entered.recv_timeout(WAIT).unwrap();
     let srv = Arc::clone(&t.srv);
     let acquirer = std::thread::spawn(move || Lk { srv }.lock(1, 10_000));
@@ -507,16 +514,14 @@ fn acquire_waits_for_a_change_that_passed_the_gate() {
         "ACQUIRE returned while a change ran"
     );
     go.send(()).unwrap();
-    writer.join().unwrap();
     let a = acquirer.join().unwrap();
-    assert!(
-        t.read(40).iter().all(|&b| b == 0x5a),
-        "landed before the lock"
-    );
-    let page = t
-        .tracker()
-        .changed_extents(a.generation - 1, 0, 10)
-        .unwrap();
-    assert_eq!(page.descriptors.len(), 1, "stamped with G itself");
-    assert_eq!(page.descriptors[0].generation, a.generation);
+    assert!(t.read(40).iter().all(|&b| b == 0), "held, not applied");
+    let page = t.tracker().changed_extents(a.generation, 0, 10).unwrap();
+    assert!(page.descriptors.is_empty());
+    t.unlock(1, a.token);
+    let r = writer.join().unwrap().expect("applied after release");
+    assert_eq!(r.status, status::GOOD);
+    assert!(t.read(40).iter().all(|&b| b == 0x5a));
+    let page = t.tracker().changed_extents(a.generation, 0, 10).unwrap();
+    assert_eq!(page.descriptors[0].generation, a.generation + 1);
 }

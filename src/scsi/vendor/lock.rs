@@ -83,9 +83,9 @@ pub struct CbtLock {
     /// Changes running on the submit path (see the module docs).
     active: AtomicU64,
     state: Mutex<State>,
-    /// Test hook: runs after a change passed the gate, before it executes.
+    /// Test hook: runs between a change's two steps at the gate.
     #[cfg(test)]
-    pub(crate) after_gate: Mutex<Option<Box<dyn Fn() + Send>>>,
+    pub(crate) at_gate: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 /// What `hold` did with a change.
@@ -116,6 +116,8 @@ impl CbtLock {
     /// [`leave`](Self::leave) after its backend call.
     pub(crate) fn enter(&self) -> bool {
         self.active.fetch_add(1, SeqCst);
+        #[cfg(test)]
+        self.test_hook();
         if !self.gate.load(SeqCst) {
             return true;
         }
@@ -124,8 +126,8 @@ impl CbtLock {
     }
 
     #[cfg(test)]
-    pub(crate) fn test_after_gate(&self) {
-        if let Some(f) = self.after_gate.lock().unwrap().as_ref() {
+    fn test_hook(&self) {
+        if let Some(f) = self.at_gate.lock().unwrap().as_ref() {
             f();
         }
     }
