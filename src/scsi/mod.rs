@@ -16,9 +16,9 @@ mod tests;
 mod ua;
 pub mod vendor;
 
+pub use hold::is_change;
 pub use lun::{LogicalUnit, LunIdentity};
 pub use sense::{Sense, SenseReason};
-pub use hold::is_change;
 pub use server::DeviceServer;
 pub use vendor::lock::DoneFn;
 
