@@ -5,6 +5,7 @@
 
 pub mod cdb;
 mod data;
+mod hold;
 pub mod lun;
 mod sbc;
 pub mod sense;
@@ -15,9 +16,11 @@ mod tests;
 mod ua;
 pub mod vendor;
 
+pub use hold::is_change;
 pub use lun::{LogicalUnit, LunIdentity};
 pub use sense::{Sense, SenseReason};
 pub use server::DeviceServer;
+pub use vendor::lock::DoneFn;
 
 /// SCSI status byte values (SAM-5).
 pub mod status {
@@ -64,6 +67,31 @@ pub struct ScsiCommand<'a> {
     /// not produced.
     pub expected_len: u32,
     pub nexus: &'a Nexus,
+}
+
+/// A command that owns its buffers, for [`DeviceServer::submit`]: it may be
+/// held (CBT write lock) and executed later on another thread.
+#[derive(Debug, Clone)]
+pub struct OwnedCommand {
+    pub lun: u64,
+    pub cdb: Vec<u8>,
+    pub data_out: Vec<u8>,
+    pub expected_len: u32,
+    pub nexus: std::sync::Arc<Nexus>,
+    /// The transport's task tag (iSCSI ITT), for [`DeviceServer::abort_held`].
+    pub tag: u64,
+}
+
+impl OwnedCommand {
+    pub fn as_command(&self) -> ScsiCommand<'_> {
+        ScsiCommand {
+            lun: self.lun,
+            cdb: &self.cdb,
+            data_out: &self.data_out,
+            expected_len: self.expected_len,
+            nexus: &self.nexus,
+        }
+    }
 }
 
 /// The outcome of a command.

@@ -52,6 +52,9 @@ pub enum SenseReason {
     // ABORTED COMMAND
     /// The transport lost or refused part of the command's data.
     DataPhaseError,
+    /// CBT ACQUIRE WRITE LOCK: changes in flight did not finish within the
+    /// DRAIN TIMEOUT (COMMAND TIMEOUT DURING PROCESSING).
+    LockDrainTimeout,
 }
 
 impl SenseReason {
@@ -64,6 +67,7 @@ impl SenseReason {
             InvalidOpcode => (ILLEGAL_REQUEST, 0x20, 0x00),
             InvalidFieldInCdb => (ILLEGAL_REQUEST, 0x24, 0x00),
             DataPhaseError => (ABORTED_COMMAND, 0x4b, 0x00),
+            LockDrainTimeout => (ABORTED_COMMAND, 0x2e, 0x02),
             InvalidFieldInParameterList => (ILLEGAL_REQUEST, 0x26, 0x00),
             ParameterListLengthError => (ILLEGAL_REQUEST, 0x1a, 0x00),
             LbaOutOfRange => (ILLEGAL_REQUEST, 0x21, 0x00),

@@ -7,13 +7,16 @@ use super::sense::{Sense, SenseReason};
 use super::ua::UnitAttentions;
 use super::{LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 pub struct DeviceServer {
     pub target_name: String,
     pub luns: BTreeMap<u64, Arc<LogicalUnit>>,
     /// Pending unit attentions per (nexus, LUN).
     pub(crate) ua: UnitAttentions,
+    /// Set by the first `submit`: lets a RELEASE (which only has `&self`)
+    /// hand held changes to a drainer thread.
+    pub(crate) this: OnceLock<Weak<DeviceServer>>,
 }
 
 impl DeviceServer {
@@ -22,6 +25,7 @@ impl DeviceServer {
             target_name: target_name.to_string(),
             luns: luns.into_iter().collect(),
             ua: UnitAttentions::default(),
+            this: OnceLock::new(),
         }
     }
 
@@ -76,8 +80,11 @@ impl DeviceServer {
     }
 
     /// The nexus is gone (session ended): forget its per-nexus state.
+    /// Also ends a CBT write lock it holds and drops its held changes
+    /// (see `hold.rs`: the transport aborts them before waiting).
     pub fn nexus_removed(&self, nexus: &Nexus) {
         self.ua.remove_nexus(nexus.id);
+        self.release_locks_of(nexus.id);
     }
 
     /// After LOGICAL UNIT RESET: a BUS DEVICE RESET FUNCTION OCCURRED unit
@@ -87,6 +94,8 @@ impl DeviceServer {
         if self.luns.contains_key(&lun) {
             self.ua
                 .establish_all(lun, SenseReason::BusDeviceReset, true);
+            // The reset aborts every task of the LUN, held changes too.
+            self.abort_held(Some(lun), None, None);
         }
     }
 

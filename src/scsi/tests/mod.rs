@@ -2,6 +2,7 @@
 //! memory and file backends.
 
 mod fuzz;
+mod lock;
 mod sbc;
 mod spc;
 
