@@ -60,6 +60,7 @@ impl Server {
         for l in self.listeners {
             accept_tasks.spawn(accept_loop(l, shared.clone()));
         }
+        accept_tasks.spawn(housekeeping(shared.clone()));
         shutdown.await;
         info!("shutting down: no new connections; asking initiators to log out");
         accept_tasks.abort_all();
@@ -77,6 +78,19 @@ impl Server {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Periodic work of the device servers: CBT write-lock leases end by
+/// themselves even when no command arrives.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for t in shared.registry.targets.values() {
+            t.device.tick();
+        }
     }
 }
 

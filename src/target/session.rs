@@ -365,6 +365,11 @@ pub async fn run(
         debug!(error = %e, "session ended by I/O error");
     }
     reader.abort();
+    if let Some(dev) = &s.device {
+        // Changes held by a CBT write lock would otherwise keep this
+        // session waiting for itself (it may be the lock's holder).
+        dev.abort_held(None, Some(s.nexus.id), None);
+    }
     s.drain(&mut done_rx).await;
     if let (Some(dev), SessionType::Normal) = (&s.device, s.kind) {
         dev.nexus_removed(&s.nexus);

@@ -8,7 +8,7 @@ use super::session::{Delivery, Done, Session};
 use crate::proto::dataout::{WriteLimits, WriteTransfer};
 use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, DataInPlan, Residual, reject};
-use crate::scsi::{ScsiCommand, ScsiResult, Sense, SenseReason, status};
+use crate::scsi::{OwnedCommand, ScsiResult, Sense, SenseReason, status};
 use std::io;
 use tracing::debug;
 
@@ -200,25 +200,26 @@ impl Session {
             return;
         }
         task.executing = true;
-        let data_out = task
-            .transfer
-            .take()
-            .map(|t| t.into_buffer())
-            .unwrap_or_default();
-        let (lun, cdb, edtl) = (task.lun, task.cdb.clone(), task.edtl);
+        let data_out = task.transfer.take().map(|t| t.into_buffer()).unwrap_or_default();
+        let cmd = OwnedCommand {
+            lun: task.lun,
+            cdb: task.cdb.clone(),
+            data_out,
+            expected_len: task.edtl,
+            nexus: self.nexus.clone(),
+            tag: u64::from(itt),
+        };
         let device = self.device.clone().expect("SCSI task in a normal session");
-        let nexus = self.nexus.clone();
         let tx = self.done_tx.clone();
+        // submit() runs the command now, or holds it (CBT write lock) and
+        // calls back later from the thread that releases it.
         tokio::task::spawn_blocking(move || {
-            let cmd = ScsiCommand {
-                lun,
-                cdb: &cdb,
-                data_out: &data_out,
-                expected_len: edtl,
-                nexus: &nexus,
-            };
-            let result = device.execute(&cmd);
-            let _ = tx.send(Done { itt, result });
+            device.submit(
+                cmd,
+                Box::new(move |result| {
+                    let _ = tx.send(Done { itt, result });
+                }),
+            );
         });
     }
 

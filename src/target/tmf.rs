@@ -39,6 +39,21 @@ impl Session {
             .as_ref()
             .is_some_and(|d| d.luns.contains_key(&lun));
         info!(function = f, lun, initiator = %self.nexus.initiator_port, "task management");
+        if let Some(d) = &self.device {
+            // Commands held by a CBT write lock are finished as aborted
+            // (the done callback reports them like any executing task).
+            let (l, tag) = match f {
+                function::ABORT_TASK => (Some(lun), Some(u64::from(pdu.bhs.ref_task_tag()))),
+                function::ABORT_TASK_SET | function::CLEAR_TASK_SET | function::LUN_RESET => {
+                    (Some(lun), None)
+                }
+                function::TARGET_WARM_RESET | function::TARGET_COLD_RESET => (None, None),
+                _ => (Some(u64::MAX), None),
+            };
+            if l != Some(u64::MAX) {
+                d.abort_held(l, Some(self.nexus.id), tag);
+            }
+        }
         let (resp, victims) = match f {
             function::ABORT_TASK => self.abort_one(&pdu, lun),
             function::ABORT_TASK_SET | function::CLEAR_TASK_SET if lun_exists => (
