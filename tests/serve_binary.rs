@@ -69,7 +69,12 @@ fn default_serve_sigterm_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
     let url = format!("iscsi://{}/{URL_TAIL}", s.portal);
-    let (ok, first, err) = run(Command::new("iscsi-inq").args(["-e", "1", "-c", "128"]).arg(&url), 30);
+    let (ok, first, err) = run(
+        Command::new("iscsi-inq")
+            .args(["-e", "1", "-c", "128"])
+            .arg(&url),
+        30,
+    );
     assert!(ok, "{first}\n{err}");
     let lun = dir.path().join("lun0.img");
     assert_eq!(std::fs::metadata(&lun).unwrap().len(), 1 << 30);
@@ -80,11 +85,19 @@ fn default_serve_sigterm_and_restart() {
         s.logout().await.unwrap();
     });
     let status = sigterm(s);
-    assert!(status.success(), "gentgt did not exit 0 on SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "gentgt did not exit 0 on SIGTERM: {status:?}"
+    );
     // Restart: same serial number (identity stored beside the data).
     let s = start(dir.path());
     let url = format!("iscsi://{}/{URL_TAIL}", s.portal);
-    let (ok, second, err) = run(Command::new("iscsi-inq").args(["-e", "1", "-c", "128"]).arg(&url), 30);
+    let (ok, second, err) = run(
+        Command::new("iscsi-inq")
+            .args(["-e", "1", "-c", "128"])
+            .arg(&url),
+        30,
+    );
     assert!(ok, "{second}\n{err}");
     assert!(first.contains("Unit Serial Number"), "{first}");
     assert_eq!(first, second, "identity changed across restart");
@@ -113,6 +126,9 @@ fn bad_config_fails_and_creates_nothing() {
         30,
     );
     assert!(!ok, "bad config accepted: {out}");
-    assert!(err.contains("bogus_key"), "error does not name the key: {err}");
+    assert!(
+        err.contains("bogus_key"),
+        "error does not name the key: {err}"
+    );
     assert!(!data.exists(), "bad config created the data dir");
 }

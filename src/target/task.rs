@@ -200,7 +200,11 @@ impl Session {
             return;
         }
         task.executing = true;
-        let data_out = task.transfer.take().map(|t| t.into_buffer()).unwrap_or_default();
+        let data_out = task
+            .transfer
+            .take()
+            .map(|t| t.into_buffer())
+            .unwrap_or_default();
         let cmd = OwnedCommand {
             lun: task.lun,
             cdb: task.cdb.clone(),
