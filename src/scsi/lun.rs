@@ -4,7 +4,8 @@
 use super::{Sense, SenseReason};
 use crate::backend::Backend;
 use crate::cbt::{ChangeGuard, ChangeKind, Tracker};
-use std::sync::Arc;
+use super::spc::mode::ModeValues;
+use std::sync::{Arc, Mutex};
 
 /// Identity that must never change across restarts (stored beside the data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub struct LogicalUnit {
     pub read_only: bool,
     /// Changed-block tracking, when on for this LUN.
     pub tracker: Option<Arc<Tracker>>,
+    /// Current values of the changeable mode parameters (MODE SELECT).
+    pub mode: Mutex<ModeValues>,
 }
 
 impl LogicalUnit {
@@ -37,6 +40,7 @@ impl LogicalUnit {
             identity,
             read_only,
             tracker: None,
+            mode: Mutex::new(ModeValues::default()),
         }
     }
 

@@ -4,6 +4,8 @@
 
 use super::cdb::{self, Ctx};
 use super::sense::{Sense, SenseReason};
+use super::spc::copy_results::CopyResults;
+use super::spc::mode;
 use super::ua::UnitAttentions;
 use super::{LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use std::collections::BTreeMap;
@@ -14,6 +16,8 @@ pub struct DeviceServer {
     pub luns: BTreeMap<u64, Arc<LogicalUnit>>,
     /// Pending unit attentions per (nexus, LUN).
     pub(crate) ua: UnitAttentions,
+    /// EXTENDED COPY operations in progress and their held results.
+    pub(crate) copies: CopyResults,
 }
 
 impl DeviceServer {
@@ -22,6 +26,7 @@ impl DeviceServer {
             target_name: target_name.to_string(),
             luns: luns.into_iter().collect(),
             ua: UnitAttentions::default(),
+            copies: CopyResults::default(),
         }
     }
 
@@ -37,7 +42,13 @@ impl DeviceServer {
                     reason = ?sense.reason,
                     "check condition"
                 );
-                ScsiResult::check_condition(sense, 0)
+                let mut r = ScsiResult::check_condition(sense, 0);
+                // Control mode page D_SENSE: descriptor format sense.
+                let lu = self.luns.get(&cmd.lun);
+                if lu.is_some_and(|l| mode::descriptor_sense(l)) {
+                    r.sense = Some(sense.to_descriptor());
+                }
+                r
             }
         }
     }
@@ -56,6 +67,9 @@ impl DeviceServer {
         cdb::check_reserved(desc, cmd.cdb)?;
         if desc.writes && lu.is_some_and(|l| l.read_only) {
             return Err(SenseReason::WriteProtected.into());
+        }
+        if desc.writes && lu.is_some_and(mode::software_write_protected) {
+            return Err(SenseReason::SoftwareWriteProtected.into());
         }
         let ctx = Ctx {
             server: self,
@@ -78,13 +92,16 @@ impl DeviceServer {
     /// The nexus is gone (session ended): forget its per-nexus state.
     pub fn nexus_removed(&self, nexus: &Nexus) {
         self.ua.remove_nexus(nexus.id);
+        self.copies.nexus_removed(nexus.id);
     }
 
     /// After LOGICAL UNIT RESET: a BUS DEVICE RESET FUNCTION OCCURRED unit
     /// attention for every nexus, the requester included (SAM-5 §6.6; the
     /// libiscsi multipath reset test expects it on every path).
     pub fn lun_reset(&self, lun: u64, _by: &Nexus) {
-        if self.luns.contains_key(&lun) {
+        if let Some(lu) = self.luns.get(&lun) {
+            // Mode parameters return to their defaults (nothing is saved).
+            *lu.mode.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
             self.ua
                 .establish_all(lun, SenseReason::BusDeviceReset, true);
         }
