@@ -114,7 +114,9 @@ impl CopyResults {
             let q = s.held.get_mut(&nexus)?;
             let i = q.iter().position(|h| h.list_id == list_id)?;
             let r = take(q.get_mut(i)?);
-            if q.get(i).is_some_and(|h| h.status_taken && h.failure.is_none()) {
+            if q.get(i)
+                .is_some_and(|h| h.status_taken && h.failure.is_none())
+            {
                 q.remove(i);
             }
             Some(r)

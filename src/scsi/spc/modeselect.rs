@@ -43,11 +43,9 @@ fn select(ctx: &Ctx, cmd: &ScsiCommand, ten: bool, len: usize) -> CmdResult {
         changed
     };
     if changed {
-        ctx.server.ua.establish_others(
-            cmd.lun,
-            SenseReason::ModeParametersChanged,
-            ctx.nexus.id,
-        );
+        ctx.server
+            .ua
+            .establish_others(cmd.lun, SenseReason::ModeParametersChanged, ctx.nexus.id);
     }
     Ok(ScsiResult::good(Vec::new(), len as u32))
 }
@@ -117,7 +115,10 @@ fn apply_pages(list: &[u8], mut at: usize, cur: ModeValues) -> Result<ModeValues
         let b0 = byte(list, at);
         if b0 & 0xc0 != 0 {
             // PS is reserved in MODE SELECT; SPF: we have no subpages.
-            return Err(Sense::invalid_param_field(at, Some(if b0 & 0x80 != 0 { 7 } else { 6 })));
+            return Err(Sense::invalid_param_field(
+                at,
+                Some(if b0 & 0x80 != 0 { 7 } else { 6 }),
+            ));
         }
         let code = b0 & 0x3f;
         if !mode::PAGES.contains(&code) {

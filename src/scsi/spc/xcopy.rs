@@ -240,7 +240,7 @@ fn copy_segment(p: &Params, seg: &Segment) -> Result<u64, Sense> {
     }
     let (sbs, dbs) = (src.block_bytes(), dst.block_bytes());
     let bytes = seg.blocks * if seg.dst_counted { dbs } else { sbs };
-    if bytes % sbs != 0 || bytes % dbs != 0 {
+    if !bytes.is_multiple_of(sbs) || !bytes.is_multiple_of(dbs) {
         return Err(SenseReason::UnexpectedInexactSegment.into());
     }
     if bytes > u64::from(MAX_SEGMENT_LENGTH) {
@@ -285,10 +285,12 @@ fn copy_bytes(
         // TODO(lead): also take the destination LU's write-order lock here
         // once lun.rs has one.
         let _change = dst.begin_change((to + off) / bs, n as u64 / bs, ChangeKind::Write)?;
-        dst.backend.write_at(to + off, chunk, !mode::write_cache_enabled(dst)).map_err(|e| {
-            tracing::warn!(backend = %dst.backend.describe(), error = %e, "copy write failed");
-            Sense::new(SenseReason::CopyAborted)
-        })?;
+        dst.backend
+            .write_at(to + off, chunk, !mode::write_cache_enabled(dst))
+            .map_err(|e| {
+                tracing::warn!(backend = %dst.backend.describe(), error = %e, "copy write failed");
+                Sense::new(SenseReason::CopyAborted)
+            })?;
     }
     Ok(())
 }
