@@ -5,7 +5,6 @@ use super::vendor::lock::CbtLock;
 use super::{Sense, SenseReason};
 use crate::backend::Backend;
 use crate::cbt::{ChangeGuard, ChangeKind, Tracker};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Per-LUN settings of changed-block tracking's vendor command.
@@ -34,6 +33,8 @@ impl Default for CbtSettings {
         }
     }
 }
+use super::spc::mode::ModeValues;
+use std::sync::{Arc, Mutex};
 
 /// Identity that must never change across restarts (stored beside the data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct LogicalUnit {
     pub cbt: CbtSettings,
     /// CBT write lock and the changes it holds.
     pub cbt_lock: CbtLock,
+    /// Current values of the changeable mode parameters (MODE SELECT).
+    pub mode: Mutex<ModeValues>,
 }
 
 impl LogicalUnit {
@@ -71,6 +74,7 @@ impl LogicalUnit {
             tracker: None,
             cbt: CbtSettings::default(),
             cbt_lock: CbtLock::default(),
+            mode: Mutex::new(ModeValues::default()),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod key {
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const UNIT_ATTENTION: u8 = 0x6;
     pub const DATA_PROTECT: u8 = 0x7;
+    pub const COPY_ABORTED: u8 = 0xa;
     pub const ABORTED_COMMAND: u8 = 0xb;
     pub const MISCOMPARE: u8 = 0xe;
 }
@@ -31,8 +32,20 @@ pub enum SenseReason {
     InvalidFieldInInformationUnit,
     SavingParametersNotSupported,
     MediumRemovalPrevented,
+    TooManyTargetDescriptors,
+    UnsupportedTargetDescriptorType,
+    TooManySegmentDescriptors,
+    UnsupportedSegmentDescriptorType,
+    UnexpectedInexactSegment,
+    InlineDataLengthExceeded,
+    OperationInProgress,
+    // COPY ABORTED
+    /// A segment could not be processed (range, I/O) and no better code fits.
+    CopyAborted,
+    CopyTargetNotReachable,
     // DATA PROTECT
     WriteProtected,
+    SoftwareWriteProtected,
     // UNIT ATTENTION
     PowerOnReset,
     BusDeviceReset,
@@ -75,7 +88,17 @@ impl SenseReason {
             InvalidFieldInInformationUnit => (ILLEGAL_REQUEST, 0x0e, 0x03),
             SavingParametersNotSupported => (ILLEGAL_REQUEST, 0x39, 0x00),
             MediumRemovalPrevented => (ILLEGAL_REQUEST, 0x53, 0x02),
+            TooManyTargetDescriptors => (ILLEGAL_REQUEST, 0x26, 0x06),
+            UnsupportedTargetDescriptorType => (ILLEGAL_REQUEST, 0x26, 0x07),
+            TooManySegmentDescriptors => (ILLEGAL_REQUEST, 0x26, 0x08),
+            UnsupportedSegmentDescriptorType => (ILLEGAL_REQUEST, 0x26, 0x09),
+            UnexpectedInexactSegment => (ILLEGAL_REQUEST, 0x26, 0x0a),
+            InlineDataLengthExceeded => (ILLEGAL_REQUEST, 0x26, 0x0b),
+            OperationInProgress => (ILLEGAL_REQUEST, 0x00, 0x16),
+            CopyAborted => (COPY_ABORTED, 0x00, 0x00),
+            CopyTargetNotReachable => (COPY_ABORTED, 0x0d, 0x02),
             WriteProtected => (DATA_PROTECT, 0x27, 0x00),
+            SoftwareWriteProtected => (DATA_PROTECT, 0x27, 0x02),
             PowerOnReset => (UNIT_ATTENTION, 0x29, 0x00),
             BusDeviceReset => (UNIT_ATTENTION, 0x29, 0x03),
             ItNexusLoss => (UNIT_ATTENTION, 0x29, 0x07),

@@ -4,6 +4,8 @@
 
 use super::cdb::{self, Ctx};
 use super::sense::{Sense, SenseReason};
+use super::spc::copy_results::CopyResults;
+use super::spc::mode;
 use super::ua::UnitAttentions;
 use super::{LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use std::collections::BTreeMap;
@@ -17,6 +19,8 @@ pub struct DeviceServer {
     /// Set by the first `submit`: lets a RELEASE (which only has `&self`)
     /// hand held changes to a drainer thread.
     pub(crate) this: OnceLock<Weak<DeviceServer>>,
+    /// EXTENDED COPY operations in progress and their held results.
+    pub(crate) copies: CopyResults,
 }
 
 impl DeviceServer {
@@ -26,6 +30,7 @@ impl DeviceServer {
             luns: luns.into_iter().collect(),
             ua: UnitAttentions::default(),
             this: OnceLock::new(),
+            copies: CopyResults::default(),
         }
     }
 
@@ -41,7 +46,13 @@ impl DeviceServer {
                     reason = ?sense.reason,
                     "check condition"
                 );
-                ScsiResult::check_condition(sense, 0)
+                let mut r = ScsiResult::check_condition(sense, 0);
+                // Control mode page D_SENSE: descriptor format sense.
+                let lu = self.luns.get(&cmd.lun);
+                if lu.is_some_and(|l| mode::descriptor_sense(l)) {
+                    r.sense = Some(sense.to_descriptor());
+                }
+                r
             }
         }
     }
@@ -60,6 +71,9 @@ impl DeviceServer {
         cdb::check_reserved(desc, cmd.cdb)?;
         if desc.writes && lu.is_some_and(|l| l.read_only) {
             return Err(SenseReason::WriteProtected.into());
+        }
+        if desc.writes && lu.is_some_and(mode::software_write_protected) {
+            return Err(SenseReason::SoftwareWriteProtected.into());
         }
         let ctx = Ctx {
             server: self,
@@ -85,13 +99,16 @@ impl DeviceServer {
     pub fn nexus_removed(&self, nexus: &Nexus) {
         self.ua.remove_nexus(nexus.id);
         self.release_locks_of(nexus.id);
+        self.copies.nexus_removed(nexus.id);
     }
 
     /// After LOGICAL UNIT RESET: a BUS DEVICE RESET FUNCTION OCCURRED unit
     /// attention for every nexus, the requester included (SAM-5 §6.6; the
     /// libiscsi multipath reset test expects it on every path).
     pub fn lun_reset(&self, lun: u64, _by: &Nexus) {
-        if self.luns.contains_key(&lun) {
+        if let Some(lu) = self.luns.get(&lun) {
+            // Mode parameters return to their defaults (nothing is saved).
+            *lu.mode.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
             self.ua
                 .establish_all(lun, SenseReason::BusDeviceReset, true);
             // The reset aborts every task of the LUN, held changes too.

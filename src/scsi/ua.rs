@@ -63,6 +63,16 @@ impl UnitAttentions {
         });
     }
 
+    /// Establish `reason` for `lun` on every known nexus but `except` (the
+    /// one whose command caused it, e.g. MODE SELECT).
+    pub fn establish_others(&self, lun: u64, reason: SenseReason, except: u64) {
+        self.with(|m| {
+            for (_, per_lun) in m.iter_mut().filter(|(n, _)| **n != except) {
+                Self::push(per_lun.entry(lun).or_default(), reason);
+            }
+        });
+    }
+
     /// Take the oldest pending condition for (nexus, lun).
     pub fn take(&self, nexus: u64, lun: u64) -> Option<SenseReason> {
         self.with(|m| m.get_mut(&nexus)?.get_mut(&lun)?.pop_front())

@@ -104,7 +104,9 @@ pub fn write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         return Ok(ScsiResult::good(Vec::new(), needed as u32));
     }
     let _change = lu.begin_change(rw.lba, have / bs, ChangeKind::Write)?;
-    lu.backend.write_at(offset, data, rw.fua).map_err(|e| {
+    // WCE 0 (caching mode page): every write is write-through.
+    let fua = rw.fua || !crate::scsi::spc::mode::write_cache_enabled(lu);
+    lu.backend.write_at(offset, data, fua).map_err(|e| {
         tracing::warn!(backend = %lu.backend.describe(), error = %e, "write failed");
         Sense::new(SenseReason::WriteError).with_information(rw.lba)
     })?;

@@ -20,7 +20,7 @@ const NO_LUN: u8 = 0x7f;
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0960, 0x0460, 0x04c0];
 
 /// Supported VPD pages, ascending (SPC-5 requires the order).
-const PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+const PAGES: [u8; 8] = [0x00, 0x80, 0x83, 0x86, 0x8f, 0xb0, 0xb1, 0xb2];
 
 pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let evpd = byte(cmd.cdb, 1) & 0x01 != 0;
@@ -42,6 +42,8 @@ pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         0x00 => PAGES.to_vec(),
         0x80 => lu.identity.serial.as_bytes().to_vec(),
         0x83 => device_identification(ctx, lu),
+        0x86 => extended_inquiry(),
+        0x8f => super::copy_results::third_party_copy_vpd(),
         0xb0 => block_limits(lu),
         0xb1 => block_device_characteristics(),
         0xb2 => logical_block_provisioning(),
@@ -131,6 +133,17 @@ fn device_identification(ctx: &Ctx, lu: &LogicalUnit) -> Vec<u8> {
     );
     let target = name_string(&ctx.server.target_name);
     designator(&mut d, ISCSI | UTF8, PIV | ASSOC_TARGET | 0x08, &target);
+    d
+}
+
+/// Extended INQUIRY Data (SPC-4 §7.8.7). No protection information.
+/// Task attributes are not looked at, so every task is SIMPLE (SIMPSUP 1;
+/// ORDSUP and HEADSUP 0). V_SUP 1: writes may sit in the host page cache
+/// (WCE) until SYNCHRONIZE CACHE; NV_SUP 0: no non-volatile cache.
+fn extended_inquiry() -> Vec<u8> {
+    let mut d = vec![0u8; 0x3c];
+    d[1] = 0x01; // SIMPSUP
+    d[2] = 0x01; // V_SUP
     d
 }
 

@@ -1,8 +1,12 @@
 //! SPC-5 primary commands shared by every device type.
 
+pub mod copy_results;
 pub mod inquiry;
 pub mod mode;
+pub mod modeselect;
 pub mod rsoc;
+pub mod startstop;
+pub mod xcopy;
 
 use super::cdb::{CmdResult, Ctx};
 use super::data::{be, byte, data_in};
@@ -58,15 +62,4 @@ pub fn report_luns(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         data.extend_from_slice(&encode_lun(lun));
     }
     Ok(data_in(cmd, data, alloc))
-}
-
-/// START STOP UNIT: the medium is not removable and never spins down, so
-/// every power condition request is accepted as a no-op.
-pub fn start_stop_unit(_ctx: &Ctx, _cmd: &ScsiCommand) -> CmdResult {
-    Ok(ScsiResult::good(Vec::new(), 0))
-}
-
-/// PREVENT ALLOW MEDIUM REMOVAL: nothing can be removed; accepted.
-pub fn prevent_allow(_ctx: &Ctx, _cmd: &ScsiCommand) -> CmdResult {
-    Ok(ScsiResult::good(Vec::new(), 0))
 }

@@ -3,8 +3,10 @@
 
 mod fuzz;
 mod lock;
+mod mode;
 mod sbc;
 mod spc;
+mod xcopy;
 
 use super::sense::key;
 use super::*;
@@ -103,6 +105,7 @@ pub const INVALID_OPCODE: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x20, 0);
 pub const LBA_OOB: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x21, 0);
 pub const LUN_NOT_SUPPORTED: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x25, 0);
 pub const WRITE_PROTECTED: (u8, u8, u8) = (key::DATA_PROTECT, 0x27, 0);
+pub const INVALID_PARAM: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x26, 0);
 pub const POWER_ON: (u8, u8, u8) = (key::UNIT_ATTENTION, 0x29, 0);
 pub const BUS_DEVICE_RESET: (u8, u8, u8) = (key::UNIT_ATTENTION, 0x29, 3);
 

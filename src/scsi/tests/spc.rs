@@ -273,10 +273,10 @@ fn mode_sense6_pages() {
     assert_eq!(c[3], 0);
     assert_eq!(&c[4..], &d[32..44]);
     assert_eq!(c[6] & 0x04, 0); // D_SENSE clear: fixed sense
-    // Changeable values: nothing can change.
+    // Changeable values: only WCE in the caching page.
     let ch = h.good(&mode_sense6(true, 1, 0x08, 255), &[], 255).data_in;
-    assert_eq!(&ch[4..6], &[0x08, 18]);
-    assert!(ch[6..].iter().all(|&b| b == 0));
+    assert_eq!(&ch[4..7], &[0x08, 18, 0x04]);
+    assert!(ch[7..].iter().all(|&b| b == 0));
     h.good(&mode_sense6(true, 2, 0x3f, 255), &[], 255);
     h.check(
         &mode_sense6(true, 3, 0x3f, 255),
