@@ -4,7 +4,7 @@
 use super::{Sense, SenseReason};
 use crate::backend::Backend;
 use crate::cbt::{ChangeGuard, ChangeKind, Tracker};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Identity that must never change across restarts (stored beside the data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,12 @@ pub struct LogicalUnit {
     pub read_only: bool,
     /// Changed-block tracking, when on for this LUN.
     pub tracker: Option<Arc<Tracker>>,
+    /// Orders medium changes: every command that changes the medium holds
+    /// it shared across its backend call; COMPARE AND WRITE, WRITE ATOMIC,
+    /// ORWRITE and WRITE AND VERIFY hold it exclusive across their
+    /// read-modify-write, so no other write lands in the middle (from any
+    /// session). Take it *before* `begin_change`.
+    pub write_order: RwLock<()>,
 }
 
 impl LogicalUnit {
@@ -37,12 +43,25 @@ impl LogicalUnit {
             identity,
             read_only,
             tracker: None,
+            write_order: RwLock::new(()),
         }
     }
 
     pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> LogicalUnit {
         self.tracker = Some(tracker);
         self
+    }
+
+    /// Shared hold of [`LogicalUnit::write_order`] for an ordinary write.
+    /// A panic elsewhere cannot corrupt `()`, so poisoning is ignored.
+    pub fn order_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.write_order.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exclusive hold of [`LogicalUnit::write_order`] for a command that
+    /// must be atomic against every other write to the LUN.
+    pub fn order_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.write_order.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every command that can change what a READ returns calls this

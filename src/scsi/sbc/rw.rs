@@ -103,6 +103,7 @@ pub fn write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     if data.is_empty() {
         return Ok(ScsiResult::good(Vec::new(), needed as u32));
     }
+    let _order = lu.order_shared();
     let _change = lu.begin_change(rw.lba, have / bs, ChangeKind::Write)?;
     lu.backend.write_at(offset, data, rw.fua).map_err(|e| {
         tracing::warn!(backend = %lu.backend.describe(), error = %e, "write failed");
