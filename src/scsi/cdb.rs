@@ -68,6 +68,13 @@ const CTL: u8 = 0x00;
 /// protection information.
 const RW_FLAGS: u8 = 0x1a;
 const GROUP: u8 = 0x3f;
+/// VERIFY / WRITE AND VERIFY byte 1: DPO and BYTCHK (VRPROTECT/WRPROTECT
+/// absent: no protection information).
+const VFY_FLAGS: u8 = 0x16;
+/// DPO and FUA alone (WRITE ATOMIC has no FUA_NV).
+const DPO_FUA: u8 = 0x18;
+/// PRE-FETCH byte 1: IMMED.
+const IMMED: u8 = 0x02;
 
 macro_rules! row {
     ($op:expr, $sa:expr, $name:expr, $mask:expr, $dir:ident, $h:expr, $writes:expr, $opt:expr) => {
@@ -100,6 +107,9 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x25, None, "READ CAPACITY(10)", [0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, CTL], In, sbc::read_capacity10, false, false),
     row!(0x28, None, "READ(10)", [0x28, RW_FLAGS, FF, FF, FF, FF, GROUP, FF, FF, CTL], In, sbc::rw::read, false, false),
     row!(0x2a, None, "WRITE(10)", [0x2a, RW_FLAGS, FF, FF, FF, FF, GROUP, FF, FF, CTL], Out, sbc::rw::write, true, false),
+    row!(0x2e, None, "WRITE AND VERIFY(10)", [0x2e, VFY_FLAGS, FF, FF, FF, FF, GROUP, FF, FF, CTL], Out, sbc::verify::write_and_verify, true, false),
+    row!(0x2f, None, "VERIFY(10)", [0x2f, VFY_FLAGS, FF, FF, FF, FF, GROUP, FF, FF, CTL], Out, sbc::verify::verify, false, false),
+    row!(0x34, None, "PRE-FETCH(10)", [0x34, IMMED, FF, FF, FF, FF, GROUP, FF, FF, CTL], None, sbc::prefetch::prefetch, false, false),
     row!(0x35, None, "SYNCHRONIZE CACHE(10)", [0x35, 0x06, FF, FF, FF, FF, GROUP, FF, FF, CTL], None, sbc::synchronize_cache, false, false),
     row!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, CTL], Out, spc::modeselect::mode_select10, false, false),
     row!(0x5a, None, "MODE SENSE(10)", [0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL], In, spc::mode::mode_sense10, false, false),
@@ -108,13 +118,21 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x84, Some(0x03), "RECEIVE COPY RESULTS(OPERATING PARAMETERS)", [0x84, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL], In, spc::copy_results::receive_copy_results, false, false),
     row!(0x84, Some(0x04), "RECEIVE COPY RESULTS(FAILED SEGMENT DETAILS)", [0x84, 0x1f, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL], In, spc::copy_results::receive_copy_results, false, false),
     row!(0x88, None, "READ(16)", [0x88, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], In, sbc::rw::read, false, false),
+    row!(0x89, None, "COMPARE AND WRITE", [0x89, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, GROUP, CTL], Out, sbc::caw::compare_and_write, true, false),
     row!(0x8a, None, "WRITE(16)", [0x8a, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::rw::write, true, false),
+    row!(0x8b, None, "ORWRITE(16)", [0x8b, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::orwrite::orwrite, true, false),
+    row!(0x8e, None, "WRITE AND VERIFY(16)", [0x8e, VFY_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::verify::write_and_verify, true, false),
+    row!(0x8f, None, "VERIFY(16)", [0x8f, VFY_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::verify::verify, false, false),
+    row!(0x90, None, "PRE-FETCH(16)", [0x90, IMMED, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], None, sbc::prefetch::prefetch, false, false),
     row!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x06, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], None, sbc::synchronize_cache, false, false),
+    row!(0x9c, None, "WRITE ATOMIC(16)", [0x9c, DPO_FUA, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, FF, FF, GROUP, CTL], Out, sbc::atomic::write_atomic16, true, false),
     row!(0x9e, Some(0x10), "READ CAPACITY(16)", [0x9e, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x01, CTL], In, sbc::read_capacity16, false, false),
     row!(0xa0, None, "REPORT LUNS", [0xa0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, CTL], In, spc::report_luns, false, true),
     row!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x1f, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, spc::rsoc::report_supported_opcodes, false, false),
     row!(0xa8, None, "READ(12)", [0xa8, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], In, sbc::rw::read, false, false),
     row!(0xaa, None, "WRITE(12)", [0xaa, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::rw::write, true, false),
+    row!(0xae, None, "WRITE AND VERIFY(12)", [0xae, VFY_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::verify::write_and_verify, true, false),
+    row!(0xaf, None, "VERIFY(12)", [0xaf, VFY_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::verify::verify, false, false),
 ];
 
 /// Does any row for `opcode` carry a service action?

@@ -34,7 +34,7 @@ impl Default for CbtSettings {
     }
 }
 use super::spc::mode::ModeValues;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Identity that must never change across restarts (stored beside the data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,12 @@ pub struct LogicalUnit {
     pub cbt_lock: CbtLock,
     /// Current values of the changeable mode parameters (MODE SELECT).
     pub mode: Mutex<ModeValues>,
+    /// Orders medium changes: every command that changes the medium holds
+    /// it shared across its backend call; COMPARE AND WRITE, WRITE ATOMIC,
+    /// ORWRITE and WRITE AND VERIFY hold it exclusive across their
+    /// read-modify-write, so no other write lands in the middle (from any
+    /// session). Take it *before* `begin_change`.
+    pub write_order: RwLock<()>,
 }
 
 impl LogicalUnit {
@@ -75,12 +81,25 @@ impl LogicalUnit {
             cbt: CbtSettings::default(),
             cbt_lock: CbtLock::default(),
             mode: Mutex::new(ModeValues::default()),
+            write_order: RwLock::new(()),
         }
     }
 
     pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> LogicalUnit {
         self.tracker = Some(tracker);
         self
+    }
+
+    /// Shared hold of [`LogicalUnit::write_order`] for an ordinary write.
+    /// A panic elsewhere cannot corrupt `()`, so poisoning is ignored.
+    pub fn order_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.write_order.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exclusive hold of [`LogicalUnit::write_order`] for a command that
+    /// must be atomic against every other write to the LUN.
+    pub fn order_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.write_order.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every command that can change what a READ returns calls this

@@ -1,6 +1,11 @@
 //! SBC-4 block commands.
 
+pub mod atomic;
+pub mod caw;
+pub mod orwrite;
+pub mod prefetch;
 pub mod rw;
+pub mod verify;
 
 use super::cdb::{CmdResult, Ctx};
 use super::data::{be, byte, data_in};

@@ -7,6 +7,7 @@ mod mode;
 mod sbc;
 mod spc;
 mod xcopy;
+mod verify;
 
 use super::sense::key;
 use super::*;

@@ -1,0 +1,43 @@
+//! COMPARE AND WRITE (SBC-4 §5.3): compare N blocks with the first half
+//! of the Data-Out and, only if they are equal, write the second half —
+//! atomically against every other write to the LUN, from any session.
+
+use super::check_range;
+use super::limits::MAX_COMPARE_AND_WRITE_BLOCKS;
+use super::verify::{first_difference, miscompare, read_blocks, write_blocks};
+use crate::scsi::cdb::{CmdResult, Ctx};
+use crate::scsi::data::{be, byte};
+use crate::scsi::sense::Sense;
+use crate::scsi::{ScsiCommand, ScsiResult};
+
+/// Offset of NUMBER OF LOGICAL BLOCKS in the CDB.
+const NUM_BLOCKS_AT: usize = 13;
+
+pub fn compare_and_write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
+    let lu = ctx.lu()?;
+    let lba = be(cmd.cdb, 2, 8);
+    let blocks = u64::from(byte(cmd.cdb, NUM_BLOCKS_AT));
+    let fua = byte(cmd.cdb, 1) & 0x08 != 0;
+    check_range(lu, lba, blocks)?;
+    if blocks > u64::from(MAX_COMPARE_AND_WRITE_BLOCKS) {
+        return Err(Sense::invalid_cdb_field(NUM_BLOCKS_AT, None));
+    }
+    let half = blocks * lu.block_bytes();
+    // The Data-Out must be exactly verify data + write data: with any
+    // other size the initiator and we disagree about what to compare.
+    if cmd.data_out.len() as u64 != 2 * half {
+        return Err(Sense::invalid_cdb_field(NUM_BLOCKS_AT, None));
+    }
+    if blocks == 0 {
+        // SBC-4: nothing compared, nothing written, not an error.
+        return Ok(ScsiResult::good(Vec::new(), 0));
+    }
+    let (expect, new) = cmd.data_out.split_at(half as usize);
+    let _order = lu.order_exclusive();
+    let medium = read_blocks(lu, lba, blocks)?;
+    if let Some(at) = first_difference(expect, &medium) {
+        return Err(miscompare(at as u64));
+    }
+    write_blocks(lu, lba, new, fua)?;
+    Ok(ScsiResult::good(Vec::new(), (2 * half) as u32))
+}
