@@ -6,6 +6,7 @@
 use super::sense::{Sense, SenseReason};
 use super::server::DeviceServer;
 use super::{DataDirection, LogicalUnit, Nexus, ScsiCommand, ScsiResult};
+use super::vendor::{cbt, lock};
 use super::{sbc, spc};
 
 /// What a handler returns: a result, or a sense condition that the server
@@ -109,6 +110,13 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x1f, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, spc::rsoc::report_supported_opcodes, false, false),
     row!(0xa8, None, "READ(12)", [0xa8, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], In, sbc::rw::read, false, false),
     row!(0xaa, None, "WRITE(12)", [0xaa, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::rw::write, true, false),
+    // Vendor specific: changed-block tracking (shared/specs/cbt-scsi.md).
+    row!(0xc0, Some(0x00), "CBT REPORT TRACKING", [0xc0, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CTL], In, cbt::report_tracking, false, false),
+    row!(0xc0, Some(0x01), "CBT CLOSE GENERATION", [0xc0, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CTL], In, cbt::close_generation, false, false),
+    row!(0xc0, Some(0x02), "CBT GET CHANGED EXTENTS", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, CTL], In, cbt::get_changed_extents, false, false),
+    row!(0xc0, Some(0x03), "CBT ACQUIRE WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, 0, 0, CTL], In, lock::acquire, false, false),
+    row!(0xc0, Some(0x04), "CBT RENEW WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, lock::renew, false, false),
+    row!(0xc0, Some(0x05), "CBT RELEASE WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, 0, 0, CTL], In, lock::release, false, false),
 ];
 
 /// Does any row for `opcode` carry a service action?
@@ -177,6 +185,8 @@ mod tests {
                 1 | 2 => 10,
                 4 => 16,
                 5 => 12,
+                // Vendor specific (6, 7): any length.
+                6 | 7 => d.cdb_len,
                 _ => 0,
             };
             assert_eq!(group_len, d.cdb_len, "{}", d.name);

@@ -1,6 +1,7 @@
 //! A logical unit: a backend plus geometry, identity and (optionally) its
 //! changed-block tracker.
 
+use super::vendor::lock::CbtLock;
 use super::{Sense, SenseReason};
 use crate::backend::Backend;
 use crate::cbt::{ChangeGuard, ChangeKind, Tracker};
@@ -51,6 +52,8 @@ pub struct LogicalUnit {
     /// Changed-block tracking, when on for this LUN.
     pub tracker: Option<Arc<Tracker>>,
     pub cbt: CbtSettings,
+    /// The CBT write lock (service actions 03h-05h).
+    pub cbt_lock: CbtLock,
 }
 
 impl LogicalUnit {
@@ -67,6 +70,7 @@ impl LogicalUnit {
             read_only,
             tracker: None,
             cbt: CbtSettings::default(),
+            cbt_lock: CbtLock::default(),
         }
     }
 

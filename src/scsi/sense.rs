@@ -31,6 +31,8 @@ pub enum SenseReason {
     InvalidFieldInInformationUnit,
     SavingParametersNotSupported,
     MediumRemovalPrevented,
+    /// The initiator may not use this command (CBT opcode C0h ACL).
+    AccessDeniedNoAccessRights,
     // DATA PROTECT
     WriteProtected,
     // UNIT ATTENTION
@@ -71,6 +73,7 @@ impl SenseReason {
             InvalidFieldInInformationUnit => (ILLEGAL_REQUEST, 0x0e, 0x03),
             SavingParametersNotSupported => (ILLEGAL_REQUEST, 0x39, 0x00),
             MediumRemovalPrevented => (ILLEGAL_REQUEST, 0x53, 0x02),
+            AccessDeniedNoAccessRights => (ILLEGAL_REQUEST, 0x20, 0x02),
             WriteProtected => (DATA_PROTECT, 0x27, 0x00),
             PowerOnReset => (UNIT_ATTENTION, 0x29, 0x00),
             BusDeviceReset => (UNIT_ATTENTION, 0x29, 0x03),

@@ -5,6 +5,7 @@
 use super::cdb::{self, Ctx};
 use super::sense::{Sense, SenseReason};
 use super::ua::UnitAttentions;
+use super::vendor::cbt;
 use super::{LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +44,10 @@ impl DeviceServer {
     }
 
     fn dispatch(&self, cmd: &ScsiCommand) -> cdb::CmdResult {
+        if cmd.cdb.first() == Some(&cbt::OPCODE) {
+            // CBT: access and tracking are checked before any CDB field.
+            cbt::gate(self, cmd)?;
+        }
         let desc = cdb::lookup(cmd.cdb)?;
         let lu = self.luns.get(&cmd.lun).map(Arc::as_ref);
         if !desc.lun_optional {
