@@ -6,6 +6,7 @@
 pub mod cdb;
 mod data;
 pub mod lun;
+mod maintenance;
 mod sbc;
 pub mod sense;
 pub mod server;

@@ -8,13 +8,16 @@ use super::ua::UnitAttentions;
 use super::vendor::cbt;
 use super::{LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub struct DeviceServer {
     pub target_name: String,
     pub luns: BTreeMap<u64, Arc<LogicalUnit>>,
     /// Pending unit attentions per (nexus, LUN).
     pub(crate) ua: UnitAttentions,
+    /// When `maintenance` last ran its periodic CBT checkpoints.
+    pub(crate) last_checkpoint: Mutex<Instant>,
 }
 
 impl DeviceServer {
@@ -23,6 +26,7 @@ impl DeviceServer {
             target_name: target_name.to_string(),
             luns: luns.into_iter().collect(),
             ua: UnitAttentions::default(),
+            last_checkpoint: Mutex::new(Instant::now()),
         }
     }
 
@@ -102,16 +106,22 @@ impl DeviceServer {
         }
     }
 
-    /// Flush every LUN's backend (shutdown). Tries them all, returns the
-    /// first error.
+    /// Flush every LUN's backend, then shut its CBT tracker down cleanly
+    /// (shutdown: no change is accepted afterwards). Tries them all,
+    /// returns the first error.
     pub fn flush_all(&self) -> std::io::Result<()> {
         let mut first = Ok(());
-        for lu in self.luns.values() {
+        for (&id, lu) in &self.luns {
             if let Err(e) = lu.backend.flush() {
                 tracing::warn!(backend = %lu.backend.describe(), error = %e, "flush failed");
                 if first.is_ok() {
                     first = Err(e);
                 }
+            }
+            if let Err(e) = DeviceServer::shutdown_tracker(id, lu)
+                && first.is_ok()
+            {
+                first = Err(e);
             }
         }
         first
