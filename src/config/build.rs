@@ -107,21 +107,21 @@ fn setup_tracking(
     }
     let capacity = lun.size.0 / u64::from(lun.block_size);
     // Validation made it a power of two that fits a u32.
-    let extent_blocks = u32::try_from(lun.extent_bytes() / u64::from(lun.block_size))
-        .unwrap_or(u32::MAX);
+    let extent_blocks =
+        u32::try_from(lun.extent_bytes() / u64::from(lun.block_size)).unwrap_or(u32::MAX);
     let (tracker, dir) = match (lun.tracking_mode(), &lun.path) {
         (TrackingMode::Off, _) => return Ok(()),
         (TrackingMode::Persistent, Some(p)) => {
             let dir = tracking_dir(&data_dir.join(p));
             (Tracker::open(&dir, capacity, extent_blocks), dir)
         }
-        _ => (
-            Tracker::volatile(capacity, extent_blocks),
-            PathBuf::new(),
-        ),
+        _ => (Tracker::volatile(capacity, extent_blocks), PathBuf::new()),
     };
     let tracker = tracker.map_err(|e| ConfigError::Storage {
-        what: format!("target {target:?} LUN {}: cannot start changed-block tracking", lun.id),
+        what: format!(
+            "target {target:?} LUN {}: cannot start changed-block tracking",
+            lun.id
+        ),
         path: dir,
         source: io::Error::other(e),
     })?;

@@ -63,7 +63,11 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
         if let Some(chap) = &t.chap {
             check_chap(&format!("{what} chap"), chap, &mut f);
         }
-        check_lease(&format!("{what}: max_lock_lease_ms"), t.max_lock_lease_ms, &mut f);
+        check_lease(
+            &format!("{what}: max_lock_lease_ms"),
+            t.max_lock_lease_ms,
+            &mut f,
+        );
         if t.luns.is_empty() {
             f.errors.push(format!("{what} has no [[target.lun]]"));
         }

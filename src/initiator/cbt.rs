@@ -233,14 +233,10 @@ fn exact(what: &'static str, d: &[u8], need: usize) -> Result<(), CbtWireError> 
     Ok(())
 }
 
-/// Every byte in `ranges` (offsets into `d`) must be zero.
-fn reserved(
-    what: &'static str,
-    d: &[u8],
-    ranges: &[std::ops::Range<usize>],
-) -> Result<(), CbtWireError> {
+/// Every byte in the `[start, end)` ranges of `d` must be zero.
+fn reserved(what: &'static str, d: &[u8], ranges: &[(usize, usize)]) -> Result<(), CbtWireError> {
     for r in ranges {
-        if let Some(at) = r.clone().find(|&i| d[i] != 0) {
+        if let Some(at) = (r.0..r.1).find(|&i| d[i] != 0) {
             return Err(CbtWireError::Reserved {
                 what,
                 at,
@@ -257,7 +253,7 @@ pub fn parse_report(d: &[u8]) -> Result<TrackingReport, CbtWireError> {
     if d[0] != VERSION {
         return Err(CbtWireError::Version { what: W, got: d[0] });
     }
-    reserved(W, d, &[2..4, 12..16, 60..96])?;
+    reserved(W, d, &[(2, 4), (12, 16), (60, 96)])?;
     let r = TrackingReport {
         flags: TrackingFlags::parse(W, d[1])?,
         extent_blocks: u32_at(d, 4),
@@ -286,7 +282,7 @@ pub fn parse_report(d: &[u8]) -> Result<TrackingReport, CbtWireError> {
 pub fn parse_close(d: &[u8]) -> Result<ClosedGeneration, CbtWireError> {
     const W: &str = "CLOSE GENERATION";
     exact(W, d, CLOSE_LEN)?;
-    reserved(W, d, &[24..32])?;
+    reserved(W, d, &[(24, 32)])?;
     let generation = u64_at(d, 16);
     if generation == 0 {
         return Err(CbtWireError::Layout(format!("{W}: generation 0")));
@@ -310,7 +306,7 @@ pub fn parse_changes(d: &[u8], since: u64, start_lba: u64) -> Result<ExtentsPage
     }
     let desc_len = u32_at(d, 0) as usize;
     exact(W, d, HEADER_LEN.saturating_add(desc_len))?;
-    if desc_len % DESCRIPTOR_LEN != 0 {
+    if !desc_len.is_multiple_of(DESCRIPTOR_LEN) {
         return Err(CbtWireError::Layout(format!(
             "{W}: DESCRIPTOR LENGTH {desc_len} is not a multiple of {DESCRIPTOR_LEN}"
         )));
@@ -318,7 +314,7 @@ pub fn parse_changes(d: &[u8], since: u64, start_lba: u64) -> Result<ExtentsPage
     if d[4] & !1 != 0 {
         return Err(CbtWireError::Layout(format!("{W}: FLAGS {:#04x}", d[4])));
     }
-    reserved(W, d, &[5..8, 40..48])?;
+    reserved(W, d, &[(5, 8), (40, 48)])?;
     let page = ExtentsPage {
         complete: d[4] & 1 != 0,
         open_generation: u64_at(d, 8),
@@ -381,7 +377,7 @@ fn check_page(p: &ExtentsPage, since: u64, start_lba: u64) -> Result<(), CbtWire
 pub fn parse_lock(d: &[u8]) -> Result<LockGrant, CbtWireError> {
     const W: &str = "WRITE LOCK";
     exact(W, d, LOCK_LEN)?;
-    reserved(W, d, &[20..32])?;
+    reserved(W, d, &[(20, 32)])?;
     Ok(LockGrant {
         token: u64_at(d, 0),
         generation: u64_at(d, 8),
@@ -402,7 +398,7 @@ pub fn parse_vpd(d: &[u8]) -> Result<TrackingVpd, CbtWireError> {
     if d[4] != VERSION {
         return Err(CbtWireError::Version { what: W, got: d[4] });
     }
-    reserved(W, d, &[6..8, 36..64])?;
+    reserved(W, d, &[(6, 8), (36, 64)])?;
     Ok(TrackingVpd {
         flags: TrackingFlags::parse(W, d[5])?,
         extent_blocks: u32_at(d, 8),

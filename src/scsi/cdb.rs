@@ -5,8 +5,8 @@
 
 use super::sense::{Sense, SenseReason};
 use super::server::DeviceServer;
-use super::{DataDirection, LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use super::vendor::{cbt, lock};
+use super::{DataDirection, LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use super::{sbc, spc};
 
 /// What a handler returns: a result, or a sense condition that the server
