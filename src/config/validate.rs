@@ -338,3 +338,54 @@ mod tests {
         assert_eq!(normalize(Path::new("./b.img")), PathBuf::from("b.img"));
     }
 }
+
+#[cfg(test)]
+mod cbt_tests {
+    use crate::config::{Config, ConfigError, TrackingMode};
+
+    fn lun(extra: &str, backend: &str) -> String {
+        let path = if backend == "file" {
+            "path = \"a.img\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[[target]]\nname = \"iqn.2026-11.dev.gentgt:t\"\n[[target.lun]]\nid = 0\n\
+             backend = \"{backend}\"\n{path}size = \"1MiB\"\n{extra}"
+        )
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::from_toml(text, "test") {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("expected validation errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tracking_defaults_by_backend() {
+        let c = Config::from_toml(&lun("", "file"), "t").unwrap();
+        assert_eq!(
+            c.targets[0].luns[0].tracking_mode(),
+            TrackingMode::Persistent
+        );
+        let c = Config::from_toml(&lun("", "memory"), "t").unwrap();
+        assert_eq!(c.targets[0].luns[0].tracking_mode(), TrackingMode::Volatile);
+        assert_eq!(c.targets[0].luns[0].extent_bytes(), 64 * 1024);
+    }
+
+    #[test]
+    fn bad_tracking_settings_are_named() {
+        let e = errors(&lun("tracking = \"persistent\"", "memory"));
+        assert!(e[0].contains("needs a file backend"), "{e:?}");
+        let e = errors(&lun("extent_size = \"48KiB\"", "file"));
+        assert!(e[0].contains("power-of-two"), "{e:?}");
+        let e = errors(&lun("extent_size = 256", "file"));
+        assert!(e[0].contains("extent_size"), "{e:?}");
+        let e = errors(&lun("cbt_initiators = [\"Bad Name\"]", "file"));
+        assert!(e[0].contains("cbt_initiators"), "{e:?}");
+        let e = errors(&format!("max_lock_lease_ms = 0\n{}", lun("", "file")));
+        assert!(e[0].contains("max_lock_lease_ms"), "{e:?}");
+        assert!(Config::from_toml(&lun("tracking = \"maybe\"", "file"), "t").is_err());
+    }
+}
