@@ -1,6 +1,8 @@
 //! The `gentgt` command line. Library errors are typed; here they become
 //! `anyhow` messages for the operator.
 
+mod cli;
+
 use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use gentgt::config::{self, Config, build_registry, format_size};
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Serve the configured targets until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Changed-block tracking client: status, close, changes, lock, renew, unlock.
+    Cbt(cli::cbt::CbtArgs),
     /// Print the version.
     Version,
 }
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Cbt(args) => cli::cbt::run(args),
         Command::Version => {
             println!("gentgt {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -1,16 +1,18 @@
 //! Turn a validated configuration into the registry the target serves.
 
 use super::identity::{self, identity_path};
-use super::schema::{ChapConfig, Config, LunConfig};
+use super::schema::{ChapConfig, Config, LunConfig, TrackingMode};
 use super::{ConfigError, validate};
 use crate::backend::{Backend, FileBackend, MemoryBackend};
+use crate::cbt::Tracker;
 use crate::proto::login::ChapSecrets;
 use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity};
 use crate::target::{Registry, TargetEntry};
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Validate `cfg`, then create `data_dir` if missing, open or create every
 /// backend and load or create every LUN's identity.
@@ -29,7 +31,9 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
     for t in &cfg.targets {
         let mut luns = Vec::new();
         for lun in &t.luns {
-            let unit = build_lun(&t.name, lun, data_dir, &stored)?;
+            let mut unit = build_lun(&t.name, lun, data_dir, &stored)?;
+            let lease = t.max_lock_lease_ms.or(cfg.max_lock_lease_ms);
+            setup_tracking(&t.name, lun, data_dir, lease, &mut unit)?;
             luns.push((lun.id, Arc::new(unit)));
         }
         let entry = TargetEntry {
@@ -83,6 +87,54 @@ fn build_lun(
         identity,
         lun.read_only,
     ))
+}
+
+/// Changed-block tracking for one LUN: settings, then the tracker
+/// (persistent ones are opened or recovered from `<path>.cbt/`).
+fn setup_tracking(
+    target: &str,
+    lun: &LunConfig,
+    data_dir: &Path,
+    max_lease_ms: Option<u64>,
+    unit: &mut LogicalUnit,
+) -> Result<(), ConfigError> {
+    if let Some(names) = &lun.cbt_initiators {
+        unit.cbt.allowed_initiators = names.clone();
+    }
+    if let Some(ms) = max_lease_ms {
+        unit.cbt.max_lease = Duration::from_millis(ms);
+        unit.cbt.default_lease = unit.cbt.default_lease.min(unit.cbt.max_lease);
+    }
+    let capacity = lun.size.0 / u64::from(lun.block_size);
+    // Validation made it a power of two that fits a u32.
+    let extent_blocks =
+        u32::try_from(lun.extent_bytes() / u64::from(lun.block_size)).unwrap_or(u32::MAX);
+    let (tracker, dir) = match (lun.tracking_mode(), &lun.path) {
+        (TrackingMode::Off, _) => return Ok(()),
+        (TrackingMode::Persistent, Some(p)) => {
+            let dir = tracking_dir(&data_dir.join(p));
+            (Tracker::open(&dir, capacity, extent_blocks), dir)
+        }
+        _ => (Tracker::volatile(capacity, extent_blocks), PathBuf::new()),
+    };
+    let tracker = tracker.map_err(|e| ConfigError::Storage {
+        what: format!(
+            "target {target:?} LUN {}: cannot start changed-block tracking",
+            lun.id
+        ),
+        path: dir,
+        source: io::Error::other(e),
+    })?;
+    unit.tracker = Some(Arc::new(tracker));
+    Ok(())
+}
+
+/// `<data path>.cbt`: the tracking directory beside the LUN's data, like
+/// the identity file (keep both with the data).
+pub fn tracking_dir(data_path: &Path) -> PathBuf {
+    let mut s = data_path.as_os_str().to_owned();
+    s.push(".cbt");
+    PathBuf::from(s)
 }
 
 /// Identities already stored, keyed by (target, LUN); read-only files must

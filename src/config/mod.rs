@@ -12,8 +12,8 @@ mod validate;
 
 pub use build::build_registry;
 pub use schema::{
-    BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig, format_size,
-    parse_size,
+    BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig, TrackingMode,
+    format_size, parse_size,
 };
 pub use validate::{MAX_LUN_ID, check_iscsi_name};
 
@@ -111,8 +111,13 @@ impl Config {
                     size: Size(1 << 30),
                     block_size: 512,
                     read_only: false,
+                    tracking: None,
+                    extent_size: None,
+                    cbt_initiators: None,
                 }],
+                max_lock_lease_ms: None,
             }],
+            max_lock_lease_ms: None,
         }
     }
 }

@@ -20,6 +20,10 @@ pub struct Config {
     pub discovery: Option<DiscoveryConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    /// Longest CBT write-lock lease in milliseconds, for every target that
+    /// does not set its own. Optional; default 30000.
+    #[serde(default)]
+    pub max_lock_lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -55,6 +59,21 @@ pub struct TargetConfig {
     pub chap: Option<ChapConfig>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunConfig>,
+    /// Longest CBT write-lock lease in milliseconds for this target's LUNs
+    /// (overrides the global value).
+    #[serde(default)]
+    pub max_lock_lease_ms: Option<u64>,
+}
+
+/// Changed-block tracking for one LUN.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackingMode {
+    /// Kept in `<path>.cbt/` and recovered after a crash (file LUNs).
+    Persistent,
+    /// In memory only: a new tracking UUID at every start.
+    Volatile,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -86,6 +105,33 @@ pub struct LunConfig {
     pub block_size: u32,
     #[serde(default)]
     pub read_only: bool,
+    /// Default: persistent for file LUNs, volatile for memory LUNs.
+    #[serde(default)]
+    pub tracking: Option<TrackingMode>,
+    /// CBT extent size in bytes; a power-of-two number of blocks.
+    /// Default 64 KiB.
+    #[serde(default)]
+    pub extent_size: Option<Size>,
+    /// Initiator names allowed to use the CBT command (opcode C0h).
+    /// Default: [DEFAULT_CBT_INITIATOR].
+    #[serde(default)]
+    pub cbt_initiators: Option<Vec<String>>,
+}
+
+impl LunConfig {
+    /// The tracking mode after defaults.
+    pub fn tracking_mode(&self) -> TrackingMode {
+        self.tracking.unwrap_or(match self.backend {
+            BackendKind::File => TrackingMode::Persistent,
+            BackendKind::Memory => TrackingMode::Volatile,
+        })
+    }
+
+    /// Extent size in bytes after defaults.
+    pub fn extent_bytes(&self) -> u64 {
+        self.extent_size
+            .map_or(crate::cbt::DEFAULT_EXTENT_BYTES, |s| s.0)
+    }
 }
 
 fn default_listen() -> Vec<String> {

@@ -1,7 +1,7 @@
 //! Every check that can be made without touching the disk. Run before
 //! anything is created so a bad configuration leaves no trace.
 
-use super::schema::{BackendKind, ChapConfig, Config, LunConfig};
+use super::schema::{BackendKind, ChapConfig, Config, LunConfig, TrackingMode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -27,6 +27,7 @@ pub struct Findings {
 pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
     let mut f = Findings::default();
     check_listen(&cfg.listen, &mut f);
+    check_lease("max_lock_lease_ms", cfg.max_lock_lease_ms, &mut f);
     if let Some(chap) = cfg.discovery.as_ref().and_then(|d| d.chap.as_ref()) {
         check_chap("[discovery] chap", chap, &mut f);
     }
@@ -62,6 +63,11 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
         if let Some(chap) = &t.chap {
             check_chap(&format!("{what} chap"), chap, &mut f);
         }
+        check_lease(
+            &format!("{what}: max_lock_lease_ms"),
+            t.max_lock_lease_ms,
+            &mut f,
+        );
         if t.luns.is_empty() {
             f.errors.push(format!("{what} has no [[target.lun]]"));
         }
@@ -72,6 +78,7 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
                 f.errors.push(format!("{what} is defined twice"));
             }
             check_lun(&what, lun, &mut f);
+            check_tracking(&what, lun, &mut f);
         }
     }
     check_shared_files(cfg, data_dir, &mut f);
@@ -114,6 +121,49 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
             .errors
             .push(format!("{what}: memory backend takes no path")),
         _ => {}
+    }
+}
+
+/// Longest write-lock lease allowed in the configuration: an hour. Longer
+/// leases would let a dead appliance hold every write for that long.
+const MAX_LEASE_MS: u64 = 3_600_000;
+
+fn check_lease(what: &str, ms: Option<u64>, f: &mut Findings) {
+    if let Some(ms) = ms.filter(|&ms| ms == 0 || ms > MAX_LEASE_MS) {
+        f.errors
+            .push(format!("{what} = {ms}: must be 1..={MAX_LEASE_MS} ms"));
+    }
+}
+
+fn check_tracking(what: &str, lun: &LunConfig, f: &mut Findings) {
+    let mode = lun.tracking_mode();
+    if mode == TrackingMode::Persistent && lun.backend == BackendKind::Memory {
+        f.errors.push(format!(
+            "{what}: tracking = \"persistent\" needs a file backend (use \"volatile\")"
+        ));
+    }
+    let bytes = lun.extent_bytes();
+    let bs = u64::from(lun.block_size.max(1));
+    let blocks = bytes / bs;
+    if bytes == 0
+        || !bytes.is_multiple_of(bs)
+        || !blocks.is_power_of_two()
+        || blocks > u64::from(u32::MAX)
+    {
+        f.errors.push(format!(
+            "{what}: extent_size {bytes} is not a power-of-two number of {bs}-byte blocks"
+        ));
+    }
+    for name in lun.cbt_initiators.iter().flatten() {
+        if let Err(e) = check_iscsi_name(name) {
+            f.errors
+                .push(format!("{what}: cbt_initiators {name:?}: {e}"));
+        }
+    }
+    if mode != TrackingMode::Off && lun.cbt_initiators.as_ref().is_some_and(|v| v.is_empty()) {
+        f.warnings.push(format!(
+            "{what}: empty cbt_initiators, no initiator can use changed-block tracking"
+        ));
     }
 }
 
@@ -286,5 +336,56 @@ mod tests {
             PathBuf::from("d/b.img")
         );
         assert_eq!(normalize(Path::new("./b.img")), PathBuf::from("b.img"));
+    }
+}
+
+#[cfg(test)]
+mod cbt_tests {
+    use crate::config::{Config, ConfigError, TrackingMode};
+
+    fn lun(extra: &str, backend: &str) -> String {
+        let path = if backend == "file" {
+            "path = \"a.img\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[[target]]\nname = \"iqn.2026-11.dev.gentgt:t\"\n[[target.lun]]\nid = 0\n\
+             backend = \"{backend}\"\n{path}size = \"1MiB\"\n{extra}"
+        )
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::from_toml(text, "test") {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("expected validation errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tracking_defaults_by_backend() {
+        let c = Config::from_toml(&lun("", "file"), "t").unwrap();
+        assert_eq!(
+            c.targets[0].luns[0].tracking_mode(),
+            TrackingMode::Persistent
+        );
+        let c = Config::from_toml(&lun("", "memory"), "t").unwrap();
+        assert_eq!(c.targets[0].luns[0].tracking_mode(), TrackingMode::Volatile);
+        assert_eq!(c.targets[0].luns[0].extent_bytes(), 64 * 1024);
+    }
+
+    #[test]
+    fn bad_tracking_settings_are_named() {
+        let e = errors(&lun("tracking = \"persistent\"", "memory"));
+        assert!(e[0].contains("needs a file backend"), "{e:?}");
+        let e = errors(&lun("extent_size = \"48KiB\"", "file"));
+        assert!(e[0].contains("power-of-two"), "{e:?}");
+        let e = errors(&lun("extent_size = 256", "file"));
+        assert!(e[0].contains("extent_size"), "{e:?}");
+        let e = errors(&lun("cbt_initiators = [\"Bad Name\"]", "file"));
+        assert!(e[0].contains("cbt_initiators"), "{e:?}");
+        let e = errors(&format!("max_lock_lease_ms = 0\n{}", lun("", "file")));
+        assert!(e[0].contains("max_lock_lease_ms"), "{e:?}");
+        assert!(Config::from_toml(&lun("tracking = \"maybe\"", "file"), "t").is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! target PDUs to tasks by ITT, so several commands may be in flight.
 //! Every wait on the network is bounded by `ConnectOptions::timeout`.
 
+pub mod cbt;
 mod chap;
 mod command;
 mod datain;

@@ -5,6 +5,7 @@
 
 use super::sense::{Sense, SenseReason};
 use super::server::DeviceServer;
+use super::vendor::{cbt, lock};
 use super::{DataDirection, LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use super::{sbc, spc};
 
@@ -133,6 +134,13 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0xaa, None, "WRITE(12)", [0xaa, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::rw::write, true, false),
     row!(0xae, None, "WRITE AND VERIFY(12)", [0xae, VFY_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::verify::write_and_verify, true, false),
     row!(0xaf, None, "VERIFY(12)", [0xaf, VFY_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::verify::verify, false, false),
+    // Vendor specific: changed-block tracking (shared/specs/cbt-scsi.md).
+    row!(0xc0, Some(0x00), "CBT REPORT TRACKING", [0xc0, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CTL], In, cbt::report_tracking, false, false),
+    row!(0xc0, Some(0x01), "CBT CLOSE GENERATION", [0xc0, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CTL], In, cbt::close_generation, false, false),
+    row!(0xc0, Some(0x02), "CBT GET CHANGED EXTENTS", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, CTL], In, cbt::get_changed_extents, false, false),
+    row!(0xc0, Some(0x03), "CBT ACQUIRE WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, 0, 0, CTL], In, lock::acquire, false, false),
+    row!(0xc0, Some(0x04), "CBT RENEW WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, lock::renew, false, false),
+    row!(0xc0, Some(0x05), "CBT RELEASE WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, 0, 0, CTL], In, lock::release, false, false),
 ];
 
 /// Does any row for `opcode` carry a service action?
@@ -201,6 +209,8 @@ mod tests {
                 1 | 2 => 10,
                 4 => 16,
                 5 => 12,
+                // Vendor specific (6, 7): any length.
+                6 | 7 => d.cdb_len,
                 _ => 0,
             };
             assert_eq!(group_len, d.cdb_len, "{}", d.name);

@@ -7,6 +7,7 @@ pub mod cdb;
 mod data;
 mod hold;
 pub mod lun;
+mod maintenance;
 mod sbc;
 pub mod sense;
 pub mod server;

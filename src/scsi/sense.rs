@@ -43,6 +43,8 @@ pub enum SenseReason {
     /// A segment could not be processed (range, I/O) and no better code fits.
     CopyAborted,
     CopyTargetNotReachable,
+    /// The initiator may not use this command (CBT opcode C0h ACL).
+    AccessDeniedNoAccessRights,
     // DATA PROTECT
     WriteProtected,
     SoftwareWriteProtected,
@@ -97,6 +99,7 @@ impl SenseReason {
             OperationInProgress => (ILLEGAL_REQUEST, 0x00, 0x16),
             CopyAborted => (COPY_ABORTED, 0x00, 0x00),
             CopyTargetNotReachable => (COPY_ABORTED, 0x0d, 0x02),
+            AccessDeniedNoAccessRights => (ILLEGAL_REQUEST, 0x20, 0x02),
             WriteProtected => (DATA_PROTECT, 0x27, 0x00),
             SoftwareWriteProtected => (DATA_PROTECT, 0x27, 0x02),
             PowerOnReset => (UNIT_ATTENTION, 0x29, 0x00),

@@ -7,9 +7,11 @@ use super::sense::{Sense, SenseReason};
 use super::spc::copy_results::CopyResults;
 use super::spc::mode;
 use super::ua::UnitAttentions;
+use super::vendor::cbt;
 use super::{LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 pub struct DeviceServer {
     pub target_name: String,
@@ -21,6 +23,8 @@ pub struct DeviceServer {
     pub(crate) this: OnceLock<Weak<DeviceServer>>,
     /// EXTENDED COPY operations in progress and their held results.
     pub(crate) copies: CopyResults,
+    /// When `maintenance` last ran its periodic CBT checkpoints.
+    pub(crate) last_checkpoint: Mutex<Instant>,
 }
 
 impl DeviceServer {
@@ -31,6 +35,7 @@ impl DeviceServer {
             ua: UnitAttentions::default(),
             this: OnceLock::new(),
             copies: CopyResults::default(),
+            last_checkpoint: Mutex::new(Instant::now()),
         }
     }
 
@@ -58,6 +63,10 @@ impl DeviceServer {
     }
 
     fn dispatch(&self, cmd: &ScsiCommand) -> cdb::CmdResult {
+        if cmd.cdb.first() == Some(&cbt::OPCODE) {
+            // CBT: access and tracking are checked before any CDB field.
+            cbt::gate(self, cmd)?;
+        }
         let desc = cdb::lookup(cmd.cdb)?;
         let lu = self.luns.get(&cmd.lun).map(Arc::as_ref);
         if !desc.lun_optional {
@@ -123,16 +132,22 @@ impl DeviceServer {
         }
     }
 
-    /// Flush every LUN's backend (shutdown). Tries them all, returns the
-    /// first error.
+    /// Flush every LUN's backend, then shut its CBT tracker down cleanly
+    /// (shutdown: no change is accepted afterwards). Tries them all,
+    /// returns the first error.
     pub fn flush_all(&self) -> std::io::Result<()> {
         let mut first = Ok(());
-        for lu in self.luns.values() {
+        for (&id, lu) in &self.luns {
             if let Err(e) = lu.backend.flush() {
                 tracing::warn!(backend = %lu.backend.describe(), error = %e, "flush failed");
                 if first.is_ok() {
                     first = Err(e);
                 }
+            }
+            if let Err(e) = DeviceServer::shutdown_tracker(id, lu)
+                && first.is_ok()
+            {
+                first = Err(e);
             }
         }
         first

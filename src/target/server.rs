@@ -61,7 +61,9 @@ impl Server {
             accept_tasks.spawn(accept_loop(l, shared.clone()));
         }
         accept_tasks.spawn(housekeeping(shared.clone()));
+        let maintenance = tokio::spawn(maintenance_loop(self.registry.clone()));
         shutdown.await;
+        maintenance.abort();
         info!("shutting down: no new connections; asking initiators to log out");
         accept_tasks.abort_all();
         while accept_tasks.join_next().await.is_some() {}
@@ -91,6 +93,23 @@ async fn housekeeping(shared: Arc<Shared>) {
         for t in shared.registry.targets.values() {
             t.device.tick();
         }
+    }
+}
+
+/// Device-server upkeep (CBT checkpoints) on a blocking thread, every few
+/// seconds; `DeviceServer::maintenance` decides what is due.
+async fn maintenance_loop(registry: Arc<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let r = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in r.targets.values() {
+                t.device.maintenance();
+            }
+        })
+        .await;
     }
 }
 

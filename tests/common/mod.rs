@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use gentgt::backend::{Backend, FileBackend, MemoryBackend};
+use gentgt::cbt::Tracker;
 use gentgt::proto::login::ChapSecrets;
 use gentgt::scsi::{DeviceServer, LogicalUnit, LunIdentity};
 use gentgt::target::{Registry, Server, TargetEntry, TargetSettings};
@@ -37,6 +38,9 @@ pub struct TargetOptions {
     pub allowed: Option<Vec<String>>,
     pub read_only: bool,
     pub settings: Option<TargetSettings>,
+    /// Turn on changed-block tracking (volatile) on every LUN with this
+    /// extent size in blocks; INITIATOR may then use opcode C0h.
+    pub cbt_extent_blocks: Option<u32>,
 }
 
 pub struct TestTarget {
@@ -83,7 +87,12 @@ impl TestTarget {
                     *block_size,
                 ),
             };
-            let lu = LogicalUnit::new(backend, bs, identity(i as u8), opts.read_only);
+            let mut lu = LogicalUnit::new(backend.clone(), bs, identity(i as u8), opts.read_only);
+            if let Some(eb) = opts.cbt_extent_blocks {
+                let blocks = backend.size() / u64::from(bs);
+                lu = lu.with_tracker(Arc::new(Tracker::volatile(blocks, eb).unwrap()));
+                lu.cbt.allowed_initiators = vec![INITIATOR.to_string()];
+            }
             list.push((i as u64, Arc::new(lu)));
         }
         let mut registry = Registry {

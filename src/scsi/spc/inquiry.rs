@@ -5,6 +5,7 @@ use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte, data_in};
 use crate::scsi::sbc::max_transfer_blocks;
 use crate::scsi::sense::Sense;
+use crate::scsi::vendor::cbt;
 use crate::scsi::{LogicalUnit, ScsiCommand};
 
 pub const VENDOR: &[u8; 8] = b"GENTGT  ";
@@ -39,7 +40,7 @@ pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     }
     let lu = ctx.lu()?;
     let body = match page {
-        0x00 => PAGES.to_vec(),
+        0x00 => supported_pages(lu),
         0x80 => lu.identity.serial.as_bytes().to_vec(),
         0x83 => device_identification(ctx, lu),
         0x86 => extended_inquiry(),
@@ -47,12 +48,23 @@ pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         0xb0 => block_limits(lu),
         0xb1 => block_device_characteristics(),
         0xb2 => logical_block_provisioning(),
+        cbt::VPD_PAGE => cbt::vpd_page(lu).ok_or(Sense::invalid_cdb_field(2, None))?,
         _ => return Err(Sense::invalid_cdb_field(2, None)),
     };
     let mut data = vec![DIRECT_ACCESS, page];
     data.extend_from_slice(&(body.len() as u16).to_be_bytes());
     data.extend_from_slice(&body);
     Ok(data_in(cmd, data, alloc))
+}
+
+/// VPD page 00h: the CBT page (highest code, so the list stays ascending)
+/// only on LUNs with tracking on.
+fn supported_pages(lu: &LogicalUnit) -> Vec<u8> {
+    let mut pages = PAGES.to_vec();
+    if lu.tracker.is_some() {
+        pages.push(cbt::VPD_PAGE);
+    }
+    pages
 }
 
 fn standard(pdt: u8) -> Vec<u8> {

@@ -5,31 +5,32 @@ use crate::scsi::ScsiCommand;
 use crate::scsi::cdb::{CmdResult, CommandDesc, Ctx, TABLE, has_service_actions};
 use crate::scsi::data::{be, byte, data_in};
 use crate::scsi::sense::Sense;
+use crate::scsi::vendor::cbt;
 
 /// SUPPORT field values for the one-command format.
 const NOT_SUPPORTED: u8 = 0x01;
 const SUPPORTED: u8 = 0x03;
 
-pub fn report_supported_opcodes(_ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
+pub fn report_supported_opcodes(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let rctd = byte(cmd.cdb, 2) & 0x80 != 0;
     let options = byte(cmd.cdb, 2) & 0x07;
     let opcode = byte(cmd.cdb, 3);
     let sa = be(cmd.cdb, 4, 2) as u16;
     let alloc = be(cmd.cdb, 6, 4);
     let data = match options {
-        0 => all_commands(rctd),
+        0 => all_commands(ctx, rctd),
         // One opcode that must not have service actions.
         1 if has_service_actions(opcode) => return Err(Sense::invalid_cdb_field(2, Some(2))),
-        1 => one_command(find(opcode, None), rctd),
+        1 => one_command(find(ctx, opcode, None), rctd),
         // Opcode plus service action; the opcode must have service actions.
         2 if !has_service_actions(opcode) && known(opcode) => {
             return Err(Sense::invalid_cdb_field(2, Some(2)));
         }
-        2 => one_command(find(opcode, Some(sa)), rctd),
+        2 => one_command(find(ctx, opcode, Some(sa)), rctd),
         // SPC-5: opcode, with the service action when it has them.
         3 => {
             let sa = has_service_actions(opcode).then_some(sa);
-            one_command(find(opcode, sa), rctd)
+            one_command(find(ctx, opcode, sa), rctd)
         }
         _ => return Err(Sense::invalid_cdb_field(2, Some(2))),
     };
@@ -40,10 +41,13 @@ fn known(opcode: u8) -> bool {
     TABLE.iter().any(|d| d.opcode == opcode)
 }
 
-fn find(opcode: u8, sa: Option<u16>) -> Option<&'static CommandDesc> {
-    TABLE
-        .iter()
-        .find(|d| d.opcode == opcode && d.service_action == sa)
+/// Only the commands this LUN offers (CBT's C0h needs tracking on).
+fn rows<'a>(ctx: &'a Ctx) -> impl Iterator<Item = &'static CommandDesc> + 'a {
+    TABLE.iter().filter(|d| cbt::listed(ctx.lu, d.opcode))
+}
+
+fn find(ctx: &Ctx, opcode: u8, sa: Option<u16>) -> Option<&'static CommandDesc> {
+    rows(ctx).find(|d| d.opcode == opcode && d.service_action == sa)
 }
 
 /// Command timeouts descriptor: length 0Ah, timeouts not specified (0).
@@ -53,9 +57,9 @@ fn timeouts() -> [u8; 12] {
     t
 }
 
-fn all_commands(rctd: bool) -> Vec<u8> {
+fn all_commands(ctx: &Ctx, rctd: bool) -> Vec<u8> {
     let mut body = Vec::new();
-    for d in TABLE {
+    for d in rows(ctx) {
         body.push(d.opcode);
         body.push(0);
         body.extend_from_slice(&d.service_action.unwrap_or(0).to_be_bytes());

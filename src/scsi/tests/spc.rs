@@ -340,8 +340,10 @@ fn report_supported_opcodes_all() {
         u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
         d.len() - 4
     );
-    assert_eq!(d.len(), 4 + 8 * TABLE.len());
-    for (desc, row) in d[4..].chunks(8).zip(TABLE) {
+    // The Harness LUN has no CBT tracker, so opcode C0h is not listed.
+    let rows: Vec<_> = TABLE.iter().filter(|d| d.opcode != 0xc0).collect();
+    assert_eq!(d.len(), 4 + 8 * rows.len());
+    for (desc, row) in d[4..].chunks(8).zip(rows.iter()) {
         assert_eq!(desc[0], row.opcode);
         assert_eq!(desc[5] & 0x01 != 0, row.service_action.is_some());
         if desc[5] & 0x01 == 0 {
@@ -350,7 +352,7 @@ fn report_supported_opcodes_all() {
         assert_eq!(u16::from_be_bytes([desc[6], desc[7]]) as usize, row.cdb_len);
     }
     let d = h.good(&rsoc(true, 0, 0, 0), &[], 65535).data_in;
-    assert_eq!(d.len(), 4 + 20 * TABLE.len());
+    assert_eq!(d.len(), 4 + 20 * rows.len());
     for desc in d[4..].chunks(20) {
         assert_eq!(desc[5] & 0x02, 0x02);
         assert_eq!(&desc[8..10], &[0, 0x0a]);

@@ -1,0 +1,3 @@
+//! Subcommands of the `gentgt` binary beyond `serve`.
+
+pub mod cbt;
