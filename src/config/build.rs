@@ -9,7 +9,7 @@ use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity};
 use crate::target::{Registry, TargetEntry};
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Validate `cfg`, then create `data_dir` if missing, open or create every
@@ -77,12 +77,20 @@ fn build_lun(
         }
         (None, None) => identity::derived_identity(target, lun.id),
     };
-    Ok(LogicalUnit::new(
-        backend,
-        lun.block_size,
-        identity,
-        lun.read_only,
-    ))
+    let unit = LogicalUnit::new(backend, lun.block_size, identity, lun.read_only);
+    match path {
+        // APTPL reservations live beside the data: "<lun path>.pr".
+        Some(p) => {
+            let prp = PathBuf::from(format!("{}.pr", p.display()));
+            unit.with_pr_state(prp.clone())
+                .map_err(|source| ConfigError::Storage {
+                    what: format!("target {target:?} LUN {}: persistent reservations", lun.id),
+                    path: prp,
+                    source,
+                })
+        }
+        None => Ok(unit),
+    }
 }
 
 /// Identities already stored, keyed by (target, LUN); read-only files must

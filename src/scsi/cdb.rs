@@ -6,7 +6,7 @@
 use super::sense::{Sense, SenseReason};
 use super::server::DeviceServer;
 use super::{DataDirection, LogicalUnit, Nexus, ScsiCommand, ScsiResult};
-use super::{sbc, spc};
+use super::{pr, sbc, spc};
 
 /// What a handler returns: a result, or a sense condition that the server
 /// turns into CHECK CONDITION.
@@ -47,6 +47,9 @@ pub struct CommandDesc {
     /// not exist and are not blocked by a pending unit attention
     /// (SPC-5 §5.14, SAM-5 §5.9).
     pub lun_optional: bool,
+    /// Behaviour under a reservation the sender does not hold; derived by
+    /// `pr::classify` from opcode, service action and `writes`.
+    pub pr: pr::PrClass,
 }
 
 /// Pad a usage mask to 16 bytes.
@@ -81,6 +84,7 @@ macro_rules! row {
             handler: $h,
             writes: $writes,
             lun_optional: $opt,
+            pr: pr::classify($op, $sa, $writes),
         }
     };
 }
@@ -93,6 +97,8 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x08, None, "READ(6)", [0x08, 0x1f, FF, FF, FF, CTL], In, sbc::rw::read, false, false),
     row!(0x0a, None, "WRITE(6)", [0x0a, 0x1f, FF, FF, FF, CTL], Out, sbc::rw::write, true, false),
     row!(0x12, None, "INQUIRY", [0x12, 0x01, FF, FF, FF, CTL], In, spc::inquiry::inquiry, false, true),
+    row!(0x16, None, "RESERVE(6)", [0x16, 0, 0, 0, 0, CTL], None, pr::reserve6::reserve, false, false),
+    row!(0x17, None, "RELEASE(6)", [0x17, 0, 0, 0, 0, CTL], None, pr::reserve6::release, false, false),
     row!(0x1a, None, "MODE SENSE(6)", [0x1a, 0x08, FF, FF, FF, CTL], In, spc::mode::mode_sense6, false, false),
     row!(0x1b, None, "START STOP UNIT", [0x1b, 0x01, 0, 0x0f, 0xf7, CTL], None, spc::start_stop_unit, false, false),
     row!(0x1e, None, "PREVENT ALLOW MEDIUM REMOVAL", [0x1e, 0, 0, 0, 0x03, CTL], None, spc::prevent_allow, false, false),
@@ -100,7 +106,20 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x28, None, "READ(10)", [0x28, RW_FLAGS, FF, FF, FF, FF, GROUP, FF, FF, CTL], In, sbc::rw::read, false, false),
     row!(0x2a, None, "WRITE(10)", [0x2a, RW_FLAGS, FF, FF, FF, FF, GROUP, FF, FF, CTL], Out, sbc::rw::write, true, false),
     row!(0x35, None, "SYNCHRONIZE CACHE(10)", [0x35, 0x06, FF, FF, FF, FF, GROUP, FF, FF, CTL], None, sbc::synchronize_cache, false, false),
+    row!(0x56, None, "RESERVE(10)", [0x56, 0, 0, 0, 0, 0, 0, 0, 0, CTL], None, pr::reserve6::reserve, false, false),
+    row!(0x57, None, "RELEASE(10)", [0x57, 0, 0, 0, 0, 0, 0, 0, 0, CTL], None, pr::reserve6::release, false, false),
     row!(0x5a, None, "MODE SENSE(10)", [0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL], In, spc::mode::mode_sense10, false, false),
+    row!(0x5e, Some(0x00), "PERSISTENT RESERVE IN", [0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, CTL], In, pr::prin::prin, false, false),
+    row!(0x5e, Some(0x01), "PERSISTENT RESERVE IN", [0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, CTL], In, pr::prin::prin, false, false),
+    row!(0x5e, Some(0x02), "PERSISTENT RESERVE IN", [0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, CTL], In, pr::prin::prin, false, false),
+    row!(0x5e, Some(0x03), "PERSISTENT RESERVE IN", [0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, CTL], In, pr::prin::prin, false, false),
+    row!(0x5f, Some(0x00), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x01), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x02), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x03), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x04), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x05), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x06), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
     row!(0x88, None, "READ(16)", [0x88, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], In, sbc::rw::read, false, false),
     row!(0x8a, None, "WRITE(16)", [0x8a, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::rw::write, true, false),
     row!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x06, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], None, sbc::synchronize_cache, false, false),

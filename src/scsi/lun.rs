@@ -4,6 +4,7 @@
 use super::{Sense, SenseReason};
 use crate::backend::Backend;
 use crate::cbt::{ChangeGuard, ChangeKind, Tracker};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Identity that must never change across restarts (stored beside the data).
@@ -22,6 +23,11 @@ pub struct LogicalUnit {
     pub read_only: bool,
     /// Changed-block tracking, when on for this LUN.
     pub tracker: Option<Arc<Tracker>>,
+    /// Where persistent reservations are kept when APTPL is set; `None`:
+    /// APTPL is refused (REPORT CAPABILITIES says PTPL_C=0).
+    pub pr_path: Option<PathBuf>,
+    /// Reservation state (persistent and SPC-2).
+    pub(crate) pr: super::pr::LunPr,
 }
 
 impl LogicalUnit {
@@ -37,7 +43,19 @@ impl LogicalUnit {
             identity,
             read_only,
             tracker: None,
+            pr_path: None,
+            pr: Default::default(),
         }
+    }
+
+    /// Keep APTPL persistent reservations in `path`, restoring what an
+    /// earlier run left there.
+    pub fn with_pr_state(mut self, path: PathBuf) -> std::io::Result<LogicalUnit> {
+        if let Some(st) = super::pr::persist::load(&path)? {
+            self.pr = super::pr::LunPr::new(st);
+        }
+        self.pr_path = Some(path);
+        Ok(self)
     }
 
     pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> LogicalUnit {

@@ -6,6 +6,7 @@
 pub mod cdb;
 mod data;
 pub mod lun;
+pub mod pr;
 mod sbc;
 pub mod sense;
 pub mod server;

@@ -31,6 +31,8 @@ pub enum SenseReason {
     InvalidFieldInInformationUnit,
     SavingParametersNotSupported,
     MediumRemovalPrevented,
+    InvalidReleaseOfPersistentReservation,
+    InsufficientRegistrationResources,
     // DATA PROTECT
     WriteProtected,
     // UNIT ATTENTION
@@ -40,6 +42,9 @@ pub enum SenseReason {
     ReportedLunsDataChanged,
     ModeParametersChanged,
     CapacityDataChanged,
+    ReservationsPreempted,
+    ReservationsReleased,
+    RegistrationsPreempted,
     // NOT READY
     MediumNotPresent,
     InitializingCommandRequired,
@@ -71,6 +76,8 @@ impl SenseReason {
             InvalidFieldInInformationUnit => (ILLEGAL_REQUEST, 0x0e, 0x03),
             SavingParametersNotSupported => (ILLEGAL_REQUEST, 0x39, 0x00),
             MediumRemovalPrevented => (ILLEGAL_REQUEST, 0x53, 0x02),
+            InvalidReleaseOfPersistentReservation => (ILLEGAL_REQUEST, 0x26, 0x04),
+            InsufficientRegistrationResources => (ILLEGAL_REQUEST, 0x55, 0x04),
             WriteProtected => (DATA_PROTECT, 0x27, 0x00),
             PowerOnReset => (UNIT_ATTENTION, 0x29, 0x00),
             BusDeviceReset => (UNIT_ATTENTION, 0x29, 0x03),
@@ -78,6 +85,9 @@ impl SenseReason {
             ReportedLunsDataChanged => (UNIT_ATTENTION, 0x3f, 0x0e),
             ModeParametersChanged => (UNIT_ATTENTION, 0x2a, 0x01),
             CapacityDataChanged => (UNIT_ATTENTION, 0x2a, 0x09),
+            ReservationsPreempted => (UNIT_ATTENTION, 0x2a, 0x03),
+            ReservationsReleased => (UNIT_ATTENTION, 0x2a, 0x04),
+            RegistrationsPreempted => (UNIT_ATTENTION, 0x2a, 0x05),
             MediumNotPresent => (NOT_READY, 0x3a, 0x00),
             InitializingCommandRequired => (NOT_READY, 0x04, 0x02),
             UnrecoveredReadError => (MEDIUM_ERROR, 0x11, 0x00),

@@ -3,6 +3,7 @@
 //! reserved bits, write protection).
 
 use super::cdb::{self, Ctx};
+use super::pr;
 use super::sense::{Sense, SenseReason};
 use super::ua::UnitAttentions;
 use super::{LogicalUnit, Nexus, ScsiCommand, ScsiResult};
@@ -14,6 +15,8 @@ pub struct DeviceServer {
     pub luns: BTreeMap<u64, Arc<LogicalUnit>>,
     /// Pending unit attentions per (nexus, LUN).
     pub(crate) ua: UnitAttentions,
+    /// Live nexuses by port name and the PREEMPT AND ABORT hook.
+    pub(crate) pr: pr::ServerPr,
 }
 
 impl DeviceServer {
@@ -22,6 +25,7 @@ impl DeviceServer {
             target_name: target_name.to_string(),
             luns: luns.into_iter().collect(),
             ua: UnitAttentions::default(),
+            pr: pr::ServerPr::default(),
         }
     }
 
@@ -54,6 +58,9 @@ impl DeviceServer {
             }
         }
         cdb::check_reserved(desc, cmd.cdb)?;
+        if lu.is_some_and(|l| pr::conflicts(l, cmd.nexus, desc.pr, cmd.cdb)) {
+            return Ok(pr::conflict_result(0));
+        }
         if desc.writes && lu.is_some_and(|l| l.read_only) {
             return Err(SenseReason::WriteProtected.into());
         }
@@ -68,6 +75,7 @@ impl DeviceServer {
 
     /// A new I_T nexus: it will see a power-on unit attention.
     pub fn nexus_added(&self, nexus: &Nexus) {
+        self.pr.nexus_added(nexus);
         self.ua.add_nexus(
             nexus.id,
             self.luns.keys().copied(),
@@ -78,13 +86,20 @@ impl DeviceServer {
     /// The nexus is gone (session ended): forget its per-nexus state.
     pub fn nexus_removed(&self, nexus: &Nexus) {
         self.ua.remove_nexus(nexus.id);
+        self.pr.nexus_removed(nexus.id);
+        // SPC-2 reservations end with the nexus; persistent
+        // registrations do not.
+        for lu in self.luns.values() {
+            pr::reserve6::nexus_lost(lu, nexus.id);
+        }
     }
 
     /// After LOGICAL UNIT RESET: a BUS DEVICE RESET FUNCTION OCCURRED unit
     /// attention for every nexus, the requester included (SAM-5 §6.6; the
     /// libiscsi multipath reset test expects it on every path).
     pub fn lun_reset(&self, lun: u64, _by: &Nexus) {
-        if self.luns.contains_key(&lun) {
+        if let Some(lu) = self.luns.get(&lun) {
+            pr::reserve6::reset(lu);
             self.ua
                 .establish_all(lun, SenseReason::BusDeviceReset, true);
         }
