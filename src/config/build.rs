@@ -81,7 +81,9 @@ fn build_lun(
     match path {
         // APTPL reservations live beside the data: "<lun path>.pr".
         Some(p) => {
-            let prp = PathBuf::from(format!("{}.pr", p.display()));
+            let mut prp = p.as_os_str().to_owned();
+            prp.push(".pr");
+            let prp = PathBuf::from(prp);
             unit.with_pr_state(prp.clone())
                 .map_err(|source| ConfigError::Storage {
                     what: format!("target {target:?} LUN {}: persistent reservations", lun.id),

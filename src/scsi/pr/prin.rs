@@ -92,10 +92,13 @@ fn transport_id(r: &Registration) -> Vec<u8> {
 fn read_full_status(st: &PrState) -> Vec<u8> {
     let mut body = Vec::new();
     for r in &st.registrations {
-        let holds = st.reservation.as_ref().is_some_and(|res| match &res.holder {
-            None => true,
-            Some((p, rp)) => r.is(p, *rp),
-        });
+        let holds = st
+            .reservation
+            .as_ref()
+            .is_some_and(|res| match &res.holder {
+                None => true,
+                Some((p, rp)) => r.is(p, *rp),
+            });
         body.extend_from_slice(&r.key.to_be_bytes());
         body.extend_from_slice(&[0; 4]);
         body.push(((r.all_tg_pt as u8) << 1) | holds as u8);

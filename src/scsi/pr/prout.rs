@@ -162,11 +162,7 @@ pub fn apply(st: &mut PrState, n: &Nexus, req: &Request) -> Result<Effects, Refu
 }
 
 fn register(st: &mut PrState, n: &Nexus, req: &Request) -> Result<Effects, Refusal> {
-    if req.sa == REGISTER
-        && st
-            .registration(n)
-            .is_some_and(|r| r.key != req.key)
-    {
+    if req.sa == REGISTER && st.registration(n).is_some_and(|r| r.key != req.key) {
         return Err(Refusal::Conflict);
     }
     let mut fx = Effects::default();
@@ -342,8 +338,11 @@ fn preempt(st: &mut PrState, n: &Nexus, req: &Request) -> Result<Effects, Refusa
     {
         for r in &st.registrations {
             if !r.is(&n.initiator_port, n.relative_port) {
-                fx.notify
-                    .push((r.port.clone(), r.rel_port, SenseReason::ReservationsReleased));
+                fx.notify.push((
+                    r.port.clone(),
+                    r.rel_port,
+                    SenseReason::ReservationsReleased,
+                ));
             }
         }
     }

@@ -2,6 +2,7 @@
 //! memory and file backends.
 
 mod fuzz;
+mod pr;
 mod sbc;
 mod spc;
 
