@@ -356,7 +356,8 @@ fn preempt_all_registrants_with_zero_key() {
 #[test]
 fn preempt_and_abort_calls_the_hook() {
     let (h, a, b) = two();
-    let seen: Arc<Mutex<Vec<(Vec<u64>, u64)>>> = Arc::default();
+    type Calls = Mutex<Vec<(Vec<u64>, u64)>>;
+    let seen: Arc<Calls> = Arc::default();
     let s2 = seen.clone();
     h.srv.set_abort_hook(Box::new(move |ids, lun| {
         s2.lock().unwrap().push((ids.to_vec(), lun));
@@ -419,7 +420,7 @@ fn read_full_status_has_transport_ids() {
         assert_eq!(tid[0], 0x45);
         let tlen = u16::from_be_bytes([tid[2], tid[3]]) as usize;
         assert_eq!(tlen + 4, n);
-        assert!(tlen >= 20 && tlen % 4 == 0);
+        assert!(tlen >= 20 && tlen.is_multiple_of(4));
         let name = tid[4..].split(|&c| c == 0).next().unwrap();
         seen.push((
             key,
