@@ -81,12 +81,22 @@ fn build_lun(
         }
         (None, None) => identity::derived_identity(target, lun.id),
     };
-    Ok(LogicalUnit::new(
-        backend,
-        lun.block_size,
-        identity,
-        lun.read_only,
-    ))
+    let unit = LogicalUnit::new(backend, lun.block_size, identity, lun.read_only);
+    match path {
+        // APTPL reservations live beside the data: "<lun path>.pr".
+        Some(p) => {
+            let mut prp = p.as_os_str().to_owned();
+            prp.push(".pr");
+            let prp = PathBuf::from(prp);
+            unit.with_pr_state(prp.clone())
+                .map_err(|source| ConfigError::Storage {
+                    what: format!("target {target:?} LUN {}: persistent reservations", lun.id),
+                    path: prp,
+                    source,
+                })
+        }
+        None => Ok(unit),
+    }
 }
 
 /// Changed-block tracking for one LUN: settings, then the tracker

@@ -7,7 +7,7 @@ use super::sense::{Sense, SenseReason};
 use super::server::DeviceServer;
 use super::vendor::{cbt, lock};
 use super::{DataDirection, LogicalUnit, Nexus, ScsiCommand, ScsiResult};
-use super::{sbc, spc};
+use super::{pr, sbc, spc};
 
 /// What a handler returns: a result, or a sense condition that the server
 /// turns into CHECK CONDITION.
@@ -48,6 +48,9 @@ pub struct CommandDesc {
     /// not exist and are not blocked by a pending unit attention
     /// (SPC-5 §5.14, SAM-5 §5.9).
     pub lun_optional: bool,
+    /// Behaviour under a reservation the sender does not hold; derived by
+    /// `pr::classify` from opcode, service action and `writes`.
+    pub pr: pr::PrClass,
 }
 
 /// Pad a usage mask to 16 bytes.
@@ -89,6 +92,7 @@ macro_rules! row {
             handler: $h,
             writes: $writes,
             lun_optional: $opt,
+            pr: pr::classify($op, $sa, $writes),
         }
     };
 }
@@ -102,6 +106,8 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x0a, None, "WRITE(6)", [0x0a, 0x1f, FF, FF, FF, CTL], Out, sbc::rw::write, true, false),
     row!(0x12, None, "INQUIRY", [0x12, 0x01, FF, FF, FF, CTL], In, spc::inquiry::inquiry, false, true),
     row!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, FF, CTL], Out, spc::modeselect::mode_select6, false, false),
+    row!(0x16, None, "RESERVE(6)", [0x16, 0, 0, 0, 0, CTL], None, pr::reserve6::reserve, false, false),
+    row!(0x17, None, "RELEASE(6)", [0x17, 0, 0, 0, 0, CTL], None, pr::reserve6::release, false, false),
     row!(0x1a, None, "MODE SENSE(6)", [0x1a, 0x08, FF, FF, FF, CTL], In, spc::mode::mode_sense6, false, false),
     row!(0x1b, None, "START STOP UNIT", [0x1b, 0x01, 0, 0x0f, 0xf7, CTL], None, spc::startstop::start_stop_unit, false, false),
     row!(0x1e, None, "PREVENT ALLOW MEDIUM REMOVAL", [0x1e, 0, 0, 0, 0x03, CTL], None, spc::startstop::prevent_allow, false, false),
@@ -113,7 +119,20 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x34, None, "PRE-FETCH(10)", [0x34, IMMED, FF, FF, FF, FF, GROUP, FF, FF, CTL], None, sbc::prefetch::prefetch, false, false),
     row!(0x35, None, "SYNCHRONIZE CACHE(10)", [0x35, 0x06, FF, FF, FF, FF, GROUP, FF, FF, CTL], None, sbc::synchronize_cache, false, false),
     row!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, CTL], Out, spc::modeselect::mode_select10, false, false),
+    row!(0x56, None, "RESERVE(10)", [0x56, 0, 0, 0, 0, 0, 0, 0, 0, CTL], None, pr::reserve6::reserve, false, false),
+    row!(0x57, None, "RELEASE(10)", [0x57, 0, 0, 0, 0, 0, 0, 0, 0, CTL], None, pr::reserve6::release, false, false),
     row!(0x5a, None, "MODE SENSE(10)", [0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL], In, spc::mode::mode_sense10, false, false),
+    row!(0x5e, Some(0x00), "PERSISTENT RESERVE IN", [0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, CTL], In, pr::prin::prin, false, false),
+    row!(0x5e, Some(0x01), "PERSISTENT RESERVE IN", [0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, CTL], In, pr::prin::prin, false, false),
+    row!(0x5e, Some(0x02), "PERSISTENT RESERVE IN", [0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, CTL], In, pr::prin::prin, false, false),
+    row!(0x5e, Some(0x03), "PERSISTENT RESERVE IN", [0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, CTL], In, pr::prin::prin, false, false),
+    row!(0x5f, Some(0x00), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x01), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x02), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x03), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x04), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x05), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
+    row!(0x5f, Some(0x06), "PERSISTENT RESERVE OUT", [0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, CTL], Out, pr::prout::prout, false, false),
     row!(0x83, Some(0x00), "EXTENDED COPY(LID1)", [0x83, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL], Out, spc::xcopy::extended_copy, false, false),
     row!(0x84, Some(0x00), "RECEIVE COPY RESULTS(COPY STATUS)", [0x84, 0x1f, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL], In, spc::copy_results::receive_copy_results, false, false),
     row!(0x84, Some(0x03), "RECEIVE COPY RESULTS(OPERATING PARAMETERS)", [0x84, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL], In, spc::copy_results::receive_copy_results, false, false),

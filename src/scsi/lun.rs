@@ -35,6 +35,7 @@ impl Default for CbtSettings {
 }
 use super::spc::mode::ModeValues;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::PathBuf;
 
 /// Identity that must never change across restarts (stored beside the data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,11 @@ pub struct LogicalUnit {
     /// read-modify-write, so no other write lands in the middle (from any
     /// session). Take it *before* `begin_change`.
     pub write_order: RwLock<()>,
+    /// Where persistent reservations are kept when APTPL is set; `None`:
+    /// APTPL is refused (REPORT CAPABILITIES says PTPL_C=0).
+    pub pr_path: Option<PathBuf>,
+    /// Reservation state (persistent and SPC-2).
+    pub(crate) pr: super::pr::LunPr,
 }
 
 impl LogicalUnit {
@@ -82,7 +88,19 @@ impl LogicalUnit {
             cbt_lock: CbtLock::default(),
             mode: Mutex::new(ModeValues::default()),
             write_order: RwLock::new(()),
+            pr_path: None,
+            pr: Default::default(),
         }
+    }
+
+    /// Keep APTPL persistent reservations in `path`, restoring what an
+    /// earlier run left there.
+    pub fn with_pr_state(mut self, path: PathBuf) -> std::io::Result<LogicalUnit> {
+        if let Some(st) = super::pr::persist::load(&path)? {
+            self.pr = super::pr::LunPr::new(st);
+        }
+        self.pr_path = Some(path);
+        Ok(self)
     }
 
     pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> LogicalUnit {

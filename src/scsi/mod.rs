@@ -8,6 +8,7 @@ mod data;
 mod hold;
 pub mod lun;
 mod maintenance;
+pub mod pr;
 mod sbc;
 pub mod sense;
 pub mod server;

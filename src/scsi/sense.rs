@@ -45,6 +45,8 @@ pub enum SenseReason {
     CopyTargetNotReachable,
     /// The initiator may not use this command (CBT opcode C0h ACL).
     AccessDeniedNoAccessRights,
+    InvalidReleaseOfPersistentReservation,
+    InsufficientRegistrationResources,
     // DATA PROTECT
     WriteProtected,
     SoftwareWriteProtected,
@@ -55,6 +57,9 @@ pub enum SenseReason {
     ReportedLunsDataChanged,
     ModeParametersChanged,
     CapacityDataChanged,
+    ReservationsPreempted,
+    ReservationsReleased,
+    RegistrationsPreempted,
     // NOT READY
     MediumNotPresent,
     InitializingCommandRequired,
@@ -100,6 +105,8 @@ impl SenseReason {
             CopyAborted => (COPY_ABORTED, 0x00, 0x00),
             CopyTargetNotReachable => (COPY_ABORTED, 0x0d, 0x02),
             AccessDeniedNoAccessRights => (ILLEGAL_REQUEST, 0x20, 0x02),
+            InvalidReleaseOfPersistentReservation => (ILLEGAL_REQUEST, 0x26, 0x04),
+            InsufficientRegistrationResources => (ILLEGAL_REQUEST, 0x55, 0x04),
             WriteProtected => (DATA_PROTECT, 0x27, 0x00),
             SoftwareWriteProtected => (DATA_PROTECT, 0x27, 0x02),
             PowerOnReset => (UNIT_ATTENTION, 0x29, 0x00),
@@ -108,6 +115,9 @@ impl SenseReason {
             ReportedLunsDataChanged => (UNIT_ATTENTION, 0x3f, 0x0e),
             ModeParametersChanged => (UNIT_ATTENTION, 0x2a, 0x01),
             CapacityDataChanged => (UNIT_ATTENTION, 0x2a, 0x09),
+            ReservationsPreempted => (UNIT_ATTENTION, 0x2a, 0x03),
+            ReservationsReleased => (UNIT_ATTENTION, 0x2a, 0x04),
+            RegistrationsPreempted => (UNIT_ATTENTION, 0x2a, 0x05),
             MediumNotPresent => (NOT_READY, 0x3a, 0x00),
             InitializingCommandRequired => (NOT_READY, 0x04, 0x02),
             UnrecoveredReadError => (MEDIUM_ERROR, 0x11, 0x00),

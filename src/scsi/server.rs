@@ -3,6 +3,7 @@
 //! reserved bits, write protection).
 
 use super::cdb::{self, Ctx};
+use super::pr;
 use super::sense::{Sense, SenseReason};
 use super::spc::copy_results::CopyResults;
 use super::spc::mode;
@@ -25,6 +26,8 @@ pub struct DeviceServer {
     pub(crate) copies: CopyResults,
     /// When `maintenance` last ran its periodic CBT checkpoints.
     pub(crate) last_checkpoint: Mutex<Instant>,
+    /// Live nexuses by port name and the PREEMPT AND ABORT hook.
+    pub(crate) pr: pr::ServerPr,
 }
 
 impl DeviceServer {
@@ -36,6 +39,7 @@ impl DeviceServer {
             this: OnceLock::new(),
             copies: CopyResults::default(),
             last_checkpoint: Mutex::new(Instant::now()),
+            pr: pr::ServerPr::default(),
         }
     }
 
@@ -78,6 +82,9 @@ impl DeviceServer {
             }
         }
         cdb::check_reserved(desc, cmd.cdb)?;
+        if lu.is_some_and(|l| pr::conflicts(l, cmd.nexus, desc.pr, cmd.cdb)) {
+            return Ok(pr::conflict_result(0));
+        }
         if desc.writes && lu.is_some_and(|l| l.read_only) {
             return Err(SenseReason::WriteProtected.into());
         }
@@ -95,6 +102,7 @@ impl DeviceServer {
 
     /// A new I_T nexus: it will see a power-on unit attention.
     pub fn nexus_added(&self, nexus: &Nexus) {
+        self.pr.nexus_added(nexus);
         self.ua.add_nexus(
             nexus.id,
             self.luns.keys().copied(),
@@ -109,6 +117,12 @@ impl DeviceServer {
         self.ua.remove_nexus(nexus.id);
         self.release_locks_of(nexus.id);
         self.copies.nexus_removed(nexus.id);
+        self.pr.nexus_removed(nexus.id);
+        // SPC-2 reservations end with the nexus; persistent
+        // registrations do not.
+        for lu in self.luns.values() {
+            pr::reserve6::nexus_lost(lu, nexus.id);
+        }
     }
 
     /// After LOGICAL UNIT RESET: a BUS DEVICE RESET FUNCTION OCCURRED unit
@@ -118,6 +132,7 @@ impl DeviceServer {
         if let Some(lu) = self.luns.get(&lun) {
             // Mode parameters return to their defaults (nothing is saved).
             *lu.mode.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
+            pr::reserve6::reset(lu);
             self.ua
                 .establish_all(lun, SenseReason::BusDeviceReset, true);
             // The reset aborts every task of the LUN, held changes too.

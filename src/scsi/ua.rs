@@ -73,6 +73,11 @@ impl UnitAttentions {
         });
     }
 
+    /// Establish `reason` for one (nexus, lun) (reservation changes).
+    pub fn establish(&self, nexus: u64, lun: u64, reason: SenseReason) {
+        self.with(|m| Self::push(m.entry(nexus).or_default().entry(lun).or_default(), reason));
+    }
+
     /// Take the oldest pending condition for (nexus, lun).
     pub fn take(&self, nexus: u64, lun: u64) -> Option<SenseReason> {
         self.with(|m| m.get_mut(&nexus)?.get_mut(&lun)?.pop_front())

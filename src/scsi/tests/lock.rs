@@ -20,6 +20,7 @@ static DESC: CommandDesc = CommandDesc {
     handler: acquire,
     writes: false,
     lun_optional: false,
+    pr: crate::scsi::pr::classify(0xc0, Some(3), false),
 };
 
 const EXTENT: u32 = 8;

@@ -5,6 +5,7 @@ mod cbt;
 mod fuzz;
 mod lock;
 mod mode;
+mod pr;
 mod sbc;
 mod spc;
 mod xcopy;
