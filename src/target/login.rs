@@ -2,13 +2,14 @@
 //! state machine, send its answers, and on success register the session
 //! (TSIH, reinstatement). The whole phase runs under the login timeout.
 
-use super::shared::Shared;
+use super::shared::{SessionControl, Shared};
 use super::wire::{self, ReadOutcome};
 use crate::proto::login::{LoginOffer, LoginResult, LoginStep, TargetLogin};
 use crate::proto::pdu::{Framing, Opcode, Pdu};
 use std::io;
 use std::time::Duration;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -17,6 +18,8 @@ pub struct LoggedIn {
     pub result: LoginResult,
     pub tsih: u16,
     pub cancel: CancellationToken,
+    pub nexus_id: u64,
+    pub control: mpsc::UnboundedReceiver<SessionControl>,
 }
 
 /// Run the login phase. `Ok(None)` means the login failed and the
@@ -81,10 +84,14 @@ pub async fn login_phase(
 /// Give the session a TSIH; if it reinstates an older session of the same
 /// initiator port, wait (briefly) for that one to wind down first.
 async fn register(shared: &Shared, result: LoginResult) -> LoggedIn {
+    let nexus_id = shared.nexus_id();
+    let (control_tx, control) = mpsc::unbounded_channel();
     let (tsih, cancel, old) = shared.add_session(
         &result.initiator_name,
         result.isid,
         result.target_name.as_deref(),
+        nexus_id,
+        control_tx,
     );
     for _ in 0..100 {
         if !old.iter().any(|t| shared.session_exists(*t)) {
@@ -96,6 +103,8 @@ async fn register(shared: &Shared, result: LoginResult) -> LoggedIn {
         result,
         tsih,
         cancel,
+        nexus_id,
+        control,
     }
 }
 

@@ -56,6 +56,15 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let portals = self.local_addrs();
         let shared = Arc::new(Shared::new(self.registry.clone(), self.settings, portals));
+        for t in shared.registry.targets.values() {
+            // PREEMPT AND ABORT reaches the preempted initiators' sessions.
+            let weak = Arc::downgrade(&shared);
+            t.device.set_abort_hook(Box::new(move |nexus_ids, lun| {
+                if let Some(s) = weak.upgrade() {
+                    s.abort_for(nexus_ids, lun);
+                }
+            }));
+        }
         let mut accept_tasks = JoinSet::new();
         for l in self.listeners {
             accept_tasks.spawn(accept_loop(l, shared.clone()));

@@ -8,7 +8,7 @@
 //! keep flowing).
 
 use super::login::LoggedIn;
-use super::shared::Shared;
+use super::shared::{SessionControl, Shared};
 use super::task::Task;
 use super::tmf::PendingTmf;
 use super::wire::{self, ReadOutcome};
@@ -92,7 +92,7 @@ impl Session {
             .and_then(|t| shared.registry.target(t))
             .map(|t| t.device.clone());
         let nexus = Arc::new(Nexus {
-            id: shared.nexus_id(),
+            id: done.nexus_id,
             initiator_port: format!("{},i,0x{}", r.initiator_name, hex::encode(r.isid)),
             initiator_name: r.initiator_name.clone(),
             relative_port: r.portal_group_tag.max(1),
@@ -335,8 +335,10 @@ pub async fn run(
     done: LoggedIn,
     local: Option<SocketAddr>,
 ) {
+    let mut done = done;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut s = Session::new(shared.clone(), wr, &done, done_tx);
+    let mut control = std::mem::replace(&mut done.control, mpsc::unbounded_channel().1);
     s.local_addr = local;
     let framing_in = Framing {
         header_digest: s.params.header_digest,
@@ -360,7 +362,7 @@ pub async fn run(
         dev.nexus_added(&s.nexus);
     }
     let cancel = done.cancel.clone();
-    let result = session_loop(&mut s, &mut pdu_rx, &mut done_rx, &cancel).await;
+    let result = session_loop(&mut s, &mut pdu_rx, &mut done_rx, &mut control, &cancel).await;
     if let Err(e) = result {
         debug!(error = %e, "session ended by I/O error");
     }
@@ -382,6 +384,7 @@ async fn session_loop(
     s: &mut Session,
     pdu_rx: &mut mpsc::Receiver<ReadOutcome>,
     done_rx: &mut mpsc::UnboundedReceiver<Done>,
+    control: &mut mpsc::UnboundedReceiver<SessionControl>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> io::Result<()> {
     let mut cancel_seen = false;
@@ -393,6 +396,7 @@ async fn session_loop(
                 s.on_cancel().await?;
             }
             Some(d) = done_rx.recv() => s.on_done(d).await?,
+            Some(c) = control.recv() => s.on_control(c),
             ev = pdu_rx.recv() => match ev {
                 Some(ReadOutcome::Pdu(p)) => s.on_pdu(p).await?,
                 Some(ReadOutcome::DataDigest(bhs)) => s.on_data_digest_error(&bhs).await?,

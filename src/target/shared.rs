@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Tunables of the transport.
@@ -47,6 +48,18 @@ pub struct SessionEntry {
     pub target_name: Option<String>,
     /// Cancelled to end the session (reinstatement, shutdown).
     pub cancel: CancellationToken,
+    /// The session's I_T nexus id (device-server side).
+    pub nexus_id: u64,
+    /// Requests from outside the session (PREEMPT AND ABORT).
+    pub control: mpsc::UnboundedSender<SessionControl>,
+}
+
+/// Something another part of the target asks a session to do.
+#[derive(Debug)]
+pub enum SessionControl {
+    /// Abort every task of this LUN silently (PREEMPT AND ABORT by another
+    /// initiator: SPC-5 §5.13.11.2.5).
+    AbortLun(u64),
 }
 
 pub struct Shared {
@@ -89,6 +102,8 @@ impl Shared {
         initiator_name: &str,
         isid: [u8; 6],
         target_name: Option<&str>,
+        nexus_id: u64,
+        control: mpsc::UnboundedSender<SessionControl>,
     ) -> (u16, CancellationToken, Vec<u16>) {
         let mut sessions = self.sessions.lock().unwrap();
         let old: Vec<u16> = sessions
@@ -121,9 +136,20 @@ impl Shared {
                 isid,
                 target_name: target_name.map(str::to_string),
                 cancel: cancel.clone(),
+                nexus_id,
+                control,
             },
         );
         (tsih, cancel, old)
+    }
+
+    /// Ask the sessions of these nexuses to abort their tasks for `lun`.
+    pub fn abort_for(&self, nexus_ids: &[u64], lun: u64) {
+        for s in self.sessions.lock().unwrap().values() {
+            if nexus_ids.contains(&s.nexus_id) {
+                let _ = s.control.send(SessionControl::AbortLun(lun));
+            }
+        }
     }
 
     pub fn remove_session(&self, tsih: u16) {

@@ -136,6 +136,19 @@ impl Session {
         executing
     }
 
+    /// A request from outside the session (another initiator's PREEMPT AND
+    /// ABORT): abort this LUN's tasks without responses.
+    pub(super) fn on_control(&mut self, c: super::shared::SessionControl) {
+        match c {
+            super::shared::SessionControl::AbortLun(lun) => {
+                if let Some(d) = &self.device {
+                    d.abort_held(Some(lun), Some(self.nexus.id), None);
+                }
+                self.abort_where(|_, t| t.lun == lun);
+            }
+        }
+    }
+
     /// An aborted task finished on the blocking pool.
     pub(super) async fn task_gone(&mut self, itt: u32) -> io::Result<()> {
         for p in &mut self.pending_tmfs {
