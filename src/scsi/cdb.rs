@@ -100,15 +100,23 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x28, None, "READ(10)", [0x28, RW_FLAGS, FF, FF, FF, FF, GROUP, FF, FF, CTL], In, sbc::rw::read, false, false),
     row!(0x2a, None, "WRITE(10)", [0x2a, RW_FLAGS, FF, FF, FF, FF, GROUP, FF, FF, CTL], Out, sbc::rw::write, true, false),
     row!(0x35, None, "SYNCHRONIZE CACHE(10)", [0x35, 0x06, FF, FF, FF, FF, GROUP, FF, FF, CTL], None, sbc::synchronize_cache, false, false),
+    row!(0x37, None, "READ DEFECT DATA(10)", [0x37, 0, 0x1f, 0, 0, 0, 0, FF, FF, CTL], In, sbc::defect::read_defect_data, false, false),
+    row!(0x41, None, "WRITE SAME(10)", [0x41, 0x18, FF, FF, FF, FF, 0x1f, FF, FF, CTL], Out, sbc::writesame::write_same, true, false),
+    row!(0x42, None, "UNMAP", [0x42, 0x01, 0, 0, 0, 0, 0x1f, FF, FF, CTL], Out, sbc::unmap::unmap, true, false),
+    row!(0x48, Some(0x01), "SANITIZE", [0x48, 0xbf, 0, 0, 0, 0, 0, FF, FF, CTL], Out, sbc::sanitize::sanitize, true, false),
+    row!(0x48, Some(0x02), "SANITIZE", [0x48, 0xbf, 0, 0, 0, 0, 0, FF, FF, CTL], None, sbc::sanitize::sanitize, true, false),
     row!(0x5a, None, "MODE SENSE(10)", [0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL], In, spc::mode::mode_sense10, false, false),
     row!(0x88, None, "READ(16)", [0x88, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], In, sbc::rw::read, false, false),
     row!(0x8a, None, "WRITE(16)", [0x8a, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::rw::write, true, false),
     row!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x06, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], None, sbc::synchronize_cache, false, false),
+    row!(0x93, None, "WRITE SAME(16)", [0x93, 0x19, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, CTL], Out, sbc::writesame::write_same, true, false),
     row!(0x9e, Some(0x10), "READ CAPACITY(16)", [0x9e, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x01, CTL], In, sbc::read_capacity16, false, false),
+    row!(0x9e, Some(0x12), "GET LBA STATUS", [0x9e, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, sbc::lbastatus::get_lba_status, false, false),
     row!(0xa0, None, "REPORT LUNS", [0xa0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, CTL], In, spc::report_luns, false, true),
     row!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x1f, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, spc::rsoc::report_supported_opcodes, false, false),
     row!(0xa8, None, "READ(12)", [0xa8, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], In, sbc::rw::read, false, false),
     row!(0xaa, None, "WRITE(12)", [0xaa, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::rw::write, true, false),
+    row!(0xb7, None, "READ DEFECT DATA(12)", [0xb7, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, sbc::defect::read_defect_data, false, false),
 ];
 
 /// Does any row for `opcode` carry a service action?

@@ -5,6 +5,7 @@ use super::{Sense, SenseReason};
 use crate::backend::Backend;
 use crate::cbt::{ChangeGuard, ChangeKind, Tracker};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 /// Identity that must never change across restarts (stored beside the data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub struct LogicalUnit {
     pub read_only: bool,
     /// Changed-block tracking, when on for this LUN.
     pub tracker: Option<Arc<Tracker>>,
+    /// A SANITIZE is running: every command but INQUIRY, REPORT LUNS and
+    /// REQUEST SENSE gets NOT READY, SANITIZE IN PROGRESS.
+    pub sanitizing: AtomicBool,
 }
 
 impl LogicalUnit {
@@ -37,6 +41,7 @@ impl LogicalUnit {
             identity,
             read_only,
             tracker: None,
+            sanitizing: AtomicBool::new(false),
         }
     }
 

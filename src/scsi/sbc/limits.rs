@@ -15,3 +15,18 @@ pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
 /// WRITE ATOMIC through the LUN's write lock.
 pub const ATOMIC_ALIGNMENT: u32 = 1;
 pub const ATOMIC_GRANULARITY: u32 = 1;
+
+/// Physical block size reported (READ CAPACITY(16) LBPPBE, OPTIMAL UNMAP
+/// GRANULARITY): the 4 KiB in which filesystems allocate and punch holes,
+/// so an unmap smaller than this may leave the space allocated.
+pub const PHYSICAL_BLOCK_BYTES: u32 = 4096;
+
+/// Logical blocks per physical block (at least 1).
+pub fn blocks_per_physical(block_size: u32) -> u32 {
+    (PHYSICAL_BLOCK_BYTES / block_size.max(1)).max(1)
+}
+
+/// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (a power of two exponent).
+pub fn lbppbe(block_size: u32) -> u8 {
+    blocks_per_physical(block_size).ilog2() as u8
+}
