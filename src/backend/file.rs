@@ -295,7 +295,10 @@ mod tests {
     fn allocation_reports_holes() {
         let dir = tempfile::tempdir().unwrap();
         let b = FileBackend::open(&dir.path().join("d"), 8 << 20, true, false).unwrap();
-        assert_eq!(b.allocation(0, 8 << 20, 16).unwrap(), vec![(8 << 20, false)]);
+        assert_eq!(
+            b.allocation(0, 8 << 20, 16).unwrap(),
+            vec![(8 << 20, false)]
+        );
         b.write_at(2 << 20, &vec![1u8; 1 << 20], false).unwrap();
         let runs = b.allocation(0, 8 << 20, 16).unwrap();
         let total: u64 = runs.iter().map(|r| r.0).sum();

@@ -182,10 +182,16 @@ mod tests {
     #[test]
     fn allocation_follows_chunks() {
         let m = MemoryBackend::new(4 * CHUNK);
-        assert_eq!(m.allocation(0, 4 * CHUNK, 8).unwrap(), vec![(4 * CHUNK, false)]);
+        assert_eq!(
+            m.allocation(0, 4 * CHUNK, 8).unwrap(),
+            vec![(4 * CHUNK, false)]
+        );
         m.write_at(CHUNK + 5, b"x", false).unwrap();
         let runs = m.allocation(100, 4 * CHUNK - 100, 8).unwrap();
-        assert_eq!(runs, vec![(CHUNK - 100, false), (CHUNK, true), (2 * CHUNK, false)]);
+        assert_eq!(
+            runs,
+            vec![(CHUNK - 100, false), (CHUNK, true), (2 * CHUNK, false)]
+        );
         // Limited to two runs: the answer covers less.
         assert_eq!(m.allocation(0, 4 * CHUNK, 2).unwrap().len(), 2);
         assert!(m.allocation(0, 4 * CHUNK + 1, 8).is_err());

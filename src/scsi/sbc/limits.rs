@@ -5,8 +5,11 @@
 pub const MAX_UNMAP_LBA_COUNT: u32 = 1024 * 1024;
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-/// MAXIMUM WRITE SAME LENGTH in blocks.
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 4 * 1024 * 1024;
+/// MAXIMUM WRITE SAME LENGTH in blocks: what WRITE SAME(10) can express.
+/// Larger ranges take several commands (or UNMAP). Not larger, because
+/// with a limit of 65536 or more libiscsi's WriteSame16.Unmap sends a
+/// 65536-block WRITE(16), beyond our MAXIMUM TRANSFER LENGTH.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xffff;
 /// MAXIMUM COMPARE AND WRITE LENGTH (a one-byte field).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
 /// ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH GRANULARITY in blocks. The

@@ -4,6 +4,7 @@
 mod fuzz;
 mod sbc;
 mod spc;
+mod thin;
 
 use super::sense::key;
 use super::*;
