@@ -1,7 +1,7 @@
 //! A backend over a regular file (sparse where the filesystem allows),
 //! using positional I/O so concurrent commands need no lock.
 
-use super::Backend;
+use super::{Backend, push_run};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -117,6 +117,50 @@ impl FileBackend {
         Ok(())
     }
 
+    /// lseek with SEEK_DATA/SEEK_HOLE. `Ok(None)` when there is no data
+    /// at or after `pos` (ENXIO), `Err` with EINVAL/EOPNOTSUPP when the
+    /// filesystem cannot tell.
+    fn seek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        let off = libc::off_t::try_from(pos)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: lseek on a descriptor we own. Moving the file position is
+        // harmless: all data I/O is positional (pread/pwrite).
+        let rc = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        if rc >= 0 {
+            return Ok(Some(rc as u64));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(err),
+        }
+    }
+
+    /// Allocation runs from SEEK_DATA/SEEK_HOLE; filesystems without them
+    /// report everything mapped (what lseek's fallback means anyway).
+    fn map_runs(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
+        let end = offset + len;
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data = self.seek(pos, libc::SEEK_DATA)?.unwrap_or(end).min(end);
+            let (next, mapped) = if data > pos {
+                (data, false)
+            } else {
+                let hole = self.seek(pos, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+                // A hole at `pos` right after SEEK_DATA found data there
+                // would mean a racing punch: call the rest mapped.
+                (if hole > pos { hole } else { end }, true)
+            };
+            if runs.len() == max_runs && runs.last().is_some_and(|r| r.1 != mapped) {
+                break;
+            }
+            push_run(&mut runs, next - pos, mapped);
+            pos = next;
+        }
+        Ok(runs)
+    }
+
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
         self.check_writable()?;
         self.check(offset, len)?;
@@ -165,6 +209,21 @@ impl Backend for FileBackend {
 
     fn describe(&self) -> String {
         format!("file:{}", self.path.display())
+    }
+
+    fn allocation(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
+        self.check(offset, len)?;
+        match self.map_runs(offset, len, max_runs) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                Ok(vec![(len, true)])
+            }
+            r => r,
+        }
     }
 }
 
@@ -230,6 +289,29 @@ mod tests {
         let after = std::fs::metadata(&p).unwrap().blocks();
         // Filesystems without hole punching fall back to writing zeros.
         assert!(after <= before);
+    }
+
+    #[test]
+    fn allocation_reports_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open(&dir.path().join("d"), 8 << 20, true, false).unwrap();
+        assert_eq!(
+            b.allocation(0, 8 << 20, 16).unwrap(),
+            vec![(8 << 20, false)]
+        );
+        b.write_at(2 << 20, &vec![1u8; 1 << 20], false).unwrap();
+        let runs = b.allocation(0, 8 << 20, 16).unwrap();
+        let total: u64 = runs.iter().map(|r| r.0).sum();
+        assert_eq!(total, 8 << 20);
+        // The written MiB is mapped (filesystems may map a little more).
+        let mut pos = 0;
+        for (len, mapped) in &runs {
+            if pos <= 2 << 20 && pos + len >= 3 << 20 {
+                assert!(mapped);
+            }
+            pos += len;
+        }
+        assert!(b.allocation(1, 8 << 20, 16).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A sparse in-memory backend: fixed-size chunks allocated on first write,
 //! so a large LUN costs only what has been written.
 
-use super::Backend;
+use super::{Backend, push_run};
 use std::io;
 use std::sync::RwLock;
 
@@ -126,6 +126,23 @@ impl Backend for MemoryBackend {
     fn describe(&self) -> String {
         "memory".to_string()
     }
+
+    /// A chunk is mapped when it holds a buffer; a freed chunk is not.
+    fn allocation(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
+        self.check(offset, len)?;
+        let mut runs = Vec::new();
+        for (idx, _, _, n) in Self::pieces(offset, len) {
+            let mapped = self.chunks[idx]
+                .read()
+                .map_err(|_| Self::poisoned())?
+                .is_some();
+            if runs.len() == max_runs && runs.last().is_some_and(|r: &(u64, bool)| r.1 != mapped) {
+                break;
+            }
+            push_run(&mut runs, n as u64, mapped);
+        }
+        Ok(runs)
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +177,24 @@ mod tests {
         assert!(m.read_at(995, &mut buf).is_err());
         assert!(m.write_at(u64::MAX - 3, &buf, false).is_err());
         assert!(m.unmap(999, 2).is_err());
+    }
+
+    #[test]
+    fn allocation_follows_chunks() {
+        let m = MemoryBackend::new(4 * CHUNK);
+        assert_eq!(
+            m.allocation(0, 4 * CHUNK, 8).unwrap(),
+            vec![(4 * CHUNK, false)]
+        );
+        m.write_at(CHUNK + 5, b"x", false).unwrap();
+        let runs = m.allocation(100, 4 * CHUNK - 100, 8).unwrap();
+        assert_eq!(
+            runs,
+            vec![(CHUNK - 100, false), (CHUNK, true), (2 * CHUNK, false)]
+        );
+        // Limited to two runs: the answer covers less.
+        assert_eq!(m.allocation(0, 4 * CHUNK, 2).unwrap().len(), 2);
+        assert!(m.allocation(0, 4 * CHUNK + 1, 8).is_err());
     }
 
     #[test]

@@ -28,4 +28,25 @@ pub trait Backend: Send + Sync {
     fn size(&self) -> u64;
     /// Short description for logs ("file:/path", "memory").
     fn describe(&self) -> String;
+    /// Allocation map of `[offset, offset + len)` as consecutive
+    /// (length in bytes, mapped) runs from `offset`, adjacent runs of the
+    /// same state merged. At most `max_runs` runs: the answer may then
+    /// cover less than `len`. Unallocated ranges read as zeros. The
+    /// default knows nothing about allocation: everything is mapped.
+    fn allocation(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
+        let _ = (offset, max_runs);
+        Ok(vec![(len, true)])
+    }
+}
+
+/// Append a run to an allocation map, merging it with the previous run
+/// when both have the same state.
+pub fn push_run(runs: &mut Vec<(u64, bool)>, len: u64, mapped: bool) {
+    if len == 0 {
+        return;
+    }
+    match runs.last_mut() {
+        Some(last) if last.1 == mapped => last.0 += len,
+        _ => runs.push((len, mapped)),
+    }
 }

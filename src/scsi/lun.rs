@@ -34,8 +34,9 @@ impl Default for CbtSettings {
     }
 }
 use super::spc::mode::ModeValues;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Identity that must never change across restarts (stored beside the data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub struct LogicalUnit {
     pub pr_path: Option<PathBuf>,
     /// Reservation state (persistent and SPC-2).
     pub(crate) pr: super::pr::LunPr,
+    /// A SANITIZE is running: every command but INQUIRY, REPORT LUNS and
+    /// REQUEST SENSE gets NOT READY, SANITIZE IN PROGRESS.
+    pub sanitizing: AtomicBool,
 }
 
 impl LogicalUnit {
@@ -90,6 +94,7 @@ impl LogicalUnit {
             write_order: RwLock::new(()),
             pr_path: None,
             pr: Default::default(),
+            sanitizing: AtomicBool::new(false),
         }
     }
 

@@ -63,10 +63,12 @@ pub enum SenseReason {
     // NOT READY
     MediumNotPresent,
     InitializingCommandRequired,
+    SanitizeInProgress,
     // MEDIUM ERROR / HARDWARE ERROR
     UnrecoveredReadError,
     WriteError,
     InternalTargetFailure,
+    SanitizeFailed,
     // MISCOMPARE
     Miscompare,
     // ABORTED COMMAND
@@ -120,6 +122,8 @@ impl SenseReason {
             RegistrationsPreempted => (UNIT_ATTENTION, 0x2a, 0x05),
             MediumNotPresent => (NOT_READY, 0x3a, 0x00),
             InitializingCommandRequired => (NOT_READY, 0x04, 0x02),
+            SanitizeInProgress => (NOT_READY, 0x04, 0x1b),
+            SanitizeFailed => (MEDIUM_ERROR, 0x31, 0x03),
             UnrecoveredReadError => (MEDIUM_ERROR, 0x11, 0x00),
             WriteError => (MEDIUM_ERROR, 0x0c, 0x00),
             InternalTargetFailure => (HARDWARE_ERROR, 0x44, 0x00),

@@ -11,6 +11,7 @@ use super::ua::UnitAttentions;
 use super::vendor::cbt;
 use super::{LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -76,6 +77,11 @@ impl DeviceServer {
         if !desc.lun_optional {
             if lu.is_none() {
                 return Err(SenseReason::LunNotSupported.into());
+            }
+            // SBC-4 §4.11: only the lun_optional commands get through
+            // while the medium is being sanitized.
+            if lu.is_some_and(|l| l.sanitizing.load(Ordering::Acquire)) {
+                return Err(SenseReason::SanitizeInProgress.into());
             }
             if let Some(reason) = self.ua.take(cmd.nexus.id, cmd.lun) {
                 return Err(reason.into());

@@ -2,10 +2,15 @@
 
 pub mod atomic;
 pub mod caw;
+pub mod defect;
+pub mod lbastatus;
 pub mod orwrite;
 pub mod prefetch;
 pub mod rw;
+pub mod sanitize;
+pub mod unmap;
 pub mod verify;
+pub mod writesame;
 
 use super::cdb::{CmdResult, Ctx};
 use super::data::{be, byte, data_in};
@@ -49,8 +54,9 @@ pub fn read_capacity10(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     Ok(data_in(cmd, d, 8))
 }
 
-/// READ CAPACITY(16): no protection, no thin provisioning (LBPME 0), one
-/// logical block per physical block.
+/// READ CAPACITY(16): no protection; thin provisioned (LBPME 1) with
+/// unmapped blocks reading zeros (LBPRZ 1: file holes and freed memory
+/// chunks both do); 4 KiB physical blocks.
 pub fn read_capacity16(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let lu = ctx.lu()?;
     let alloc = be(cmd.cdb, 10, 4);
@@ -61,6 +67,8 @@ pub fn read_capacity16(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&lu.num_blocks().saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&lu.block_size.to_be_bytes());
+    d[13] = limits::lbppbe(lu.block_size);
+    d[14] = 0x80 | 0x40; // LBPME, LBPRZ; lowest aligned LBA 0
     Ok(data_in(cmd, d, alloc))
 }
 

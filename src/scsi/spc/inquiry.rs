@@ -3,7 +3,7 @@
 
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte, data_in};
-use crate::scsi::sbc::max_transfer_blocks;
+use crate::scsi::sbc::{limits, max_transfer_blocks};
 use crate::scsi::sense::Sense;
 use crate::scsi::vendor::cbt;
 use crate::scsi::{LogicalUnit, ScsiCommand};
@@ -166,18 +166,31 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     d[2..4].copy_from_slice(&granularity.to_be_bytes());
     let max = u32::try_from(max_transfer_blocks(lu)).unwrap_or(u32::MAX);
     d[4..8].copy_from_slice(&max.to_be_bytes());
-    // Unmap, write same and atomic limits stay 0: not supported (yet).
+    // WSNZ stays 0: WRITE SAME with 0 blocks means "to the end".
+    d[1] = limits::MAX_COMPARE_AND_WRITE_BLOCKS;
+    d[16..20].copy_from_slice(&limits::MAX_UNMAP_LBA_COUNT.to_be_bytes());
+    d[20..24].copy_from_slice(&limits::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+    let per_physical = limits::blocks_per_physical(lu.block_size);
+    d[24..28].copy_from_slice(&per_physical.to_be_bytes());
+    d[28] = 0x80; // UGAVALID, UNMAP GRANULARITY ALIGNMENT 0
+    d[32..40].copy_from_slice(&limits::MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+    d[40..44].copy_from_slice(&max.to_be_bytes()); // MAXIMUM ATOMIC TRANSFER LENGTH
+    d[44..48].copy_from_slice(&limits::ATOMIC_ALIGNMENT.to_be_bytes());
+    d[48..52].copy_from_slice(&limits::ATOMIC_GRANULARITY.to_be_bytes());
     d
 }
 
 fn block_device_characteristics() -> Vec<u8> {
     let mut d = vec![0u8; 0x3c];
     d[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
+    // WABEREQ 01b: reads after SANITIZE BLOCK ERASE succeed (with zeros).
+    d[3] = 0x40;
     d
 }
 
-/// Logical block provisioning: LBPU/LBPWS clear and provisioning type 0
-/// (fully provisioned), which is what READ CAPACITY(16) reports too.
+/// Logical block provisioning: UNMAP, WRITE SAME(16) and WRITE SAME(10)
+/// with UNMAP deallocate (LBPU, LBPWS, LBPWS10); deallocated blocks read
+/// zeros (LBPRZ 001b); no anchored state (ANC_SUP 0); thin provisioned.
 fn logical_block_provisioning() -> Vec<u8> {
-    vec![0u8; 4]
+    vec![0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00]
 }

@@ -8,8 +8,9 @@ mod mode;
 mod pr;
 mod sbc;
 mod spc;
-mod xcopy;
+mod thin;
 mod verify;
+mod xcopy;
 
 use super::sense::key;
 use super::*;

@@ -49,7 +49,9 @@ fn read_capacity() {
     assert_eq!(d.len(), 32);
     assert_eq!(&d[..8], &(BLOCKS - 1).to_be_bytes());
     assert_eq!(&d[8..12], &BS.to_be_bytes());
-    assert!(d[12..].iter().all(|&b| b == 0)); // no PI, LBPME 0, LBPPBE 0
+    // No PI; 4 KiB physical blocks (LBPPBE 3); LBPME and LBPRZ.
+    assert_eq!(&d[12..16], &[0, 3, 0xc0, 0]);
+    assert!(d[16..].iter().all(|&b| b == 0));
     for alloc in 0..16 {
         let r = h.good(&rc16(alloc), &[], alloc);
         assert_eq!(r.data_in, d[..alloc as usize].to_vec());

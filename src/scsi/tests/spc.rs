@@ -152,11 +152,11 @@ fn inquiry_vpd_pages() {
     assert_eq!(bl[3], 0x3c);
     let max = u32::from_be_bytes([bl[8], bl[9], bl[10], bl[11]]);
     assert_eq!(max as u64, crate::scsi::sbc::MAX_TRANSFER_BYTES / BS as u64);
-    assert_eq!(&bl[20..28], &[0; 8]); // no unmap support advertised
+    assert_ne!(&bl[20..28], &[0; 8]); // unmap limits (details: tests/thin.rs)
     let bdc = h.good(&inquiry(true, 0xb1, 255), &[], 255).data_in;
     assert_eq!(u16::from_be_bytes([bdc[4], bdc[5]]), 1);
     let lbp = h.good(&inquiry(true, 0xb2, 255), &[], 255).data_in;
-    assert_eq!(lbp[5] & 0xe0, 0);
+    assert_eq!(lbp[5] & 0xe0, 0xe0); // LBPU, LBPWS, LBPWS10
 }
 
 #[test]
