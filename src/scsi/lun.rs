@@ -113,6 +113,24 @@ impl LogicalUnit {
         self
     }
 
+    /// What an ordinary medium change holds across its backend call: the
+    /// write order shared, then the CBT stamp. The one entry point for
+    /// every writer that is not itself exclusive (COMPARE AND WRITE and
+    /// friends take `order_exclusive` and then `begin_change`).
+    pub fn change_shared(
+        &self,
+        lba: u64,
+        blocks: u64,
+        kind: ChangeKind,
+    ) -> Result<MediumChange<'_>, Sense> {
+        let order = self.order_shared();
+        let change = self.begin_change(lba, blocks, kind)?;
+        Ok(MediumChange {
+            _change: change,
+            _order: order,
+        })
+    }
+
     /// Shared hold of [`LogicalUnit::write_order`] for an ordinary write.
     /// A panic elsewhere cannot corrupt `()`, so poisoning is ignored.
     pub fn order_shared(&self) -> RwLockReadGuard<'_, ()> {
@@ -149,6 +167,14 @@ impl LogicalUnit {
             Sense::new(SenseReason::WriteError).with_information(lba)
         })
     }
+}
+
+/// Held across one ordinary medium change (see
+/// [`LogicalUnit::change_shared`]). Fields drop in order: the change ends
+/// (CBT in-flight count) before the write order is released.
+pub struct MediumChange<'a> {
+    _change: Option<ChangeGuard<&'a Tracker>>,
+    _order: RwLockReadGuard<'a, ()>,
 }
 
 /// SAM-5 single-level LUN encoding (peripheral or flat addressing).

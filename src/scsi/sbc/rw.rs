@@ -103,8 +103,7 @@ pub fn write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     if data.is_empty() {
         return Ok(ScsiResult::good(Vec::new(), needed as u32));
     }
-    let _order = lu.order_shared();
-    let _change = lu.begin_change(rw.lba, have / bs, ChangeKind::Write)?;
+    let _change = lu.change_shared(rw.lba, have / bs, ChangeKind::Write)?;
     // WCE 0 (caching mode page): every write is write-through.
     let fua = rw.fua || !crate::scsi::spc::mode::write_cache_enabled(lu);
     lu.backend.write_at(offset, data, fua).map_err(|e| {

@@ -102,7 +102,7 @@ pub fn run(lu: &LogicalUnit, op: &Op) -> Result<(), Sense> {
     };
     match op {
         Op::BlockErase => {
-            let _change = lu.begin_change(0, blocks, ChangeKind::Unmap)?;
+            let _change = lu.change_shared(0, blocks, ChangeKind::Unmap)?;
             lu.backend.unmap(0, bytes).map_err(failed)
         }
         Op::Overwrite {
@@ -117,7 +117,7 @@ pub fn run(lu: &LogicalUnit, op: &Op) -> Result<(), Sense> {
             } else {
                 ChangeKind::Write
             };
-            let _change = lu.begin_change(0, blocks, kind)?;
+            let _change = lu.change_shared(0, blocks, kind)?;
             for pass in 0..*passes {
                 let p = pass_pattern(block, &inverted, pass, *invert);
                 if p.iter().all(|&b| b == 0) {

@@ -79,7 +79,7 @@ pub fn parse(lu: &LogicalUnit, data_out: &[u8], param_len: usize) -> Result<Vec<
 /// call.
 pub fn deallocate(lu: &LogicalUnit, r: Range) -> Result<(), Sense> {
     let bs = lu.block_bytes();
-    let _change = lu.begin_change(r.lba, r.blocks, ChangeKind::Unmap)?;
+    let _change = lu.change_shared(r.lba, r.blocks, ChangeKind::Unmap)?;
     lu.backend.unmap(r.lba * bs, r.blocks * bs).map_err(|e| {
         tracing::warn!(backend = %lu.backend.describe(), error = %e, "unmap failed");
         Sense::new(SenseReason::WriteError).with_information(r.lba)

@@ -41,7 +41,7 @@ fn parse(cdb: &[u8]) -> Ws {
 
 /// What the range ends up holding.
 enum Fill<'a> {
-    /// Deallocate (UNMAP bit with a zero pattern).
+    /// Deallocate (the UNMAP bit).
     Deallocate,
     Zeros,
     Pattern(&'a [u8]),
@@ -73,10 +73,14 @@ pub fn write_same(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         }
         &cmd.data_out[..bs as usize]
     };
-    let fill = match (pattern.iter().all(|&b| b == 0), ws.unmap) {
-        (true, true) => Fill::Deallocate,
-        (true, false) => Fill::Zeros,
-        (false, _) => Fill::Pattern(pattern),
+    // UNMAP asks for deallocation whatever the block holds: initiators
+    // (Linux, ESXi) use it to free space, LIO and tgt deallocate, and
+    // libiscsi's UnmapUntilEnd test requires it. LBPRZ=1 then says the
+    // range reads as zeros.
+    let fill = match (ws.unmap, pattern.iter().all(|&b| b == 0)) {
+        (true, _) => Fill::Deallocate,
+        (false, true) => Fill::Zeros,
+        (false, false) => Fill::Pattern(pattern),
     };
     fill_range(lu, ws.lba, ws.blocks, fill)?;
     let transfer = if ws.ndob { 0 } else { bs as u32 };
@@ -92,7 +96,7 @@ fn fill_range(lu: &LogicalUnit, lba: u64, blocks: u64, fill: Fill) -> Result<(),
         // Both read as zeros afterwards and deallocate where they can.
         Fill::Deallocate | Fill::Zeros => ChangeKind::Unmap,
     };
-    let _change = lu.begin_change(lba, blocks, kind)?;
+    let _change = lu.change_shared(lba, blocks, kind)?;
     let fail = |at: u64, e: std::io::Error| {
         tracing::warn!(backend = %lu.backend.describe(), error = %e, "write same failed");
         Sense::new(SenseReason::WriteError).with_information(at)

@@ -282,8 +282,7 @@ fn copy_bytes(
             Sense::new(SenseReason::CopyAborted)
         })?;
         let bs = dst.block_bytes();
-        let _order = dst.order_shared();
-        let _change = dst.begin_change((to + off) / bs, n as u64 / bs, ChangeKind::Write)?;
+        let _change = dst.change_shared((to + off) / bs, n as u64 / bs, ChangeKind::Write)?;
         dst.backend
             .write_at(to + off, chunk, !mode::write_cache_enabled(dst))
             .map_err(|e| {
