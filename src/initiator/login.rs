@@ -3,9 +3,9 @@
 //! Response into the next request or the finished login. No I/O here.
 
 use super::ConnectOptions;
-use super::chap::{chap_md5, decode_binary, encode_binary};
 use super::error::{InitiatorError, Result};
 use super::negotiate::{Negotiator, offers};
+use crate::proto::chap::{chap_md5, decode_binary, encode_hex as encode_binary};
 use crate::proto::negotiation::SessionParams;
 use crate::proto::text::TextPairs;
 use crate::proto::{Opcode, Pdu};
@@ -264,9 +264,8 @@ impl LoginDriver {
                     t.get("CHAP_N")
                 )));
             }
-            let want = chap_md5(id, secret.as_bytes(), &challenge);
-            let got = t.get("CHAP_R").and_then(decode_binary);
-            if got.as_deref() != Some(&want[..]) {
+            let got = t.get("CHAP_R").and_then(decode_binary).unwrap_or_default();
+            if !crate::proto::chap::verify(id, secret.as_bytes(), &challenge, &got) {
                 return Err(InitiatorError::AuthFailed(
                     "target's CHAP_R does not match the mutual secret".into(),
                 ));

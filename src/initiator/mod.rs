@@ -6,7 +6,6 @@
 //! Every wait on the network is bounded by `ConnectOptions::timeout`.
 
 pub mod cbt;
-mod chap;
 mod command;
 mod datain;
 mod dataout;

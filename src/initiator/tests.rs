@@ -1,10 +1,10 @@
 //! Login and negotiation driven by canned target responses.
 
 use super::ConnectOptions;
-use super::chap::{chap_md5, decode_binary, encode_binary};
 use super::error::InitiatorError;
 use super::login::{LoginDriver, LoginNext};
 use super::negotiate::{Negotiator, offers};
+use crate::proto::chap::{chap_md5, decode_binary, encode_hex as encode_binary};
 use crate::proto::text::TextPairs;
 use crate::proto::{Opcode, Pdu};
 
