@@ -5,7 +5,7 @@
 //! SCSI Response with sense.
 
 use super::session::{Delivery, Done, Session};
-use crate::proto::dataout::{WriteLimits, WriteTransfer};
+use crate::proto::dataout::{R2tRequest, WriteLimits, WriteTransfer};
 use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, DataInPlan, Residual, reject};
 use crate::scsi::{OwnedCommand, ScsiResult, Sense, SenseReason, status};
@@ -93,13 +93,7 @@ impl Session {
         task.r2t_count = r2ts.len() as u32;
         let lun_raw = task.lun_raw;
         self.tasks.insert(itt, task);
-        if !r2ts.is_empty() {
-            let pdus = r2ts
-                .iter()
-                .map(|r| response::r2t(itt, lun_raw, r))
-                .collect();
-            self.send(pdus).await?;
-        }
+        self.send_r2ts(itt, lun_raw, &r2ts).await?;
         self.admit(&bhs, Delivery::Scsi(itt)).await
     }
 
@@ -107,6 +101,14 @@ impl Session {
     /// one counter.
     fn ttt_next_raw(&mut self) -> u32 {
         self.next_ttt()
+    }
+
+    async fn send_r2ts(&mut self, itt: u32, lun: [u8; 8], r2ts: &[R2tRequest]) -> io::Result<()> {
+        if r2ts.is_empty() {
+            return Ok(());
+        }
+        let pdus = r2ts.iter().map(|r| response::r2t(itt, lun, r)).collect();
+        self.send(pdus).await
     }
 
     pub(super) async fn on_data_out(&mut self, pdu: Pdu) -> io::Result<()> {
@@ -129,13 +131,7 @@ impl Session {
                 let complete = transfer.is_complete();
                 task.transfer = Some(transfer);
                 task.r2t_count += r2ts.len() as u32;
-                if !r2ts.is_empty() {
-                    let pdus = r2ts
-                        .iter()
-                        .map(|r| response::r2t(itt, lun_raw, r))
-                        .collect();
-                    self.send(pdus).await?;
-                }
+                self.send_r2ts(itt, lun_raw, &r2ts).await?;
                 if complete {
                     self.maybe_execute(itt);
                 }
