@@ -55,10 +55,11 @@ impl Medium {
 
     /// START STOP UNIT with LOEJ=1: load (`load`) or eject the medium.
     /// While any nexus prevents removal both are refused with MEDIUM
-    /// REMOVAL PREVENTED: the prevention locks the medium in whatever
-    /// state it is (libiscsi's PreventAllow.Eject expects a load to be
-    /// refused as well, and tgt behaves the same). Loading a loaded or
-    /// ejecting an ejected medium is a no-op.
+    /// REMOVAL PREVENTED: SBC-4 only requires refusing the eject, but
+    /// libiscsi's PreventAllow.Eject expects a load to be refused too, so
+    /// prevention locks the medium in whatever state it is (tgt loads and
+    /// fails that test). Loading a loaded or ejecting an ejected medium is
+    /// a no-op.
     pub fn load_or_eject(&self, load: bool) -> Result<(), Sense> {
         let mut s = self.lock();
         if !s.preventing.is_empty() {
