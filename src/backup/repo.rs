@@ -136,16 +136,21 @@ impl Repo {
             path: self.root.clone(),
             source,
         })?;
-        // Build the whole directory under tmp/, then one rename publishes it.
-        let staging = self.tmp_path("backup");
-        fs::create_dir_all(&staging).map_err(BackupError::io(&staging))?;
-        write_synced(&staging.join(MANIFEST), &json)?;
-        fsync_dir(&staging)?;
         let dest = self.backup_dir(&m.id)?;
         if dest.exists() {
             return Err(BackupError::Invalid(format!("backup {} exists", m.id)));
         }
-        fs::rename(&staging, &dest).map_err(BackupError::io(&dest))?;
+        // Build the whole directory under tmp/, then one rename publishes it.
+        let staging = self.tmp_path("backup");
+        let staged = fs::create_dir_all(&staging)
+            .map_err(BackupError::io(&staging))
+            .and_then(|()| write_synced(&staging.join(MANIFEST), &json))
+            .and_then(|()| fsync_dir(&staging))
+            .and_then(|()| fs::rename(&staging, &dest).map_err(BackupError::io(&dest)));
+        if staged.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        staged?;
         fsync_dir(&self.root.join("backups"))
     }
 
