@@ -107,7 +107,10 @@ pub async fn copy(
     image: &mut [Option<ExtentRef>],
     what: &str,
 ) -> Result<PassResult> {
-    let total: u64 = list.iter().map(|&(i, _)| ctx.id.extent_bytes(i) as u64).sum();
+    let total: u64 = list
+        .iter()
+        .map(|&(i, _)| ctx.id.extent_bytes(i) as u64)
+        .sum();
     let pb = bar(ctx.progress, total, what);
     let mut res = PassResult::default();
     let mut set: JoinSet<Result<(u64, ExtentRef, usize)>> = JoinSet::new();
@@ -143,7 +146,8 @@ async fn finish(
     let Some(joined) = set.join_next().await else {
         return Ok(());
     };
-    let (i, r, n) = joined.map_err(|e| BackupError::Invalid(format!("copy task failed: {e}")))??;
+    let (i, r, n) =
+        joined.map_err(|e| BackupError::Invalid(format!("copy task failed: {e}")))??;
     if let Some(slot) = image.get_mut(i as usize) {
         *slot = Some(r);
     }

@@ -173,11 +173,10 @@ impl Repo {
             }
             r => r.map_err(BackupError::io(&path))?,
         };
-        let m: Manifest =
-            serde_json::from_slice(&bytes).map_err(|source| BackupError::Json {
-                path: path.clone(),
-                source,
-            })?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| BackupError::Json {
+            path: path.clone(),
+            source,
+        })?;
         if m.id != id {
             return Err(BackupError::Invalid(format!(
                 "{}: id {:?} does not match its directory",

@@ -203,7 +203,10 @@ fn choose_base(
     (None, Some(why))
 }
 
-async fn cancellable<T>(cancel: &CancellationToken, f: impl Future<Output = Result<T>>) -> Result<T> {
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    f: impl Future<Output = Result<T>>,
+) -> Result<T> {
     tokio::select! {
         r = f => r,
         _ = cancel.cancelled() => Err(BackupError::Interrupted),
@@ -350,11 +353,8 @@ impl Run {
         let grant = cancellable(&self.opts.cancel, acquire).await?;
         let t0 = Instant::now();
         let r = self.under_lock(grant, since).await;
-        let released = tokio::time::timeout(
-            self.opts.connect.timeout,
-            s.cbt_release(lun, grant.token),
-        )
-        .await;
+        let released =
+            tokio::time::timeout(self.opts.connect.timeout, s.cbt_release(lun, grant.token)).await;
         self.stats.lock_held_ms += t0.elapsed().as_millis() as u64;
         let r = r?;
         match released {
@@ -375,9 +375,15 @@ impl Run {
     }
 
     async fn under_lock(&mut self, grant: LockGrant, since: u64) -> Result<pass::PassResult> {
-        let lease = if grant.lease_ms == 0 { 30_000 } else { grant.lease_ms };
+        let lease = if grant.lease_ms == 0 {
+            30_000
+        } else {
+            grant.lease_ms
+        };
         let period = Duration::from_millis(u64::from(lease / 3).max(20));
-        let Run { ctx, image, opts, .. } = self;
+        let Run {
+            ctx, image, opts, ..
+        } = self;
         let hook = opts.lock_hook.clone();
         let work = async {
             let list = pass::changed_extents(ctx, since).await?;

@@ -58,7 +58,11 @@ fn a_backup_appears_only_when_committed() {
     // A half-written staging directory (crash before the rename) is not
     // a backup either.
     std::fs::create_dir_all(dir.path().join("tmp/backup-crashed")).unwrap();
-    std::fs::write(dir.path().join("tmp/backup-crashed/manifest.json"), b"{\"ver").unwrap();
+    std::fs::write(
+        dir.path().join("tmp/backup-crashed/manifest.json"),
+        b"{\"ver",
+    )
+    .unwrap();
     assert!(repo.list().unwrap().is_empty());
     let m = manifest("b1", None, 3, vec![e, ExtentRef::Zero, ExtentRef::Zero]);
     repo.commit(&m).unwrap();
@@ -118,9 +122,16 @@ fn verify_detects_a_corrupt_or_missing_chunk() {
     let repo = Repo::open(dir.path()).unwrap();
     let a = repo.put_extent(&extent(1, 0)).unwrap();
     let b = repo.put_extent(&extent(2, 1)).unwrap();
-    repo.commit(&manifest("b1", None, 3, vec![a.clone(), b.clone(), ExtentRef::Zero]))
-        .unwrap();
-    let (ExtentRef::Blake3(ha), ExtentRef::Blake3(hb)) = (a, b) else { panic!() };
+    repo.commit(&manifest(
+        "b1",
+        None,
+        3,
+        vec![a.clone(), b.clone(), ExtentRef::Zero],
+    ))
+    .unwrap();
+    let (ExtentRef::Blake3(ha), ExtentRef::Blake3(hb)) = (a, b) else {
+        panic!()
+    };
     let mut bytes = std::fs::read(repo.chunk_path(&ha)).unwrap();
     bytes[100] ^= 1;
     std::fs::write(repo.chunk_path(&ha), bytes).unwrap();
@@ -143,7 +154,10 @@ fn a_damaged_manifest_is_a_problem_not_a_backup() {
     let r = verify(&repo).unwrap();
     assert_eq!(r.problems.len(), 1);
     // Wrong number of extents is refused at commit.
-    assert!(repo.commit(&manifest("b2", None, 4, vec![ExtentRef::Zero; 2])).is_err());
+    assert!(
+        repo.commit(&manifest("b2", None, 4, vec![ExtentRef::Zero; 2]))
+            .is_err()
+    );
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! has its extent's length and still hashes to its name. Chunks no backup
 //! references (left by interrupted runs) are reported, not problems.
 
+use super::Result;
 use super::manifest::{ExtentRef, Manifest};
 use super::repo::Repo;
-use super::Result;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 

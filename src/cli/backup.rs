@@ -132,7 +132,10 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         }
         _ => bail!("give --to-file PATH or --portal P --target T [--lun N]"),
     };
-    println!("restored backup {}: {written} bytes of data written", a.backup);
+    println!(
+        "restored backup {}: {written} bytes of data written",
+        a.backup
+    );
     Ok(())
 }
 

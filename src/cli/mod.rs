@@ -1,4 +1,4 @@
 //! Subcommands of the `gentgt` binary beyond `serve`.
 
-pub mod cbt;
 pub mod backup;
+pub mod cbt;
