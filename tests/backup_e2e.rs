@@ -321,3 +321,66 @@ async fn an_incremental_reads_about_what_changed() {
     let want = read_all(&plain).await;
     assert_restores_to(&repo, &inc.id, &want, dir.path());
 }
+
+/// A TCP proxy in front of the target whose connections the test can cut.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let c2 = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = l.accept().await {
+                let h = tokio::spawn(async move {
+                    let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    // Without these, Nagle and delayed ACKs stall every reply.
+                    let _ = (up.set_nodelay(true), down.set_nodelay(true));
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+                c2.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        Proxy { addr, conns }
+    }
+
+    /// Drop every connection (both sides see the socket close).
+    fn cut(&self) {
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_retried_after_reconnecting() {
+    let t = target();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Arc::new(Repo::open(&dir.path().join("repo")).unwrap());
+    let w = login(&t, WRITER).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    scribble(&w, &mut rng, 600).await;
+    let proxy = Proxy::start(t.addr).await;
+    let seen: Seen = Arc::default();
+    let mut opts = options(&t);
+    opts.connect.addr = proxy.addr;
+    opts.parallel = 2;
+    opts.lock_hook = Some(recording_hook(&t, &seen));
+    let r2 = repo.clone();
+    let cutter = async {
+        while r2.chunk_files().unwrap().len() < 100 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        proxy.cut();
+    };
+    let (s, ()) = tokio::join!(backup::backup(repo.clone(), &opts), cutter);
+    let s = s.unwrap();
+    assert!(s.stats.full && s.stats.reconnects >= 1, "{:?}", s.stats);
+    let seen = seen.lock().unwrap();
+    assert_restores_to(&repo, &s.id, &seen[&s.lock_generation], dir.path());
+    assert!(backup::verify(&repo).unwrap().ok());
+}
