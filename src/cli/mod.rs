@@ -1,3 +1,4 @@
 //! Subcommands of the `gentgt` binary beyond `serve`.
 
+pub mod backup;
 pub mod cbt;
