@@ -32,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Changed-block tracking client: status, close, changes, lock, renew, unlock.
     Cbt(cli::cbt::CbtArgs),
+    /// Random-I/O load against a target: IOPS and latency percentiles.
+    Bench(cli::bench::BenchArgs),
     /// Print the version.
     Version,
 }
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cbt(args) => cli::cbt::run(args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Version => {
             println!("gentgt {}", env!("CARGO_PKG_VERSION"));
             Ok(())

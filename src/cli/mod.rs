@@ -1,3 +1,4 @@
 //! Subcommands of the `gentgt` binary beyond `serve`.
 
+pub mod bench;
 pub mod cbt;
