@@ -40,6 +40,8 @@ enum Command {
     Verify(cli::backup::RepoArgs),
     /// List the backups of a repository.
     Backups(cli::backup::RepoArgs),
+    /// Random-I/O load against a target: IOPS and latency percentiles.
+    Bench(cli::bench::BenchArgs),
     /// Print the version.
     Version,
 }
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => cli::backup::run_restore(args),
         Command::Verify(args) => cli::backup::run_verify(args),
         Command::Backups(args) => cli::backup::run_list(args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Version => {
             println!("gentgt {}", env!("CARGO_PKG_VERSION"));
             Ok(())
