@@ -1,6 +1,7 @@
 //! gentgt: a user-space iSCSI target that knows what changed.
 
 pub mod backend;
+pub mod backup;
 pub mod cbt;
 pub mod config;
 pub mod initiator;

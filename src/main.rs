@@ -32,6 +32,16 @@ enum Command {
     Serve(ServeArgs),
     /// Changed-block tracking client: status, close, changes, lock, renew, unlock.
     Cbt(cli::cbt::CbtArgs),
+    /// Back up a LUN into a repository (full, then incremental via CBT).
+    Backup(cli::backup::BackupArgs),
+    /// Restore a backup to a file or onto a LUN.
+    Restore(cli::backup::RestoreArgs),
+    /// Re-hash every stored extent and check every backup chain.
+    Verify(cli::backup::RepoArgs),
+    /// List the backups of a repository.
+    Backups(cli::backup::RepoArgs),
+    /// Random-I/O load against a target: IOPS and latency percentiles.
+    Bench(cli::bench::BenchArgs),
     /// Print the version.
     Version,
 }
@@ -57,6 +67,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cbt(args) => cli::cbt::run(args),
+        Command::Backup(args) => cli::backup::run_backup(args),
+        Command::Restore(args) => cli::backup::run_restore(args),
+        Command::Verify(args) => cli::backup::run_verify(args),
+        Command::Backups(args) => cli::backup::run_list(args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Version => {
             println!("gentgt {}", env!("CARGO_PKG_VERSION"));
             Ok(())

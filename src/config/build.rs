@@ -81,7 +81,8 @@ fn build_lun(
         }
         (None, None) => identity::derived_identity(target, lun.id),
     };
-    let unit = LogicalUnit::new(backend, lun.block_size, identity, lun.read_only);
+    let unit = LogicalUnit::new(backend, lun.block_size, identity, lun.read_only)
+        .with_removable(lun.removable);
     match path {
         // APTPL reservations live beside the data: "<lun path>.pr".
         Some(p) => {

@@ -111,6 +111,7 @@ impl Config {
                     size: Size(1 << 30),
                     block_size: 512,
                     read_only: false,
+                    removable: false,
                     tracking: None,
                     extent_size: None,
                     cbt_initiators: None,

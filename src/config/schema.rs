@@ -105,6 +105,10 @@ pub struct LunConfig {
     pub block_size: u32,
     #[serde(default)]
     pub read_only: bool,
+    /// Removable medium: INQUIRY RMB=1, START STOP UNIT LOEJ ejects and
+    /// loads it, PREVENT ALLOW MEDIUM REMOVAL can lock it in.
+    #[serde(default)]
+    pub removable: bool,
     /// Default: persistent for file LUNs, volatile for memory LUNs.
     #[serde(default)]
     pub tracking: Option<TrackingMode>,

@@ -73,6 +73,12 @@ pub struct LogicalUnit {
     /// A SANITIZE is running: every command but INQUIRY, REPORT LUNS and
     /// REQUEST SENSE gets NOT READY, SANITIZE IN PROGRESS.
     pub sanitizing: AtomicBool,
+    /// INQUIRY RMB=1: START STOP UNIT with LOEJ ejects and loads the
+    /// medium, PREVENT ALLOW MEDIUM REMOVAL can forbid that.
+    pub removable: bool,
+    /// Loaded or ejected, and which nexuses prevent removal (only ever
+    /// changes on a removable LUN).
+    pub medium: super::removable::Medium,
 }
 
 impl LogicalUnit {
@@ -95,6 +101,8 @@ impl LogicalUnit {
             pr_path: None,
             pr: Default::default(),
             sanitizing: AtomicBool::new(false),
+            removable: false,
+            medium: Default::default(),
         }
     }
 
@@ -106,6 +114,12 @@ impl LogicalUnit {
         }
         self.pr_path = Some(path);
         Ok(self)
+    }
+
+    /// Make the medium removable (INQUIRY RMB=1, eject/load, prevention).
+    pub fn with_removable(mut self, removable: bool) -> LogicalUnit {
+        self.removable = removable;
+        self
     }
 
     pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> LogicalUnit {

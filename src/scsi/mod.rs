@@ -9,6 +9,7 @@ mod hold;
 pub mod lun;
 mod maintenance;
 pub mod pr;
+pub mod removable;
 mod sbc;
 pub mod sense;
 pub mod server;

@@ -4,6 +4,7 @@
 
 use super::cdb::{self, Ctx};
 use super::pr;
+use super::removable;
 use super::sense::{Sense, SenseReason};
 use super::spc::copy_results::CopyResults;
 use super::spc::mode;
@@ -88,6 +89,9 @@ impl DeviceServer {
             }
         }
         cdb::check_reserved(desc, cmd.cdb)?;
+        if lu.is_some_and(|l| !l.medium.present()) && removable::needs_medium(desc.opcode) {
+            return Err(SenseReason::MediumNotPresent.into());
+        }
         if lu.is_some_and(|l| pr::conflicts(l, cmd.nexus, desc.pr, cmd.cdb)) {
             return Ok(pr::conflict_result(0));
         }
@@ -128,6 +132,7 @@ impl DeviceServer {
         // registrations do not.
         for lu in self.luns.values() {
             pr::reserve6::nexus_lost(lu, nexus.id);
+            lu.medium.nexus_lost(nexus.id);
         }
     }
 
@@ -139,6 +144,8 @@ impl DeviceServer {
             // Mode parameters return to their defaults (nothing is saved).
             *lu.mode.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
             pr::reserve6::reset(lu);
+            // Medium removal prevention ends with a reset (SPC-5 §6.15).
+            lu.medium.reset();
             self.ua
                 .establish_all(lun, SenseReason::BusDeviceReset, true);
             // The reset aborts every task of the LUN, held changes too.

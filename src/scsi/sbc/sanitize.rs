@@ -1,8 +1,15 @@
-//! SANITIZE (SBC-4 §5.30): OVERWRITE and BLOCK ERASE over the whole
-//! medium. CRYPTOGRAPHIC ERASE (no encryption here) and EXIT FAILURE MODE
-//! (no persistent failure mode) have no table rows, so they are refused
-//! with INVALID FIELD IN CDB and REPORT SUPPORTED OPERATION CODES does not
-//! list them.
+//! SANITIZE (SBC-4 §5.30): OVERWRITE, BLOCK ERASE and CRYPTOGRAPHIC ERASE
+//! over the whole medium. EXIT FAILURE MODE (no persistent failure mode)
+//! has no table row, so it is refused with INVALID FIELD IN CDB and REPORT
+//! SUPPORTED OPERATION CODES does not list it.
+//!
+//! CRYPTOGRAPHIC ERASE: the medium is not encrypted, so there is no key to
+//! change. What the command promises the initiator is that the previous
+//! data can no longer be read back; we keep that promise by deallocating
+//! every block, exactly as BLOCK ERASE does (reads return zeros, LBPRZ;
+//! the backend punches holes or zero-fills). It is no stronger than that:
+//! a file backend's old data may survive on the host's physical storage
+//! (README, "Current limits").
 
 use super::writesame::write_pattern;
 use crate::cbt::ChangeKind;
@@ -15,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const OVERWRITE: u8 = 0x01;
 pub const BLOCK_ERASE: u8 = 0x02;
+pub const CRYPTO_ERASE: u8 = 0x03;
 
 /// A validated sanitize operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +34,8 @@ pub enum Op {
         invert: bool,
     },
     BlockErase,
+    /// Carried out as a BLOCK ERASE (see the module comment).
+    CryptoErase,
 }
 
 pub fn sanitize(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
@@ -36,6 +46,8 @@ pub fn sanitize(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         OVERWRITE => parse_overwrite(lu, cmd.data_out, param_len)?,
         BLOCK_ERASE if param_len != 0 => return Err(Sense::invalid_cdb_field(7, None)),
         BLOCK_ERASE => Op::BlockErase,
+        CRYPTO_ERASE if param_len != 0 => return Err(Sense::invalid_cdb_field(7, None)),
+        CRYPTO_ERASE => Op::CryptoErase,
         _ => return Err(Sense::invalid_cdb_field(1, Some(4))),
     };
     let busy = Busy::claim(&lu.sanitizing)?;
@@ -101,7 +113,9 @@ pub fn run(lu: &LogicalUnit, op: &Op) -> Result<(), Sense> {
         Sense::new(SenseReason::SanitizeFailed)
     };
     match op {
-        Op::BlockErase => {
+        // No key to destroy: deallocating every block makes the old data
+        // unreadable through this target, which is the erase's contract.
+        Op::BlockErase | Op::CryptoErase => {
             let _change = lu.change_shared(0, blocks, ChangeKind::Unmap)?;
             lu.backend.unmap(0, bytes).map_err(failed)
         }

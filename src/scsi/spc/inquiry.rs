@@ -36,7 +36,11 @@ pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         } else {
             NO_LUN
         };
-        return Ok(data_in(cmd, standard(pdt), alloc));
+        let mut d = standard(pdt);
+        if ctx.lu.is_some_and(|l| l.removable) {
+            d[1] = 0x80; // RMB: the medium can be ejected (START STOP UNIT LOEJ)
+        }
+        return Ok(data_in(cmd, d, alloc));
     }
     let lu = ctx.lu()?;
     let body = match page {
@@ -70,7 +74,7 @@ fn supported_pages(lu: &LogicalUnit) -> Vec<u8> {
 fn standard(pdt: u8) -> Vec<u8> {
     let mut d = vec![0u8; 74];
     d[0] = pdt;
-    d[1] = 0x00; // not removable
+    d[1] = 0x00; // not removable (the caller sets RMB for removable LUNs)
     d[2] = 0x06; // SPC-4
     d[3] = 0x10 | 0x02; // HISUP, response data format 2
     d[4] = (d.len() - 5) as u8;
@@ -183,8 +187,9 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
 fn block_device_characteristics() -> Vec<u8> {
     let mut d = vec![0u8; 0x3c];
     d[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
-    // WABEREQ 01b: reads after SANITIZE BLOCK ERASE succeed (with zeros).
-    d[3] = 0x40;
+    // WABEREQ 01b / WACEREQ 01b: reads after SANITIZE BLOCK ERASE and
+    // CRYPTOGRAPHIC ERASE succeed (with zeros).
+    d[3] = 0x40 | 0x10;
     d
 }
 

@@ -6,6 +6,7 @@ mod fuzz;
 mod lock;
 mod mode;
 mod pr;
+mod removable;
 mod sbc;
 mod spc;
 mod thin;

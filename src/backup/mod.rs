@@ -1,0 +1,77 @@
+//! The backup appliance: incremental-forever backups of a live LUN over
+//! iSCSI, driven by changed-block tracking (`shared/specs/cbt-scsi.md`,
+//! "The appliance's loop"), kept in a content-addressed repository.
+//!
+//! - [`repo`]: chunks and manifests on disk, atomic appearance of a backup.
+//! - [`manifest`]: what one backup records.
+//! - [`run`] / [`pass`]: the loop (close, copy, converge, lock, copy, release).
+//! - [`restore`], [`verify`]: reading the repository back.
+
+pub mod manifest;
+pub mod pass;
+pub mod repo;
+pub mod restore;
+pub mod run;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use crate::initiator::InitiatorError;
+use crate::initiator::cbt::CbtClientError;
+use std::path::PathBuf;
+use thiserror::Error;
+
+pub use manifest::{ExtentRef, LunId, Manifest, Stats};
+pub use repo::Repo;
+pub use restore::{restore_to_file, restore_to_lun};
+pub use run::{BackupOptions, BackupSummary, LockHook, LockInfo, backup};
+pub use verify::{VerifyReport, verify};
+
+/// Errors of the appliance, by reach: one file of the repository (`Io`,
+/// `Json`), the connection (`Initiator`/`Cbt` when fatal: reconnect), or
+/// the whole run (`Interrupted`, `UuidChanged`, `Invalid`).
+#[derive(Debug, Error)]
+pub enum BackupError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}", .0.describe())]
+    Cbt(#[from] CbtClientError),
+    #[error("{0}")]
+    Initiator(#[from] InitiatorError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("backup {0} not found in the repository")]
+    NotFound(String),
+    #[error("the tracking UUID changed during the backup; run again for a full pass")]
+    UuidChanged,
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl BackupError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BackupError {
+        let path = path.into();
+        move |source| BackupError::Io { path, source }
+    }
+
+    /// True when the connection is gone and a reconnect may help.
+    pub fn connection_lost(&self) -> bool {
+        match self {
+            BackupError::Initiator(e) | BackupError::Cbt(CbtClientError::Initiator(e)) => {
+                e.is_fatal()
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BackupError>;

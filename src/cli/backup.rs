@@ -1,0 +1,230 @@
+//! `gentgt backup | restore | verify | backups`: the backup appliance
+//! (`gentgt::backup`) from the command line.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use gentgt::backup::{self, BackupOptions, Repo};
+use gentgt::initiator::ConnectOptions;
+use gentgt::scsi::lun::DEFAULT_CBT_INITIATOR;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[arg(long, value_name = "ADDR:PORT")]
+    portal: SocketAddr,
+    #[arg(long, value_name = "IQN")]
+    target: String,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    lun: u64,
+    /// Repository directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    /// Initiator name (must be in the LUN's cbt_initiators).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_CBT_INITIATOR)]
+    initiator: String,
+    /// Take the write lock once a pass copied fewer extents than this.
+    #[arg(long, value_name = "K", default_value_t = 64)]
+    threshold_extents: u64,
+    /// Passes before the locked pass at most.
+    #[arg(long, value_name = "M", default_value_t = 5)]
+    max_passes: u32,
+    /// Write-lock lease (renewed while the final pass runs).
+    #[arg(long, value_name = "L", default_value_t = 20_000)]
+    lease_ms: u32,
+    /// READs in flight.
+    #[arg(long, value_name = "Q", default_value_t = 8)]
+    parallel: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+    /// Print a machine-readable summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    #[arg(long, value_name = "ID")]
+    backup: String,
+    /// Restore to a (sparse) image file.
+    #[arg(long, value_name = "PATH", conflicts_with = "portal")]
+    to_file: Option<PathBuf>,
+    /// Or onto a LUN over iSCSI.
+    #[arg(long, value_name = "ADDR:PORT", requires = "target")]
+    portal: Option<SocketAddr>,
+    #[arg(long, value_name = "IQN")]
+    target: Option<String>,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    lun: u64,
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_CBT_INITIATOR)]
+    initiator: String,
+}
+
+#[derive(Args)]
+pub struct RepoArgs {
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+pub fn run_backup(a: BackupArgs) -> Result<()> {
+    let repo = Arc::new(Repo::open(&a.repo)?);
+    let mut opts = BackupOptions::new(
+        ConnectOptions::new(a.portal, &a.initiator, Some(&a.target)),
+        a.lun,
+    );
+    opts.threshold_extents = a.threshold_extents;
+    opts.max_passes = a.max_passes;
+    opts.lease_ms = a.lease_ms;
+    opts.parallel = a.parallel;
+    opts.progress = !a.quiet && !a.json;
+    let summary = runtime()?.block_on(async move {
+        // Ctrl-C cancels the run; the run itself releases the lock.
+        let cancel = opts.cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+        backup::backup(repo, &opts).await
+    });
+    let s = summary.map_err(|e| anyhow!("backup of {} LUN {}: {e}", a.target, a.lun))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    if let Some(r) = &s.full_reason {
+        println!("full backup: {r}");
+    }
+    println!(
+        "backup {} (parent {}), lock generation {}: read {} of {} ({:.2} %), {} extents, {} passes, lock held {} ms, {:.1} MiB/s",
+        s.id,
+        s.parent.as_deref().unwrap_or("none"),
+        s.lock_generation,
+        s.stats.bytes_read,
+        s.logical_bytes,
+        s.read_ratio * 100.0,
+        s.stats.extents_copied,
+        s.stats.passes,
+        s.stats.lock_held_ms,
+        s.throughput_bytes_per_s / (1024.0 * 1024.0),
+    );
+    Ok(())
+}
+
+pub fn run_restore(a: RestoreArgs) -> Result<()> {
+    let repo = Arc::new(Repo::open_existing(&a.repo)?);
+    let written = match (&a.to_file, a.portal, &a.target) {
+        (Some(path), None, _) => backup::restore_to_file(&repo, &a.backup, path)?,
+        (None, Some(portal), Some(target)) => {
+            let c = ConnectOptions::new(portal, &a.initiator, Some(target));
+            runtime()?.block_on(backup::restore_to_lun(repo, &a.backup, &c, a.lun, 8))?
+        }
+        _ => bail!("give --to-file PATH or --portal P --target T [--lun N]"),
+    };
+    println!(
+        "restored backup {}: {written} bytes of data written",
+        a.backup
+    );
+    Ok(())
+}
+
+pub fn run_verify(a: RepoArgs) -> Result<()> {
+    let repo = Repo::open_existing(&a.repo)?;
+    let r = backup::verify(&repo)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for p in &r.problems {
+            println!("PROBLEM: {p}");
+        }
+        println!(
+            "{} backups, {} chunks re-hashed ({} bytes), {} orphan chunks, {} temp files: {}",
+            r.backups,
+            r.chunks_checked,
+            r.bytes_hashed,
+            r.orphan_chunks,
+            r.temp_files,
+            if r.ok() { "OK" } else { "PROBLEMS FOUND" }
+        );
+    }
+    if !r.ok() {
+        bail!("{} problems in {}", r.problems.len(), a.repo.display());
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct Listed {
+    id: String,
+    parent: Option<String>,
+    created_ms: u64,
+    lock_generation: u64,
+    logical_bytes: u64,
+    /// Bytes of chunks this backup added over its parent.
+    stored_bytes: u64,
+    full: bool,
+}
+
+pub fn run_list(a: RepoArgs) -> Result<()> {
+    let repo = Repo::open_existing(&a.repo)?;
+    let all = repo.list()?;
+    let mut rows = Vec::new();
+    for m in &all {
+        let inherited: HashSet<_> = m
+            .parent
+            .as_ref()
+            .and_then(|p| all.iter().find(|x| &x.id == p))
+            .map(|p| p.extents.iter().collect())
+            .unwrap_or_default();
+        let mut counted = HashSet::new();
+        let stored = m
+            .extents
+            .iter()
+            .filter(|e| !inherited.contains(e) && counted.insert(*e))
+            .map(|e| match e {
+                backup::ExtentRef::Blake3(h) => repo.chunk_len(h),
+                backup::ExtentRef::Zero => 0,
+            })
+            .sum();
+        rows.push(Listed {
+            id: m.id.clone(),
+            parent: m.parent.clone(),
+            created_ms: m.created_ms,
+            lock_generation: m.lock_generation,
+            logical_bytes: m.lun.logical_bytes(),
+            stored_bytes: stored,
+            full: m.parent.is_none(),
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<20} {:>8} {:>14} {:>14}  created (unix ms)",
+        "ID", "PARENT", "GEN", "LOGICAL", "STORED"
+    );
+    for r in rows {
+        println!(
+            "{:<20} {:<20} {:>8} {:>14} {:>14}  {}",
+            r.id,
+            r.parent.as_deref().unwrap_or("-"),
+            r.lock_generation,
+            r.logical_bytes,
+            r.stored_bytes,
+            r.created_ms
+        );
+    }
+    Ok(())
+}
