@@ -10,11 +10,15 @@ noise hits both alike, with the same independent initiators:
   iscsi-perf  (libiscsi; reads only; -r random, -m depth, -b blocks, -t s)
   qemu-img bench with the iscsi:// driver (reads and writes; "random" is a
               large odd stride modulo the LUN, aligned to the I/O size)
+  gentgt-bench  (optional, --tools) `gentgt bench`, the project's own
+              initiator: random 4K cases only, but the one tool here that
+              reports p50/p99 latency. Not independent of gentgt's code.
 
 Per case and target: the median of --runs runs of IOPS and MiB/s, and the
 target's CPU time per I/O: utime+stime of the whole target process (all
 threads) from /proc/PID/stat before and after the run, divided by the I/Os
-the run did. QD1 mean latency is 1/IOPS (neither tool reports percentiles).
+the run did. QD1 mean latency is 1/IOPS (the independent tools report no
+percentiles; gentgt-bench does).
 
 Only the Python standard library is used. Nothing is built here.
 """
@@ -165,6 +169,7 @@ class Gentgt:
             raise SetupError(f"gentgt did not start: {' '.join(cmd)}\n"
                              + self.log.read_text(errors="replace")[-2000:])
         self.pid = self.proc.pid
+        self.iqn, self.lun = GENTGT_IQN, 0
         self.url = f"iscsi://127.0.0.1:{self.port}/{GENTGT_IQN}/0"
 
     def stop(self):
@@ -232,6 +237,7 @@ class Tgt:
             if r.returncode != 0:
                 self.stop()
                 raise SetupError(f"tgtadm {' '.join(step)}: {r.stdout}")
+        self.iqn, self.lun = TGT_IQN, 1
         self.url = f"iscsi://127.0.0.1:{self.port}/{TGT_IQN}/1"
 
     def kill(self):
@@ -282,6 +288,22 @@ def qemu_cmd(case, url, count):
     return cmd + [url]
 
 
+def gentgt_bench_cmd(binary, case, target, seconds):
+    return [binary, "bench", "--portal", f"127.0.0.1:{target.port}",
+            "--target", target.iqn, "--lun", str(target.lun),
+            "--initiator", INITIATOR, "--qd", str(case.depth),
+            "--rw", "write" if case.write else "read", "--bs", str(case.size),
+            "--seconds", str(seconds), "--warmup", "0.5", "--json"]
+
+
+def tool_fits(tool, case):
+    if tool == "iscsi-perf":
+        return not case.write
+    if tool == "gentgt-bench":
+        return case.random
+    return True
+
+
 class Runner:
     def __init__(self, args):
         self.args = args
@@ -293,12 +315,15 @@ class Runner:
         seconds = self.args.seconds
         if tool == "iscsi-perf":
             cmd = iscsi_perf_cmd(case, target.url, int(round(seconds)))
+        elif tool == "gentgt-bench":
+            cmd = gentgt_bench_cmd(self.args.bin, case, target, seconds)
         else:
             key = (case.name, target.key)
             if key not in self.qemu_counts:
                 self.qemu_counts[key] = self.calibrate(case, target)
             cmd = qemu_cmd(case, target.url, self.qemu_counts[key])
         cmd = pinned(self.args.load_cpu, cmd)
+        extra = {}
         perf = self.maybe_perf(tool, case, target)
         c0 = cpu_seconds(target.pid)
         t0 = time.monotonic()
@@ -317,6 +342,11 @@ class Runner:
                 raise SetupError(f"no iops in iscsi-perf output:\n{r.stdout[-800:]}")
             iops = float(m[-1])
             ios = iops * int(round(seconds))
+        elif tool == "gentgt-bench":
+            j = json.loads(r.stdout.strip().splitlines()[-1])
+            # CPU was sampled around the warm-up too: divide by every I/O.
+            ios, iops = j["ios_total"], j["iops"]
+            extra = {"p50_us": j["p50_us"], "p99_us": j["p99_us"]}
         else:
             m = QEMU_RE.search(r.stdout)
             if not m:
@@ -326,7 +356,7 @@ class Runner:
         self.last_cmd = cmd
         return {"iops": iops, "mib": iops * case.size / MIB,
                 "cpu_per_io_us": (c1 - c0) / max(ios, 1) * 1e6,
-                "ios": ios, "wall": wall}
+                "ios": ios, "wall": wall, **extra}
 
     def calibrate(self, case, target):
         """A short warm-up run whose rate sizes the measured runs."""
@@ -417,7 +447,10 @@ def python_stream(seconds):
 # ----------------------------------------------------------------- table
 
 def fmt_val(case, v):
-    return f"{v['iops']:,.0f} IOPS" if case.unit == "iops" else f"{v['mib']:,.0f} MiB/s"
+    s = f"{v['iops']:,.0f} IOPS" if case.unit == "iops" else f"{v['mib']:,.0f} MiB/s"
+    if "p50_us" in v:
+        s += f" (p50 {v['p50_us']:.0f} / p99 {v['p99_us']:.0f} µs)"
+    return s
 
 
 def median_of(runs):
@@ -433,7 +466,7 @@ def table(rows, title):
         key = "iops" if case.unit == "iops" else "mib"
         extra = ""
         if case.depth == 1 and case.unit == "iops":
-            extra = f" ({1e6 / g['iops']:.0f} / {1e6 / t['iops']:.0f} µs mean lat)"
+            extra = f" (mean lat {1e6 / g['iops']:.0f} / {1e6 / t['iops']:.0f} µs)"
         out.append("| " + " | ".join([
             case.name, tool, fmt_val(case, g), fmt_val(case, t),
             f"{g[key] / t[key]:.2f}{extra}",
@@ -457,7 +490,8 @@ def parse_args():
     p.add_argument("--size", default="1GiB", help="LUN size (K/M/GiB units)")
     p.add_argument("--seconds", type=float, default=3, help="per measured run")
     p.add_argument("--runs", type=int, default=3, help="median of this many")
-    p.add_argument("--tools", default="iscsi-perf,qemu-img")
+    p.add_argument("--tools", default="iscsi-perf,qemu-img",
+                   help="iscsi-perf, qemu-img, gentgt-bench (comma list)")
     p.add_argument("--cases", default="", help="regex on case names (default all)")
     p.add_argument("--seq-depth", type=int, default=8, help="QD of sequential cases")
     p.add_argument("--target-cpu", default="0", help="core for targets ('' = no pinning)")
@@ -506,7 +540,7 @@ def bench_backing(a, backing, size, cases, tools, modes, runner, all_runs):
         results = {}
         for case in cases:
             for tool in tools:
-                if tool == "iscsi-perf" and case.write:
+                if not tool_fits(tool, case):
                     continue
                 runs = {("tgt", None): []}
                 runs.update({("gentgt", m): [] for m in modes})
@@ -552,7 +586,7 @@ def main():
     modes = [m for m in a.tracking.split(",") if m]
     tools = [t for t in a.tools.split(",") if t]
     cases = [c for c in all_cases(a.seq_depth) if re.search(a.cases or ".", c.name)]
-    for tool in tools + ["tgtd", "tgtadm", "taskset"]:
+    for tool in [t for t in tools if t != "gentgt-bench"] + ["tgtd", "tgtadm", "taskset"]:
         if not shutil.which(tool):
             raise SystemExit(f"missing {tool}")
     if not Path(a.bin).is_file():
