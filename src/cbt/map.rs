@@ -72,6 +72,12 @@ enum Kids {
 
 struct Node {
     max: AtomicU64,
+    /// Bit i (word i / 64): child slot i has been created. Set by the
+    /// creating thread before the child is published, so a walk visits the
+    /// set bits only instead of probing all FAN slots (a scattered 1 TiB
+    /// map has ~16 of 256 chunks per leaf). Costs the write path nothing:
+    /// only the thread that creates a child touches it.
+    occupied: [AtomicU64; FAN / 64],
     kids: Kids,
 }
 
@@ -87,8 +93,32 @@ impl Node {
         };
         Node {
             max: AtomicU64::new(0),
+            occupied: std::array::from_fn(|_| AtomicU64::new(0)),
             kids,
         }
+    }
+
+    /// Record that child `idx` is being created (before it is published).
+    fn occupy(&self, idx: usize) {
+        self.occupied[idx / 64].fetch_or(1 << (idx % 64), SeqCst);
+    }
+
+    /// Indices of created children, in increasing order, from `first` on.
+    fn occupied_from(&self, first: usize) -> impl Iterator<Item = usize> + '_ {
+        (first / 64..FAN / 64).flat_map(move |w| {
+            let mut bits = self.occupied[w].load(SeqCst);
+            if w == first / 64 {
+                bits &= u64::MAX << (first % 64);
+            }
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(w * 64 + i)
+            })
+        })
     }
 
     fn raise(&self, g: u64) {
@@ -144,7 +174,11 @@ impl ExtentMap {
             let Kids::Inner(kids) = &node.kids else {
                 unreachable!("interior level holds interior nodes")
             };
-            node = kids[idx].get_or_init(|| Box::new(Node::new(level == 1)));
+            let parent = node;
+            node = kids[idx].get_or_init(|| {
+                parent.occupy(idx);
+                Box::new(Node::new(level == 1))
+            });
             node.raise(g);
         }
         node
@@ -152,10 +186,15 @@ impl ExtentMap {
 
     /// Chunk `ci`, created if missing, with the path raised to `g`.
     pub(crate) fn chunk(&self, ci: u64, g: u64) -> &Chunk {
-        let Kids::Leaf(chunks, _) = &self.leaf(ci, g).kids else {
+        let leaf = self.leaf(ci, g);
+        let Kids::Leaf(chunks, _) = &leaf.kids else {
             unreachable!("level 0 holds chunks")
         };
-        chunks[(ci as usize) & (FAN - 1)].get_or_init(|| Box::new(Chunk::new()))
+        let idx = (ci as usize) & (FAN - 1);
+        chunks[idx].get_or_init(|| {
+            leaf.occupy(idx);
+            Box::new(Chunk::new())
+        })
     }
 
     /// Chunk `ci` if it exists (never allocates chunks).
@@ -224,13 +263,9 @@ fn walk_node(
     }
     match &node.kids {
         Kids::Inner(kids) => {
-            for (i, kid) in kids.iter().enumerate() {
+            for i in node.occupied_from(first_slot(base, child_bits, from)) {
                 let child_base = base + ((i as u64) << child_bits);
-                let child_end = child_base.saturating_add(1 << child_bits);
-                let Some(kid) = kid.get() else { continue };
-                if child_end <= from {
-                    continue;
-                }
+                let Some(kid) = kids[i].get() else { continue };
                 let bits = child_bits - FAN_SHIFT;
                 if !walk_node(kid, child_base, bits, since, from, f) {
                     return false;
@@ -239,12 +274,11 @@ fn walk_node(
             true
         }
         Kids::Leaf(chunks, _) => {
-            for (i, chunk) in chunks.iter().enumerate() {
+            for i in node.occupied_from(first_slot(base, CHUNK_SHIFT, from)) {
                 let chunk_base = base + ((i as u64) << CHUNK_SHIFT);
-                if chunk_base + CHUNK_EXTENTS <= from {
+                let Some(chunk) = chunks[i].get() else {
                     continue;
-                }
-                let Some(chunk) = chunk.get() else { continue };
+                };
                 if chunk.max.load(SeqCst) <= since {
                     continue;
                 }
@@ -255,6 +289,13 @@ fn walk_node(
             true
         }
     }
+}
+
+/// First child slot of a node at `base` (children of `1 << child_bits`
+/// extents) that can hold extents `>= from`; FAN if none can.
+fn first_slot(base: u64, child_bits: u32, from: u64) -> usize {
+    let slot = from.saturating_sub(base) >> child_bits;
+    slot.min(FAN as u64) as usize
 }
 
 fn walk_chunk(
@@ -293,16 +334,16 @@ fn chunks_node(node: &Node, level: u32, base: u64, f: &mut dyn FnMut(u64, &Chunk
     let child_bits = CHUNK_SHIFT + FAN_SHIFT * level;
     match &node.kids {
         Kids::Inner(kids) => {
-            for (i, kid) in kids.iter().enumerate() {
-                if let Some(kid) = kid.get() {
+            for i in node.occupied_from(0) {
+                if let Some(kid) = kids[i].get() {
                     chunks_node(kid, level - 1, base + ((i as u64) << child_bits), f);
                 }
             }
         }
         Kids::Leaf(chunks, _) => {
             let first_ci = base >> CHUNK_SHIFT;
-            for (i, chunk) in chunks.iter().enumerate() {
-                if let Some(chunk) = chunk.get() {
+            for i in node.occupied_from(0) {
+                if let Some(chunk) = chunks[i].get() {
                     f(first_ci + i as u64, chunk);
                 }
             }

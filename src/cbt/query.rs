@@ -37,7 +37,9 @@ impl Tracker {
         let from = start_lba >> self.extent_shift;
         // NUMBER OF BLOCKS is a u32 on the wire: longer runs are split.
         let max_run = (u64::from(u32::MAX) / eb).max(1);
-        let mut runs: Vec<Run> = Vec::new();
+        // Reserved up front (bounded: the page limit is peer-controlled) so a
+        // large page does not pay for repeated growth and copying.
+        let mut runs: Vec<Run> = Vec::with_capacity(max_descriptors.min(1 << 16));
         // First extent that did not fit: where the next page starts.
         let mut cut: Option<u64> = None;
         let mut visit = |x: ExtentInfo| {
