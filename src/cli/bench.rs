@@ -9,7 +9,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use gentgt::config::parse_size;
-use gentgt::initiator::{ConnectOptions, Initiator, Session};
+use gentgt::initiator::Session;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::net::SocketAddr;
@@ -86,12 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> Result<()> {
-    let opts = ConnectOptions::new(args.portal, &args.initiator, Some(&args.target));
-    let session = Initiator::connect(&opts)
-        .await
-        .with_context(|| format!("logging in to {} at {}", args.target, args.portal))?;
-    // A fresh session first sees a power-on unit attention: take it.
-    let _ = session.test_unit_ready(args.lun).await;
+    let session = super::login(args.portal, &args.target, &args.initiator, args.lun).await?;
     let (blocks, block_size) = session
         .read_capacity16(args.lun)
         .await

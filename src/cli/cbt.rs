@@ -3,10 +3,10 @@
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
+use gentgt::initiator::Session;
 use gentgt::initiator::cbt::{
     CbtClientError, ClosedGeneration, ExtentDescriptor, LockGrant, TrackingReport,
 };
-use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use gentgt::scsi::lun::DEFAULT_CBT_INITIATOR;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -100,12 +100,7 @@ pub fn run(args: CbtArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let c = args.action.common().clone();
-        let opts = ConnectOptions::new(c.portal, &c.initiator, Some(&c.target));
-        let session = Initiator::connect(&opts)
-            .await
-            .with_context(|| format!("logging in to {} at {}", c.target, c.portal))?;
-        // A fresh session first sees a power-on unit attention: take it.
-        let _ = session.test_unit_ready(c.lun).await;
+        let session = super::login(c.portal, &c.target, &c.initiator, c.lun).await?;
         let result = act(&session, &args.action, &c).await;
         let _ = session.logout().await;
         result
