@@ -13,6 +13,8 @@ pub struct FileBackend {
     path: PathBuf,
     size: u64,
     read_only: bool,
+    /// The file lives in RAM (tmpfs/ramfs): I/O never waits for a device.
+    in_ram: bool,
 }
 
 impl FileBackend {
@@ -47,7 +49,9 @@ impl FileBackend {
             }
             file.set_len(size)?;
         }
+        let in_ram = in_ram(&file);
         Ok(FileBackend {
+            in_ram,
             file,
             path: path.to_path_buf(),
             size,
@@ -211,6 +215,10 @@ impl Backend for FileBackend {
         format!("file:{}", self.path.display())
     }
 
+    fn memory_speed(&self) -> bool {
+        self.in_ram
+    }
+
     fn allocation(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
         self.check(offset, len)?;
         match self.map_runs(offset, len, max_runs) {
@@ -225,6 +233,22 @@ impl Backend for FileBackend {
             r => r,
         }
     }
+}
+
+/// Is the file on a RAM filesystem? (statfs magic of tmpfs and ramfs.)
+fn in_ram(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: statfs is plain old data; fstatfs fills it or fails.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid open descriptor and a pointer to a live struct.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
 #[cfg(test)]

@@ -127,6 +127,10 @@ impl Backend for MemoryBackend {
         "memory".to_string()
     }
 
+    fn memory_speed(&self) -> bool {
+        true
+    }
+
     /// A chunk is mapped when it holds a buffer; a freed chunk is not.
     fn allocation(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
         self.check(offset, len)?;

@@ -28,6 +28,12 @@ pub trait Backend: Send + Sync {
     fn size(&self) -> u64;
     /// Short description for logs ("file:/path", "memory").
     fn describe(&self) -> String;
+    /// Reads and writes finish at memory speed and never wait for a
+    /// device (RAM, tmpfs): the transport may run them on its own thread
+    /// instead of handing them to the blocking pool.
+    fn memory_speed(&self) -> bool {
+        false
+    }
     /// Allocation map of `[offset, offset + len)` as consecutive
     /// (length in bytes, mapped) runs from `offset`, adjacent runs of the
     /// same state merged. At most `max_runs` runs: the answer may then

@@ -184,6 +184,14 @@ impl Durable {
         Ok(())
     }
 
+    /// Are regions `[first, last]` all logged in the current epoch (so a
+    /// change to them would not wait for the disk)? Looks at a few only.
+    pub(crate) fn all_logged(&self, map: &ExtentMap, first: u64, last: u64) -> bool {
+        let epoch = self.epoch.load(SeqCst);
+        last.saturating_sub(first) < 4
+            && (first..=last).all(|r| map.region_epoch(r).load(SeqCst) >= epoch)
+    }
+
     /// Persist `H >= need` before any generation up to `need` is used.
     pub(crate) fn ensure_high_water(&self, need: u64) -> io::Result<()> {
         let mut meta = self.meta();

@@ -140,6 +140,21 @@ impl Tracker {
         begin(Arc::clone(self), lba, blocks, kind)
     }
 
+    /// Would a change to `[lba, lba + blocks)` start without waiting for
+    /// the disk (no intent record to make durable first)? A hint for
+    /// callers choosing a thread; `begin_change` stays correct either way.
+    pub fn change_is_quick(&self, lba: u64, blocks: u64) -> bool {
+        let Some(durable) = &self.durable else {
+            return true;
+        };
+        let capacity = self.capacity_blocks();
+        if blocks == 0 || lba.checked_add(blocks).is_none_or(|end| end > capacity) {
+            return true; // refused without touching the log
+        }
+        let (first, end) = self.extent_range(lba, blocks);
+        durable.all_logged(&self.map, first >> REGION_SHIFT, (end - 1) >> REGION_SHIFT)
+    }
+
     fn start(&self, rec: &mut InFlight) -> Result<(), CbtError> {
         let (lba, blocks) = (rec.lba, rec.blocks);
         let capacity = self.capacity_blocks();

@@ -6,6 +6,7 @@
 pub mod cdb;
 mod data;
 mod hold;
+mod inline;
 pub mod lun;
 mod maintenance;
 pub mod pr;

@@ -141,6 +141,9 @@ impl Session {
     /// Stamp sequence numbers and send. PDUs that carry status advance
     /// StatSN; the rest carry the next StatSN without using it.
     pub async fn send(&mut self, mut pdus: Vec<Pdu>) -> io::Result<()> {
+        if pdus.is_empty() {
+            return Ok(());
+        }
         for p in &mut pdus {
             let seq = SeqNums {
                 stat_sn: self.stat_sn,
@@ -327,10 +330,14 @@ impl Session {
     }
 }
 
+/// Read buffer per connection: a burst of 4 KiB commands in one syscall;
+/// larger data segments bypass it.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Run full feature phase until logout, error or cancellation.
 pub async fn run(
     shared: Arc<Shared>,
-    mut rd: OwnedReadHalf,
+    rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
     done: LoggedIn,
     local: Option<SocketAddr>,
@@ -347,6 +354,8 @@ pub async fn run(
     };
     let (pdu_tx, mut pdu_rx) = mpsc::channel::<ReadOutcome>(16);
     let reader = tokio::spawn(async move {
+        // Several small PDUs per read syscall when the initiator pipelines.
+        let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
         loop {
             let r = match wire::read_pdu(&mut rd, &framing_in).await {
                 Ok(r) => r,
@@ -395,26 +404,53 @@ async fn session_loop(
                 cancel_seen = true;
                 s.on_cancel().await?;
             }
-            Some(d) = done_rx.recv() => s.on_done(d).await?,
+            Some(d) = done_rx.recv() => s.on_done(d, done_rx).await?,
             Some(c) = control.recv() => s.on_control(c),
-            ev = pdu_rx.recv() => match ev {
-                Some(ReadOutcome::Pdu(p)) => s.on_pdu(p).await?,
-                Some(ReadOutcome::DataDigest(bhs)) => s.on_data_digest_error(&bhs).await?,
-                Some(ReadOutcome::Fatal(bhs, e)) => {
-                    warn!(error = %e, "framing lost; closing connection");
-                    let reason = match e {
-                        crate::proto::PduError::HeaderDigest => None,
-                        _ => Some(reject::PROTOCOL_ERROR),
-                    };
-                    if let Some(r) = reason {
-                        let _ = s.reject(r, &bhs).await;
+            ev = pdu_rx.recv() => {
+                // Take what else already arrived too, so the commands of a
+                // burst run before their responses go out in one write.
+                let mut ev = ev;
+                for _ in 0..MAX_PDU_BATCH {
+                    if !s.on_read(ev).await? {
+                        return Ok(());
                     }
-                    return Ok(());
+                    if s.finished {
+                        break;
+                    }
+                    match pdu_rx.try_recv() {
+                        Ok(next) => ev = Some(next),
+                        Err(_) => break,
+                    }
                 }
-                Some(ReadOutcome::Closed) | None => return Ok(()),
-            },
+            }
             _ = sleep_until(s.next_deadline()) => s.on_timer().await?,
         }
     }
     Ok(())
+}
+
+/// PDUs handled before completions get their turn.
+const MAX_PDU_BATCH: usize = 32;
+
+impl Session {
+    /// One read outcome; `false` when the connection is done.
+    async fn on_read(&mut self, ev: Option<ReadOutcome>) -> io::Result<bool> {
+        match ev {
+            Some(ReadOutcome::Pdu(p)) => self.on_pdu(p).await?,
+            Some(ReadOutcome::DataDigest(bhs)) => self.on_data_digest_error(&bhs).await?,
+            Some(ReadOutcome::Fatal(bhs, e)) => {
+                warn!(error = %e, "framing lost; closing connection");
+                let reason = match e {
+                    crate::proto::PduError::HeaderDigest => None,
+                    _ => Some(reject::PROTOCOL_ERROR),
+                };
+                if let Some(r) = reason {
+                    let _ = self.reject(r, &bhs).await;
+                }
+                return Ok(false);
+            }
+            Some(ReadOutcome::Closed) | None => return Ok(false),
+        }
+        Ok(true)
+    }
 }

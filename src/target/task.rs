@@ -211,34 +211,56 @@ impl Session {
         };
         let device = self.device.clone().expect("SCSI task in a normal session");
         let tx = self.done_tx.clone();
-        // submit() runs the command now, or holds it (CBT write lock) and
-        // calls back later from the thread that releases it.
-        tokio::task::spawn_blocking(move || {
-            device.submit(
-                cmd,
-                Box::new(move |result| {
-                    let _ = tx.send(Done { itt, result });
-                }),
-            );
+        let done: crate::scsi::vendor::lock::DoneFn = Box::new(move |result| {
+            let _ = tx.send(Done { itt, result });
         });
+        // submit() runs the command now, or holds it (CBT write lock) and
+        // calls back later from the thread that releases it. Commands that
+        // cannot wait for a device run right here: the hand-off to the
+        // blocking pool would cost more than the command.
+        if device.runs_inline(cmd.lun, &cmd.cdb) {
+            device.submit(cmd, done);
+        } else {
+            tokio::task::spawn_blocking(move || device.submit(cmd, done));
+        }
     }
 
-    pub(super) async fn on_done(&mut self, done: Done) -> io::Result<()> {
-        let Some(task) = self.tasks.remove(&done.itt) else {
-            return Ok(());
-        };
-        if !task.immediate {
-            self.window.complete();
+    /// A command finished: answer it, and every other one that finished
+    /// meanwhile, in one write.
+    pub(super) async fn on_done(
+        &mut self,
+        first: Done,
+        more: &mut tokio::sync::mpsc::UnboundedReceiver<Done>,
+    ) -> io::Result<()> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        let mut batched = 0;
+        while let Some(done) = next.take() {
+            if let Some(task) = self.tasks.remove(&done.itt) {
+                if !task.immediate {
+                    self.window.complete();
+                }
+                if task.aborted {
+                    // TMF responses follow the responses already built.
+                    self.send(std::mem::take(&mut out)).await?;
+                    self.task_gone(done.itt).await?;
+                } else {
+                    out.extend(build_response(done.itt, &task, done.result, &self.params));
+                }
+            }
+            batched += 1;
+            if batched < MAX_BATCH {
+                next = more.try_recv().ok();
+            }
         }
-        if task.aborted {
-            self.task_gone(done.itt).await?;
-            return self.try_logout().await;
-        }
-        let pdus = build_response(done.itt, &task, done.result, &self.params);
-        self.send(pdus).await?;
+        self.send(out).await?;
         self.try_logout().await
     }
 }
+
+/// Completions answered in one write at most (bounds the latency of the
+/// first one).
+const MAX_BATCH: usize = 64;
 
 /// A result for a command that failed in the transport.
 fn failed(reason: SenseReason, transfer_len: u32) -> ScsiResult {

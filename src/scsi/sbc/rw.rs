@@ -8,15 +8,15 @@ use crate::scsi::sense::{Sense, SenseReason};
 use crate::scsi::{ScsiCommand, ScsiResult};
 
 /// The fields READ and WRITE share, decoded from any CDB size.
-struct Rw {
-    lba: u64,
-    blocks: u64,
+pub(crate) struct Rw {
+    pub(crate) lba: u64,
+    pub(crate) blocks: u64,
     fua: bool,
     /// Offset of TRANSFER LENGTH in the CDB (for the sense field pointer).
     len_at: usize,
 }
 
-fn parse(cdb: &[u8]) -> Rw {
+pub(crate) fn parse(cdb: &[u8]) -> Rw {
     let fua = byte(cdb, 1) & 0x08 != 0;
     match byte(cdb, 0) {
         // 6-byte: 21-bit LBA, no flags, TRANSFER LENGTH 0 means 256.
