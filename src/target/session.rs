@@ -1,11 +1,12 @@
 //! Full feature phase of one session (one connection: MaxConnections=1).
 //!
-//! A reader task turns the socket into a stream of PDUs; this task owns all
-//! session state and the write half, and selects over incoming PDUs,
-//! completed commands, timers and cancellation. Commands run on the
-//! blocking pool and report back through a channel, so a slow disk never
-//! stops the session from reading (task management, pings and Data-Out
-//! keep flowing).
+//! One task owns all session state and both halves of the socket: it
+//! reads PDUs itself (a buffered, cancel-safe reader) and selects over
+//! them, completed commands, timers and cancellation. Commands that can
+//! wait for a device run on the blocking pool and report back through a
+//! channel, so a slow disk never stops the session from reading (task
+//! management, pings and Data-Out keep flowing); memory-speed ones run
+//! right here (see `scsi::inline`).
 
 use super::login::LoggedIn;
 use super::shared::{SessionControl, Shared};
@@ -330,10 +331,6 @@ impl Session {
     }
 }
 
-/// Read buffer per connection: a burst of 4 KiB commands in one syscall;
-/// larger data segments bypass it.
-const READ_BUFFER: usize = 64 * 1024;
-
 /// Run full feature phase until logout, error or cancellation.
 pub async fn run(
     shared: Arc<Shared>,
@@ -352,30 +349,15 @@ pub async fn run(
         data_digest: s.params.data_digest,
         max_data_segment: s.params.target_max_recv_dsl,
     };
-    let (pdu_tx, mut pdu_rx) = mpsc::channel::<ReadOutcome>(16);
-    let reader = tokio::spawn(async move {
-        // Several small PDUs per read syscall when the initiator pipelines.
-        let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
-        loop {
-            let r = match wire::read_pdu(&mut rd, &framing_in).await {
-                Ok(r) => r,
-                Err(_) => ReadOutcome::Closed,
-            };
-            let stop = !matches!(r, ReadOutcome::Pdu(_) | ReadOutcome::DataDigest(_));
-            if pdu_tx.send(r).await.is_err() || stop {
-                break;
-            }
-        }
-    });
+    let mut reader = wire::PduReader::new(rd, framing_in);
     if let (Some(dev), SessionType::Normal) = (&s.device, s.kind) {
         dev.nexus_added(&s.nexus);
     }
     let cancel = done.cancel.clone();
-    let result = session_loop(&mut s, &mut pdu_rx, &mut done_rx, &mut control, &cancel).await;
+    let result = session_loop(&mut s, &mut reader, &mut done_rx, &mut control, &cancel).await;
     if let Err(e) = result {
         debug!(error = %e, "session ended by I/O error");
     }
-    reader.abort();
     if let Some(dev) = &s.device {
         // Changes held by a CBT write lock would otherwise keep this
         // session waiting for itself (it may be the lock's holder).
@@ -391,13 +373,27 @@ pub async fn run(
 
 async fn session_loop(
     s: &mut Session,
-    pdu_rx: &mut mpsc::Receiver<ReadOutcome>,
+    reader: &mut wire::PduReader<OwnedReadHalf>,
     done_rx: &mut mpsc::UnboundedReceiver<Done>,
     control: &mut mpsc::UnboundedReceiver<SessionControl>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> io::Result<()> {
     let mut cancel_seen = false;
     while !s.finished {
+        // Handle what already arrived, a burst at a time, so the commands
+        // of a burst run before their responses go out in one write.
+        let mut handled = 0;
+        while handled < MAX_PDU_BATCH && !s.finished {
+            let Some(ev) = reader.next() else { break };
+            handled += 1;
+            if !s.on_read(ev).await? {
+                return Ok(());
+            }
+        }
+        if s.finished {
+            break;
+        }
+        let more = reader.has_complete();
         tokio::select! {
             biased;
             _ = cancel.cancelled(), if !cancel_seen => {
@@ -406,21 +402,11 @@ async fn session_loop(
             }
             Some(d) = done_rx.recv() => s.on_done(d, done_rx).await?,
             Some(c) = control.recv() => s.on_control(c),
-            ev = pdu_rx.recv() => {
-                // Take what else already arrived too, so the commands of a
-                // burst run before their responses go out in one write.
-                let mut ev = ev;
-                for _ in 0..MAX_PDU_BATCH {
-                    if !s.on_read(ev).await? {
-                        return Ok(());
-                    }
-                    if s.finished {
-                        break;
-                    }
-                    match pdu_rx.try_recv() {
-                        Ok(next) => ev = Some(next),
-                        Err(_) => break,
-                    }
+            // Only wait for the socket when nothing is buffered already.
+            _ = std::future::ready(()), if more => {}
+            r = reader.fill(), if !more => {
+                if !r.unwrap_or(false) {
+                    return Ok(()); // closed, or reset
                 }
             }
             _ = sleep_until(s.next_deadline()) => s.on_timer().await?,
@@ -434,11 +420,11 @@ const MAX_PDU_BATCH: usize = 32;
 
 impl Session {
     /// One read outcome; `false` when the connection is done.
-    async fn on_read(&mut self, ev: Option<ReadOutcome>) -> io::Result<bool> {
+    async fn on_read(&mut self, ev: ReadOutcome) -> io::Result<bool> {
         match ev {
-            Some(ReadOutcome::Pdu(p)) => self.on_pdu(p).await?,
-            Some(ReadOutcome::DataDigest(bhs)) => self.on_data_digest_error(&bhs).await?,
-            Some(ReadOutcome::Fatal(bhs, e)) => {
+            ReadOutcome::Pdu(p) => self.on_pdu(p).await?,
+            ReadOutcome::DataDigest(bhs) => self.on_data_digest_error(&bhs).await?,
+            ReadOutcome::Fatal(bhs, e) => {
                 warn!(error = %e, "framing lost; closing connection");
                 let reason = match e {
                     crate::proto::PduError::HeaderDigest => None,
@@ -449,7 +435,7 @@ impl Session {
                 }
                 return Ok(false);
             }
-            Some(ReadOutcome::Closed) | None => return Ok(false),
+            ReadOutcome::Closed => return Ok(false),
         }
         Ok(true)
     }

@@ -57,3 +57,83 @@ pub async fn write_pdus<W: AsyncWrite + Unpin>(
     }
     w.write_all(&out).await
 }
+
+/// Reads PDUs for the full feature phase into one growing buffer, so the
+/// session task reads the socket itself (no reader task, no channel hop)
+/// and a burst of small PDUs costs one syscall. `fill` is cancel-safe:
+/// it can sit in a `select!` beside completions and timers.
+pub struct PduReader<R> {
+    rd: R,
+    buf: bytes::BytesMut,
+    framing: Framing,
+    /// Framing was lost: nothing after it can be trusted.
+    dead: bool,
+}
+
+/// Spare room kept for the next read: a burst of 4 KiB writes.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl<R: AsyncRead + Unpin> PduReader<R> {
+    pub fn new(rd: R, framing: Framing) -> PduReader<R> {
+        PduReader {
+            rd,
+            buf: bytes::BytesMut::with_capacity(READ_CHUNK),
+            framing,
+            dead: false,
+        }
+    }
+
+    /// Wait for more bytes. `Ok(false)`: the peer closed the connection
+    /// (cleanly or mid-PDU: either way nothing more will come).
+    pub async fn fill(&mut self) -> io::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        Ok(self.rd.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// The next complete PDU in the buffer, if there is one. A header that
+    /// announces an oversized or malformed tail ends the stream at once,
+    /// before any of that tail is buffered beyond the normal read size.
+    pub fn next(&mut self) -> Option<ReadOutcome> {
+        if self.dead || self.buf.len() < BHS_LEN {
+            return None;
+        }
+        let bhs = Bhs(self.buf[..BHS_LEN].try_into().expect("checked length"));
+        let tail = match pdu::tail_len(&bhs, &self.framing) {
+            Ok(t) => t,
+            Err(e) => {
+                self.dead = true;
+                return Some(ReadOutcome::Fatal(bhs, e));
+            }
+        };
+        let whole = BHS_LEN + tail;
+        if self.buf.len() < whole {
+            // Room for the rest of this PDU (bounded by tail_len's limit).
+            self.buf.reserve(whole - self.buf.len());
+            return None;
+        }
+        let decoded = pdu::decode_tail(bhs.clone(), &self.buf[BHS_LEN..whole], &self.framing);
+        bytes::Buf::advance(&mut self.buf, whole);
+        Some(match decoded {
+            Ok(p) => ReadOutcome::Pdu(p),
+            Err(PduError::DataDigest) => ReadOutcome::DataDigest(bhs),
+            Err(e) => {
+                self.dead = true;
+                ReadOutcome::Fatal(bhs, e)
+            }
+        })
+    }
+
+    /// Is a complete PDU (or a framing error) waiting in the buffer?
+    pub fn has_complete(&self) -> bool {
+        if self.dead || self.buf.len() < BHS_LEN {
+            return false;
+        }
+        let bhs = Bhs(self.buf[..BHS_LEN].try_into().expect("checked length"));
+        match pdu::tail_len(&bhs, &self.framing) {
+            Ok(t) => self.buf.len() >= BHS_LEN + t,
+            Err(_) => true,
+        }
+    }
+}
