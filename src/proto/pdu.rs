@@ -448,10 +448,18 @@ pub fn encode(pdu: &Pdu, framing: &Framing) -> Vec<u8> {
 
 /// Like [`encode`], appending to `out` (lets callers batch PDUs in one buffer).
 pub fn encode_into(pdu: &Pdu, framing: &Framing, out: &mut Vec<u8>) {
+    encode_header(pdu, pdu.data.len(), framing, out);
+    out.extend_from_slice(&pdu.data);
+    encode_trailer(&pdu.data, framing, out);
+}
+
+/// The header part of a PDU whose data segment is `data_len` bytes long
+/// and is written separately (BHS, AHS, header digest).
+pub fn encode_header(pdu: &Pdu, data_len: usize, framing: &Framing, out: &mut Vec<u8>) {
     let mut bhs = pdu.bhs.clone();
     debug_assert!(pdu.ahs.len().is_multiple_of(4) && pdu.ahs.len() <= 255 * 4);
     bhs.0[4] = (pdu.ahs.len() / 4) as u8;
-    bhs.set_data_segment_len(pdu.data.len() as u32);
+    bhs.set_data_segment_len(data_len as u32);
     let start = out.len();
     out.extend_from_slice(&bhs.0);
     out.extend_from_slice(&pdu.ahs);
@@ -459,14 +467,19 @@ pub fn encode_into(pdu: &Pdu, framing: &Framing, out: &mut Vec<u8>) {
         let c = crc32c(&out[start..]);
         out.extend_from_slice(&c.to_le_bytes());
     }
-    if !pdu.data.is_empty() {
-        let dstart = out.len();
-        out.extend_from_slice(&pdu.data);
-        out.resize(out.len() + pad_len(pdu.data.len()), 0);
-        if framing.data_digest {
-            let c = crc32c(&out[dstart..]);
-            out.extend_from_slice(&c.to_le_bytes());
-        }
+}
+
+/// What follows a data segment on the wire: padding to a multiple of 4
+/// and the data digest (nothing for an empty segment).
+pub fn encode_trailer(data: &[u8], framing: &Framing, out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    let pad = &[0u8; 3][..pad_len(data.len())];
+    out.extend_from_slice(pad);
+    if framing.data_digest {
+        let c = crc32c::crc32c_append(crc32c(data), pad);
+        out.extend_from_slice(&c.to_le_bytes());
     }
 }
 

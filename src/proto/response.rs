@@ -7,6 +7,7 @@
 
 use super::dataout::{NO_TTT, R2tRequest};
 use super::pdu::{Opcode, Pdu};
+use std::ops::Range;
 
 /// Residual of a command: Expected Data Transfer Length against what the
 /// command itself called for.
@@ -110,24 +111,36 @@ pub struct DataInPlan {
 /// Split `data` into Data-In PDUs, DataSN from 0. Returns the PDUs; when
 /// `plan.status` is set the last one carries S, the status and residual.
 pub fn data_in_pdus(data: &[u8], plan: &DataInPlan) -> Vec<Pdu> {
+    let (mut pdus, spans) = data_in_headers(data.len(), plan);
+    for (p, span) in pdus.iter_mut().zip(spans) {
+        p.data = data[span].to_vec();
+    }
+    pdus
+}
+
+/// [`data_in_pdus`] without the data: the headers (empty data segments)
+/// and, for each, the range of the data it carries — so the data can go
+/// to the socket straight from the command's buffer.
+pub fn data_in_headers(len: usize, plan: &DataInPlan) -> (Vec<Pdu>, Vec<Range<usize>>) {
     let seg = plan.max_segment.max(512) as usize;
     let burst = (plan.max_burst.max(512) as usize).max(seg);
-    let mut out = Vec::with_capacity(data.len().div_ceil(seg));
+    let mut out = Vec::with_capacity(len.div_ceil(seg));
+    let mut spans = Vec::with_capacity(len.div_ceil(seg));
     let mut offset = 0usize;
     let mut sn = 0u32;
-    while offset < data.len() {
+    while offset < len {
         let burst_end = (offset / burst + 1) * burst;
-        let end = (offset + seg).min(data.len()).min(burst_end);
+        let end = (offset + seg).min(len).min(burst_end);
         let mut p = Pdu::new(Opcode::DataIn);
         p.bhs.0[8..16].copy_from_slice(&plan.lun);
         p.bhs.set_itt(plan.itt);
         p.bhs.set_ttt(NO_TTT);
         p.bhs.set_data_sn(sn);
         p.bhs.set_buffer_offset(offset as u32);
-        p.data = data[offset..end].to_vec();
         // F marks the end of each burst (a Data-In sequence).
-        p.bhs.set_final(end == data.len() || end == burst_end);
+        p.bhs.set_final(end == len || end == burst_end);
         out.push(p);
+        spans.push(offset..end);
         offset = end;
         sn += 1;
     }
@@ -137,7 +150,7 @@ pub fn data_in_pdus(data: &[u8], plan: &DataInPlan) -> Vec<Pdu> {
         last.bhs.0[3] = status;
         last.bhs.set_residual_count(count);
     }
-    out
+    (out, spans)
 }
 
 pub fn r2t(itt: u32, lun: [u8; 8], req: &R2tRequest) -> Pdu {

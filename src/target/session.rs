@@ -141,11 +141,17 @@ impl Session {
 
     /// Stamp sequence numbers and send. PDUs that carry status advance
     /// StatSN; the rest carry the next StatSN without using it.
-    pub async fn send(&mut self, mut pdus: Vec<Pdu>) -> io::Result<()> {
+    pub async fn send(&mut self, pdus: Vec<Pdu>) -> io::Result<()> {
         if pdus.is_empty() {
             return Ok(());
         }
-        for p in &mut pdus {
+        self.send_replies(&mut [wire::Reply::plain(pdus)]).await
+    }
+
+    /// [`send`](Self::send) for replies whose Data-In segments stay in the
+    /// command's buffer.
+    pub async fn send_replies(&mut self, replies: &mut [wire::Reply]) -> io::Result<()> {
+        for p in replies.iter_mut().flat_map(|r| r.pdus.iter_mut()) {
             let seq = SeqNums {
                 stat_sn: self.stat_sn,
                 exp_cmd_sn: self.window.exp_cmd_sn(),
@@ -156,7 +162,10 @@ impl Session {
                 self.stat_sn = self.stat_sn.wrapping_add(1);
             }
         }
-        wire::write_pdus(&mut self.wr, &pdus, &self.framing_out).await
+        if replies.iter().all(|r| r.pdus.is_empty()) {
+            return Ok(());
+        }
+        wire::write_replies(&mut self.wr, replies, &self.framing_out).await
     }
 
     pub async fn reject(&mut self, reason: u8, bhs: &Bhs) -> io::Result<()> {

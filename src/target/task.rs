@@ -5,6 +5,7 @@
 //! SCSI Response with sense.
 
 use super::session::{Delivery, Done, Session};
+use super::wire::Reply;
 use crate::proto::dataout::{R2tRequest, WriteLimits, WriteTransfer};
 use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, DataInPlan, Residual, reject};
@@ -242,10 +243,10 @@ impl Session {
                 }
                 if task.aborted {
                     // TMF responses follow the responses already built.
-                    self.send(std::mem::take(&mut out)).await?;
+                    self.send_replies(&mut std::mem::take(&mut out)).await?;
                     self.task_gone(done.itt).await?;
                 } else {
-                    out.extend(build_response(done.itt, &task, done.result, &self.params));
+                    out.push(build_response(done.itt, &task, done.result, &self.params));
                 }
             }
             batched += 1;
@@ -253,7 +254,7 @@ impl Session {
                 next = more.try_recv().ok();
             }
         }
-        self.send(out).await?;
+        self.send_replies(&mut out).await?;
         self.try_logout().await
     }
 }
@@ -268,24 +269,25 @@ fn failed(reason: SenseReason, transfer_len: u32) -> ScsiResult {
 }
 
 /// Data-In (status collapsed into the last PDU when there is no sense) or
-/// a SCSI Response, with residuals against the initiator's EDTL.
+/// a SCSI Response, with residuals against the initiator's EDTL. The read
+/// data stays in its buffer; the Data-In PDUs point into it.
 fn build_response(
     itt: u32,
     task: &Task,
     result: ScsiResult,
     params: &crate::proto::negotiation::SessionParams,
-) -> Vec<Pdu> {
+) -> Reply {
     let residual = Residual::compute(task.edtl, result.transfer_len);
     let mut data = result.data_in;
     data.truncate(task.edtl as usize);
     if !task.read || data.is_empty() {
-        return vec![response::scsi_response(
+        return Reply::plain(vec![response::scsi_response(
             itt,
             result.status,
             result.sense.as_deref(),
             residual,
             task.r2t_count,
-        )];
+        )]);
     }
     let collapse = result.sense.is_none() && result.status == status::GOOD;
     let plan = DataInPlan {
@@ -295,7 +297,7 @@ fn build_response(
         max_burst: params.max_burst_length,
         status: collapse.then_some((result.status, residual)),
     };
-    let mut pdus = response::data_in_pdus(&data, &plan);
+    let (mut pdus, spans) = response::data_in_headers(data.len(), &plan);
     if !collapse {
         let n = pdus.len() as u32;
         pdus.push(response::scsi_response(
@@ -306,5 +308,9 @@ fn build_response(
             n,
         ));
     }
-    pdus
+    Reply {
+        pdus,
+        body: data,
+        spans,
+    }
 }
