@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,9 +63,13 @@ def say(msg):
 # ----------------------------------------------------------------- cases
 
 class Case:
-    def __init__(self, name, size, depth, write, random_, unit):
+    def __init__(self, name, size, depth, write, random_, unit, sessions=1, digest=False):
         self.name, self.size, self.depth = name, size, depth
         self.write, self.random, self.unit = write, random_, unit
+        # sessions: that many load processes at once, each with its own
+        # session and `depth`; digest: CRC32C header digests (libiscsi
+        # offers no data digests).
+        self.sessions, self.digest = sessions, digest
 
 
 def all_cases(seq_depth):
@@ -77,6 +82,12 @@ def all_cases(seq_depth):
         Case(f"128K seqwrite QD{seq_depth}", 128 * KIB, seq_depth, True, False, "mib"),
         Case(f"1M seqread QD{seq_depth}", MIB, seq_depth, False, False, "mib"),
         Case(f"1M seqwrite QD{seq_depth}", MIB, seq_depth, True, False, "mib"),
+        Case("4K randread 4x QD8", 4 * KIB, 8, False, True, "iops", sessions=4),
+        Case(f"128K seqread 4x QD{seq_depth}", 128 * KIB, seq_depth, False, False, "mib",
+             sessions=4),
+        Case("4K randread QD32 hdigest", 4 * KIB, 32, False, True, "iops", digest=True),
+        Case(f"128K seqread QD{seq_depth} hdigest", 128 * KIB, seq_depth, False, False, "mib",
+             digest=True),
     ]
 
 
@@ -272,9 +283,11 @@ IOPS_RE = re.compile(r"iops average (\d+)")
 QEMU_RE = re.compile(r"Run completed in ([0-9.]+) seconds")
 
 
-def iscsi_perf_cmd(case, url, seconds):
-    cmd = ["iscsi-perf", "-i", INITIATOR, "-m", str(case.depth),
+def iscsi_perf_cmd(case, url, seconds, initiator=INITIATOR):
+    cmd = ["iscsi-perf", "-i", initiator, "-m", str(case.depth),
            "-b", str(case.size // 512), "-t", str(seconds)]
+    if case.digest:
+        url += "?header_digest=crc32c"
     return cmd + (["-r"] if case.random else []) + [url]
 
 
@@ -297,6 +310,8 @@ def gentgt_bench_cmd(binary, case, target, seconds):
 
 
 def tool_fits(tool, case):
+    if case.sessions > 1 or case.digest:
+        return tool == "iscsi-perf"
     if tool == "iscsi-perf":
         return not case.write
     if tool == "gentgt-bench":
@@ -327,8 +342,11 @@ class Runner:
         perf = self.maybe_perf(tool, case, target)
         c0 = cpu_seconds(target.pid)
         t0 = time.monotonic()
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, timeout=seconds * 10 + 60)
+        if case.sessions > 1:
+            r = self.several(case, target, cmd)
+        else:
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, timeout=seconds * 10 + 60)
         wall = time.monotonic() - t0
         c1 = cpu_seconds(target.pid)
         if perf:
@@ -340,7 +358,7 @@ class Runner:
             m = IOPS_RE.findall(r.stdout)
             if not m:
                 raise SetupError(f"no iops in iscsi-perf output:\n{r.stdout[-800:]}")
-            iops = float(m[-1])
+            iops = float(m[-1]) if case.sessions == 1 else float(r.total)
             ios = iops * int(round(seconds))
         elif tool == "gentgt-bench":
             j = json.loads(r.stdout.strip().splitlines()[-1])
@@ -357,6 +375,25 @@ class Runner:
         return {"iops": iops, "mib": iops * case.size / MIB,
                 "cpu_per_io_us": (c1 - c0) / max(ios, 1) * 1e6,
                 "ios": ios, "wall": wall, **extra}
+
+    def several(self, case, target, cmd):
+        """case.sessions iscsi-perf processes at once (distinct initiator
+        names, so distinct sessions); returns an object with .returncode,
+        .stdout (all outputs) and .total (summed IOPS)."""
+        seconds = int(round(self.args.seconds))
+        procs = []
+        for i in range(case.sessions):
+            c = pinned(self.args.load_cpu,
+                       iscsi_perf_cmd(case, target.url, seconds, f"{INITIATOR}-{i}"))
+            procs.append(subprocess.Popen(c, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outs = [p.communicate(timeout=seconds * 10 + 60)[0] for p in procs]
+        r = types.SimpleNamespace(returncode=max(p.returncode for p in procs),
+                                  stdout="\n".join(outs), total=0.0)
+        for o in outs:
+            m = IOPS_RE.findall(o)
+            r.total += float(m[-1]) if m else 0.0
+        return r
 
     def calibrate(self, case, target):
         """A short warm-up run whose rate sizes the measured runs."""
