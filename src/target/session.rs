@@ -64,6 +64,10 @@ pub(super) struct Session {
     pub ttt_next: u32,
     pub done_tx: mpsc::UnboundedSender<Done>,
     pub pending_tmfs: Vec<PendingTmf>,
+    /// Bytes of write data the session's tasks may hold (see `charge`).
+    pub write_charged: u64,
+    /// R2Ts waiting for write-buffer budget, oldest first.
+    pub deferred_r2ts: std::collections::VecDeque<(u32, Vec<crate::proto::dataout::R2tRequest>)>,
     /// Our outstanding keep-alive ping: its TTT and answer deadline.
     nop: Option<(u32, Instant)>,
     last_rx: Instant,
@@ -117,6 +121,8 @@ impl Session {
             ttt_next: 1,
             done_tx,
             pending_tmfs: Vec::new(),
+            write_charged: 0,
+            deferred_r2ts: Default::default(),
             nop: None,
             last_rx: Instant::now(),
             logout: None,
@@ -332,7 +338,9 @@ impl Session {
         while self.tasks.values().any(|t| t.executing) {
             match done_rx.recv().await {
                 Some(d) => {
-                    self.tasks.remove(&d.itt);
+                    if let Some(t) = self.tasks.remove(&d.itt) {
+                        self.release(&t);
+                    }
                 }
                 None => break,
             }
@@ -401,6 +409,9 @@ async fn session_loop(
         }
         if s.finished {
             break;
+        }
+        if !s.deferred_r2ts.is_empty() {
+            s.serve_deferred().await?;
         }
         let more = reader.has_complete();
         tokio::select! {

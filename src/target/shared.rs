@@ -24,6 +24,9 @@ pub struct TargetSettings {
     pub cmd_window: u32,
     /// Largest write (Expected Data Transfer Length) accepted, in bytes.
     pub max_transfer: u32,
+    /// Write data one session may have solicited (R2Ts sent) and not yet
+    /// finished; further R2Ts wait. Bounds memory under many large writes.
+    pub write_buffer_per_session: u64,
     /// Grace given to initiators asked to log out at shutdown.
     pub logout_grace: Duration,
 }
@@ -36,6 +39,7 @@ impl Default for TargetSettings {
             nop_timeout: Duration::from_secs(30),
             cmd_window: 128,
             max_transfer: 32 * 1024 * 1024,
+            write_buffer_per_session: 16 * 1024 * 1024,
             logout_grace: Duration::from_secs(2),
         }
     }

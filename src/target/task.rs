@@ -29,6 +29,8 @@ pub(super) struct Task {
     pub failure: Option<ScsiResult>,
     /// R2Ts sent, for ExpDataSN in the response.
     pub r2t_count: u32,
+    /// Bytes charged to the session's write-buffer budget (0: none yet).
+    pub charged: u32,
 }
 
 impl Session {
@@ -68,6 +70,7 @@ impl Session {
             aborted: false,
             failure: None,
             r2t_count: 0,
+            charged: 0,
         };
         let mut r2ts = Vec::new();
         if write && edtl > self.shared.settings.max_transfer {
@@ -94,7 +97,7 @@ impl Session {
         task.r2t_count = r2ts.len() as u32;
         let lun_raw = task.lun_raw;
         self.tasks.insert(itt, task);
-        self.send_r2ts(itt, lun_raw, &r2ts).await?;
+        self.send_r2ts(itt, lun_raw, r2ts).await?;
         self.admit(&bhs, Delivery::Scsi(itt)).await
     }
 
@@ -104,12 +107,62 @@ impl Session {
         self.next_ttt()
     }
 
-    async fn send_r2ts(&mut self, itt: u32, lun: [u8; 8], r2ts: &[R2tRequest]) -> io::Result<()> {
+    /// Send a write's R2Ts — unless the session's write buffers are full:
+    /// then they wait (in order) until earlier writes have finished, so a
+    /// session never holds more than its budget of solicited data however
+    /// many large writes it queues.
+    async fn send_r2ts(&mut self, itt: u32, lun: [u8; 8], r2ts: Vec<R2tRequest>) -> io::Result<()> {
         if r2ts.is_empty() {
+            return Ok(());
+        }
+        if !self.deferred_r2ts.is_empty() || !self.charge(itt) {
+            self.deferred_r2ts.push_back((itt, r2ts));
             return Ok(());
         }
         let pdus = r2ts.iter().map(|r| response::r2t(itt, lun, r)).collect();
         self.send(pdus).await
+    }
+
+    /// Charge a write's whole transfer to the budget (once). The first
+    /// write always fits, however large, so a big one cannot stall.
+    fn charge(&mut self, itt: u32) -> bool {
+        let cap = self.shared.settings.write_buffer_per_session;
+        let used = self.write_charged;
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return false;
+        };
+        if task.charged > 0 {
+            return true;
+        }
+        let need = u64::from(task.edtl.max(1));
+        if used > 0 && used + need > cap {
+            return false;
+        }
+        task.charged = need as u32;
+        self.write_charged += need;
+        true
+    }
+
+    /// A task left the table: give its buffer budget back.
+    pub(super) fn release(&mut self, task: &Task) {
+        self.write_charged -= u64::from(task.charged);
+    }
+
+    /// Send the R2Ts that waited for buffer budget, oldest first.
+    pub(super) async fn serve_deferred(&mut self) -> io::Result<()> {
+        while let Some(&(itt, _)) = self.deferred_r2ts.front() {
+            let alive = self.tasks.get(&itt).is_some_and(|t| !t.aborted);
+            if alive && !self.charge(itt) {
+                break;
+            }
+            let (_, r2ts) = self.deferred_r2ts.pop_front().expect("front exists");
+            if let Some(task) = self.tasks.get(&itt).filter(|_| alive) {
+                let lun = task.lun_raw;
+                let pdus = r2ts.iter().map(|r| response::r2t(itt, lun, r)).collect();
+                self.send(pdus).await?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn on_data_out(&mut self, pdu: Pdu) -> io::Result<()> {
@@ -132,7 +185,7 @@ impl Session {
                 let complete = transfer.is_complete();
                 task.transfer = Some(transfer);
                 task.r2t_count += r2ts.len() as u32;
-                self.send_r2ts(itt, lun_raw, &r2ts).await?;
+                self.send_r2ts(itt, lun_raw, r2ts).await?;
                 if complete {
                     self.maybe_execute(itt);
                 }
@@ -238,6 +291,7 @@ impl Session {
         let mut batched = 0;
         while let Some(done) = next.take() {
             if let Some(task) = self.tasks.remove(&done.itt) {
+                self.release(&task);
                 if !task.immediate {
                     self.window.complete();
                 }

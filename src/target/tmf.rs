@@ -128,7 +128,9 @@ impl Session {
             }
         }
         for (itt, holds_slot) in removed {
-            self.tasks.remove(&itt);
+            if let Some(t) = self.tasks.remove(&itt) {
+                self.release(&t);
+            }
             if holds_slot {
                 self.window.complete();
             }

@@ -1,0 +1,125 @@
+//! A session's solicited write data is bounded: with a budget of 64 KiB,
+//! three queued 64 KiB writes get their R2Ts one after another, each only
+//! once the previous write finished — and a burst of concurrent writes far
+//! over the budget still completes with the right data.
+
+mod common;
+
+use common::*;
+use gentgt::initiator::{ConnectOptions, Initiator, Session};
+use gentgt::proto::pdu::{Opcode, Pdu};
+use gentgt::target::TargetSettings;
+use std::time::Duration;
+
+const KIB: u32 = 1024;
+
+fn target(budget: u64) -> TestTarget {
+    let settings = TargetSettings {
+        write_buffer_per_session: budget,
+        ..TargetSettings::default()
+    };
+    TestTarget::start(
+        &[LunSpec::Memory {
+            size: 8 << 20,
+            block_size: 512,
+        }],
+        TargetOptions {
+            settings: Some(settings),
+            ..TargetOptions::default()
+        },
+    )
+}
+
+async fn login(t: &TestTarget) -> Session {
+    let mut o = ConnectOptions::new(t.addr, INITIATOR, Some(TARGET));
+    o.timeout = Duration::from_secs(20);
+    // Every byte of data solicited by R2T.
+    o.immediate_data = false;
+    o.initial_r2t = true;
+    let s = Initiator::connect(&o).await.expect("login");
+    let _ = s.test_unit_ready(0).await;
+    s
+}
+
+fn write16(itt: u32, lba: u64, len: u32) -> Pdu {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x8a;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&(len / 512).to_be_bytes());
+    let mut p = Pdu::new(Opcode::ScsiCommand);
+    p.bhs.set_flags(0x80 | 0x20); // F, W
+    p.bhs.set_itt(itt);
+    p.bhs.set_expected_data_len(len);
+    p.bhs.set_cdb(&cdb);
+    p
+}
+
+async fn next(s: &Session) -> Pdu {
+    s.recv_raw_within(Duration::from_secs(5))
+        .await
+        .expect("a PDU")
+}
+
+/// Answer one R2T with its data (a fill byte per command).
+async fn answer(s: &Session, r2t: &Pdu, fill: u8) {
+    let mut d = Pdu::new(Opcode::DataOut);
+    d.bhs.set_final(true);
+    d.bhs.set_itt(r2t.bhs.itt());
+    d.bhs.set_ttt(r2t.bhs.ttt());
+    d.bhs.set_buffer_offset(r2t.bhs.buffer_offset());
+    d.data = vec![fill; r2t.bhs.desired_data_len() as usize];
+    s.send_raw_pdu(&d).await.unwrap();
+}
+
+#[tokio::test]
+async fn r2ts_wait_for_the_budget() {
+    let t = target(u64::from(64 * KIB));
+    let s = login(&t).await;
+    let itts: Vec<u32> = (0..3).map(|_| s.alloc_itt()).collect();
+    for (i, &itt) in itts.iter().enumerate() {
+        s.send_raw_command(write16(itt, i as u64 * 128, 64 * KIB))
+            .await
+            .unwrap();
+    }
+    for (i, &itt) in itts.iter().enumerate() {
+        // This write's R2Ts (one per MaxBurstLength) and nothing for the
+        // later writes, which wait for the budget.
+        let mut asked = 0;
+        while asked < 64 * KIB {
+            let r2t = next(&s).await;
+            assert_eq!(r2t.opcode(), Opcode::R2t);
+            assert_eq!(r2t.bhs.itt(), itt, "R2T for a write over the budget");
+            asked += r2t.bhs.desired_data_len();
+            answer(&s, &r2t, i as u8 + 1).await;
+        }
+        let resp = next(&s).await;
+        assert_eq!(resp.opcode(), Opcode::ScsiResponse);
+        assert_eq!(resp.bhs.itt(), itt);
+        assert_eq!(resp.bhs.0[3], 0, "status GOOD");
+    }
+    for i in 0..3u64 {
+        let back = s.read16(0, i * 128, 128, 512).await.unwrap();
+        assert!(back.iter().all(|&b| b == i as u8 + 1));
+    }
+}
+
+#[tokio::test]
+async fn many_writes_over_the_budget_complete() {
+    let t = target(u64::from(256 * KIB));
+    let s = std::sync::Arc::new(login(&t).await);
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = vec![i as u8 ^ 0x5a; 128 * KIB as usize];
+            s.write16(0, i * 256, &data, 512, false).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..32u64 {
+        let back = s.read16(0, i * 256, 256, 512).await.unwrap();
+        assert!(back.iter().all(|&b| b == i as u8 ^ 0x5a), "write {i}");
+    }
+}
