@@ -147,8 +147,12 @@ async fn live_responder_bounds_requests() {
     assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
 
     // A client that connects and goes away mid-request costs nothing.
-    let r = exchange(addr, b"GET /met").await;
-    assert_eq!(r, "");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /met").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert!(out.is_empty());
 
     // The responder survived all of that.
     let r = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
