@@ -61,7 +61,11 @@ enum Head {
     Closed,
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics, timeout: Duration) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let reply = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
         Err(_) => Reply::text(408, "request timeout\n"),
         Ok(head) => match head? {
@@ -191,7 +195,11 @@ fn parse_request_line(head: &[u8]) -> Result<(&str, &str), u16> {
         return Err(400);
     }
     if !matches!(version, "HTTP/1.0" | "HTTP/1.1") {
-        return Err(if version.starts_with("HTTP/") { 505 } else { 400 });
+        return Err(if version.starts_with("HTTP/") {
+            505
+        } else {
+            400
+        });
     }
     Ok((method, target))
 }

@@ -10,6 +10,7 @@
 mod cbt;
 pub mod http;
 pub mod labels;
+pub mod log;
 mod session;
 
 pub use labels::CommandKind;
@@ -170,3 +171,11 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests;
+
+/// The target a login request names, if this server has it: the label of
+/// the login's outcome (unknown names are the initiator's, not labels).
+pub fn named_target(text: &[u8], targets: &TargetRegistry) -> Option<String> {
+    let pairs = crate::proto::text::TextPairs::parse(text).ok()?;
+    let name = pairs.get("TargetName")?;
+    targets.target(name).map(|t| t.name.clone())
+}

@@ -5,12 +5,13 @@
 
 use super::Metrics;
 use super::labels::*;
+use crate::scsi::{ScsiResult, status};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 /// LUN label used for commands to LUNs the target does not have (their
 /// ids come from the initiator, so they must not become labels).
@@ -115,25 +116,35 @@ impl SessionMetrics {
         InFlight(g)
     }
 
-    /// A command was answered after `elapsed`, having sent `read` Data-In
-    /// bytes and accepted `written` Data-Out bytes.
+    /// A command was answered with `result`. Read bytes are the Data-In
+    /// sent (cut to EDTL); written bytes the Data-Out of a command that
+    /// completed GOOD.
     pub fn command_done(
         &mut self,
         lun: u64,
         cdb: &[u8],
-        read: u64,
-        written: u64,
-        elapsed: Duration,
+        read: bool,
+        edtl: u32,
+        result: &ScsiResult,
+        started: Instant,
     ) {
+        let elapsed = started.elapsed();
+        let (sent, got) = if read {
+            (result.data_in.len().min(edtl as usize) as u64, 0)
+        } else if result.status == status::GOOD {
+            (0, u64::from(edtl))
+        } else {
+            (0, 0)
+        };
         let kind = CommandKind::of(cdb) as usize;
         let l = self.lun(lun);
         l.commands[kind].inc();
         l.latency[kind].observe(elapsed.as_secs_f64());
-        if read > 0 {
-            l.read_bytes.inc_by(read);
+        if sent > 0 {
+            l.read_bytes.inc_by(sent);
         }
-        if written > 0 {
-            l.written_bytes.inc_by(written);
+        if got > 0 {
+            l.written_bytes.inc_by(got);
         }
     }
 

@@ -3,14 +3,18 @@
 
 use super::http::{self, MAX_REQUEST, respond};
 use super::*;
+use crate::scsi::ScsiResult;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn line_value(page: &str, series: &str) -> Option<String> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_string))
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')
+            .map(str::to_string)
+    })
 }
 
 #[test]
@@ -21,12 +25,26 @@ fn session_handles_count_into_the_registry() {
         let guard = s.command_started(0);
         let page = m.render();
         assert_eq!(
-            line_value(&page, r#"gentgt_scsi_commands_in_flight{target="iqn.t",lun="0"}"#),
+            line_value(
+                &page,
+                r#"gentgt_scsi_commands_in_flight{target="iqn.t",lun="0"}"#
+            ),
             Some("1".into())
         );
         drop(guard);
-        s.command_done(0, &[0x28], 4096, 0, Duration::from_micros(30));
-        s.command_done(7, &[0x2a], 0, 512, Duration::from_millis(2));
+        let now = Instant::now();
+        let read = ScsiResult::good(vec![0; 8192], 8192);
+        // Data-In beyond the initiator's EDTL is not sent.
+        s.command_done(0, &[0x28], true, 4096, &read, now);
+        let written = ScsiResult::good(Vec::new(), 512);
+        s.command_done(
+            7,
+            &[0x2a],
+            false,
+            512,
+            &written,
+            now - Duration::from_millis(2),
+        );
         s.reject(0x04);
         s.tmf(1, 1);
         s.digest_error(true);
@@ -46,11 +64,15 @@ fn session_handles_count_into_the_registry() {
             Some("512".into())
         );
         assert_eq!(
-            v(r#"gentgt_scsi_command_duration_seconds_bucket{target="iqn.t",lun="0",kind="read",le="2.5e-05"}"#),
+            v(
+                r#"gentgt_scsi_command_duration_seconds_bucket{target="iqn.t",lun="unknown",kind="write",le="0.0016"}"#
+            ),
             Some("0".into())
         );
         assert_eq!(
-            v(r#"gentgt_scsi_command_duration_seconds_bucket{target="iqn.t",lun="0",kind="read",le="5e-05"}"#),
+            v(
+                r#"gentgt_scsi_command_duration_seconds_bucket{target="iqn.t",lun="unknown",kind="write",le="0.0032"}"#
+            ),
             Some("1".into())
         );
         assert_eq!(
@@ -58,7 +80,9 @@ fn session_handles_count_into_the_registry() {
             Some("1".into())
         );
         assert_eq!(
-            v(r#"gentgt_iscsi_task_management_total{target="iqn.t",function="abort_task",response="task_does_not_exist"}"#),
+            v(
+                r#"gentgt_iscsi_task_management_total{target="iqn.t",function="abort_task",response="task_does_not_exist"}"#
+            ),
             Some("1".into())
         );
         assert_eq!(
@@ -68,11 +92,17 @@ fn session_handles_count_into_the_registry() {
     }
     let page = m.render();
     assert_eq!(
-        line_value(&page, r#"gentgt_iscsi_sessions{target="iqn.t",session_type="normal"}"#),
+        line_value(
+            &page,
+            r#"gentgt_iscsi_sessions{target="iqn.t",session_type="normal"}"#
+        ),
         Some("0".into())
     );
     assert_eq!(
-        line_value(&page, r#"gentgt_scsi_commands_in_flight{target="iqn.t",lun="0"}"#),
+        line_value(
+            &page,
+            r#"gentgt_scsi_commands_in_flight{target="iqn.t",lun="0"}"#
+        ),
         Some("0".into())
     );
 }
@@ -88,7 +118,10 @@ fn responder_routes_and_refuses() {
     let ok = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &m);
     assert_eq!(ok.status, 200);
     let body = String::from_utf8(ok.body.clone()).unwrap();
-    assert!(body.contains("gentgt_iscsi_connections_accepted_total 1\n"), "{body}");
+    assert!(
+        body.contains("gentgt_iscsi_connections_accepted_total 1\n"),
+        "{body}"
+    );
     let enc = String::from_utf8(ok.encode()).unwrap();
     assert!(enc.starts_with("HTTP/1.1 200 OK\r\n"));
     assert!(enc.contains(&format!("Content-Length: {}\r\n", ok.body.len())));
@@ -134,10 +167,16 @@ async fn live_responder_bounds_requests() {
     let server = tokio::spawn(http::serve(l, Arc::new(Metrics::new())));
 
     let r = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nok\n"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nok\n"),
+        "{r}"
+    );
 
     let r = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await;
-    assert!(r.contains("\ngentgt_iscsi_connections_accepted_total 0\n"), "{r}");
+    assert!(
+        r.contains("\ngentgt_iscsi_connections_accepted_total 0\n"),
+        "{r}"
+    );
 
     let big = vec![b'a'; MAX_REQUEST + 100];
     let r = exchange(addr, &big).await;

@@ -75,6 +75,8 @@ pub(super) struct Session {
     pub text: crate::proto::discovery::TextResponder,
     /// The portal this connection came in on (what SendTargets advertises).
     pub local_addr: Option<SocketAddr>,
+    /// This session's metric handles (also its count in the sessions gauge).
+    pub metrics: crate::metrics::SessionMetrics,
 }
 
 impl Session {
@@ -98,6 +100,14 @@ impl Session {
             relative_port: r.portal_group_tag.max(1),
         });
         let window = CmdWindow::new(r.exp_cmd_sn, shared.settings.cmd_window);
+        let metrics = crate::metrics::SessionMetrics::new(
+            shared.metrics.clone(),
+            r.target_name.as_deref().unwrap_or(""),
+            r.session_type == SessionType::Discovery,
+            device
+                .as_ref()
+                .map_or(Vec::new(), |d| d.luns.keys().copied().collect()),
+        );
         Session {
             framing_out: Framing {
                 header_digest: params.header_digest,
@@ -123,6 +133,7 @@ impl Session {
             closing: None,
             text: Default::default(),
             local_addr: None,
+            metrics,
             shared,
             wr,
         }
@@ -157,6 +168,7 @@ impl Session {
 
     pub async fn reject(&mut self, reason: u8, bhs: &Bhs) -> io::Result<()> {
         debug!(reason, op = ?bhs.opcode(), "reject");
+        self.metrics.reject(reason);
         self.send(vec![response::reject(reason, &bhs.0)]).await
     }
 
@@ -399,9 +411,15 @@ async fn session_loop(
             Some(c) = control.recv() => s.on_control(c),
             ev = pdu_rx.recv() => match ev {
                 Some(ReadOutcome::Pdu(p)) => s.on_pdu(p).await?,
-                Some(ReadOutcome::DataDigest(bhs)) => s.on_data_digest_error(&bhs).await?,
+                Some(ReadOutcome::DataDigest(bhs)) => {
+                    s.metrics.digest_error(true);
+                    s.on_data_digest_error(&bhs).await?
+                }
                 Some(ReadOutcome::Fatal(bhs, e)) => {
                     warn!(error = %e, "framing lost; closing connection");
+                    if matches!(e, crate::proto::PduError::HeaderDigest) {
+                        s.metrics.digest_error(false);
+                    }
                     let reason = match e {
                         crate::proto::PduError::HeaderDigest => None,
                         _ => Some(reject::PROTOCOL_ERROR),

@@ -28,6 +28,10 @@ pub(super) struct Task {
     pub failure: Option<ScsiResult>,
     /// R2Ts sent, for ExpDataSN in the response.
     pub r2t_count: u32,
+    /// Arrival, for the latency histogram.
+    pub started: std::time::Instant,
+    /// Counts the command in the LUN's in-flight gauge until dropped.
+    pub _in_flight: crate::metrics::InFlight,
 }
 
 impl Session {
@@ -54,6 +58,8 @@ impl Session {
             self.reject(reject::PROTOCOL_ERROR, &bhs).await?;
             return self.admit(&bhs, Delivery::Skip).await;
         }
+        let lun = crate::scsi::lun::decode_lun(bhs.0[8..16].try_into().unwrap());
+        let in_flight = self.metrics.command_started(lun);
         let mut task = Task {
             lun_raw: bhs.0[8..16].try_into().unwrap(),
             lun: crate::scsi::lun::decode_lun(bhs.0[8..16].try_into().unwrap()),
@@ -67,6 +73,8 @@ impl Session {
             aborted: false,
             failure: None,
             r2t_count: 0,
+            started: std::time::Instant::now(),
+            _in_flight: in_flight,
         };
         let mut r2ts = Vec::new();
         if write && edtl > self.shared.settings.max_transfer {
@@ -234,6 +242,14 @@ impl Session {
             self.task_gone(done.itt).await?;
             return self.try_logout().await;
         }
+        (self.metrics).command_done(
+            task.lun,
+            &task.cdb,
+            task.read,
+            task.edtl,
+            &done.result,
+            task.started,
+        );
         let pdus = build_response(done.itt, &task, done.result, &self.params);
         self.send(pdus).await?;
         self.try_logout().await
