@@ -71,7 +71,7 @@ fn session_handles_count_into_the_registry() {
         );
         assert_eq!(
             v(
-                r#"gentgt_scsi_command_duration_seconds_bucket{target="iqn.t",lun="unknown",kind="write",le="0.0032"}"#
+                r#"gentgt_scsi_command_duration_seconds_bucket{target="iqn.t",lun="unknown",kind="write",le="0.4096"}"#
             ),
             Some("1".into())
         );
