@@ -101,12 +101,12 @@ impl Metrics {
         );
         r.register(
             "scsi_read_bytes",
-            "Data-In payload bytes sent",
+            "Data-In payload bytes sent by READ commands",
             self.read_bytes.clone(),
         );
         r.register(
             "scsi_written_bytes",
-            "Data-Out payload bytes of writes that completed with GOOD status",
+            "Data-Out payload bytes of WRITE commands that completed with GOOD status",
             self.written_bytes.clone(),
         );
         r.register(

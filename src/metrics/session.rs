@@ -116,9 +116,10 @@ impl SessionMetrics {
         InFlight(g)
     }
 
-    /// A command was answered with `result`. Read bytes are the Data-In
-    /// sent (cut to EDTL); written bytes the Data-Out of a command that
-    /// completed GOOD.
+    /// A command was answered with `result`. Read bytes are the Data-In a
+    /// READ sent (cut to EDTL); written bytes the Data-Out of a WRITE that
+    /// completed GOOD. Other commands' data (inquiries, CBT, UNMAP lists)
+    /// is not I/O and is not counted.
     pub fn command_done(
         &mut self,
         lun: u64,
@@ -129,14 +130,13 @@ impl SessionMetrics {
         started: Instant,
     ) {
         let elapsed = started.elapsed();
-        let (sent, got) = if read {
-            (result.data_in.len().min(edtl as usize) as u64, 0)
-        } else if result.status == status::GOOD {
-            (0, u64::from(edtl))
-        } else {
-            (0, 0)
+        let kind = CommandKind::of(cdb);
+        let (sent, got) = match kind {
+            CommandKind::Read if read => (result.data_in.len().min(edtl as usize) as u64, 0),
+            CommandKind::Write if !read && result.status == status::GOOD => (0, u64::from(edtl)),
+            _ => (0, 0),
         };
-        let kind = CommandKind::of(cdb) as usize;
+        let kind = kind as usize;
         let l = self.lun(lun);
         l.commands[kind].inc();
         l.latency[kind].observe(elapsed.as_secs_f64());
