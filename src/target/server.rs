@@ -173,7 +173,8 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();
     let (mut rd, mut wr) = stream.into_split();
-    let conn_span = info_span!("conn", peer = ?peer);
+    let peer_text = peer.map(|p| p.to_string()).unwrap_or_default();
+    let conn_span = info_span!("conn", peer = %peer_text);
     let login = tokio::time::timeout(
         shared.settings.login_timeout,
         login_phase(&mut rd, &mut wr, &shared),
