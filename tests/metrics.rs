@@ -7,6 +7,7 @@ mod common;
 use common::{INITIATOR, LunSpec, TargetOptions, TestTarget};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use gentgt::proto::login::ChapSecrets;
+use gentgt::target::TargetSettings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -238,7 +239,7 @@ async fn scrape_counts_what_the_initiators_did() {
 }
 
 #[tokio::test]
-async fn health_and_unknown_paths() {
+async fn health_paths_and_login_timeout() {
     let t = TestTarget::start(
         &[LunSpec::Memory {
             size: 1 << 20,
@@ -246,10 +247,22 @@ async fn health_and_unknown_paths() {
         }],
         TargetOptions {
             admin: true,
+            settings: Some(TargetSettings {
+                login_timeout: Duration::from_millis(300),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     );
     let admin = t.admin_addr.unwrap();
+    // A connection that never sends a login is counted when it times out.
+    let _silent = TcpStream::connect(t.addr).await.unwrap();
+    scrape_until(
+        admin,
+        r#"gentgt_iscsi_logins_total{target="",result="timeout"}"#,
+        1.0,
+    )
+    .await;
     for (req, want) in [
         ("GET /healthz HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK"),
         ("GET /admin HTTP/1.1\r\n\r\n", "HTTP/1.1 404 "),

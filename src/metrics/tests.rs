@@ -213,3 +213,22 @@ async fn silent_client_times_out() {
     assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
     server.abort();
 }
+
+#[test]
+fn admin_config_key() {
+    let base = "[[target]]\nname = \"iqn.2026-11.dev.gentgt:x\"\n[[target.lun]]\nid = 0\n\
+                backend = \"memory\"\nsize = \"1MiB\"\n";
+    let c = crate::config::Config::from_toml(base, "t").unwrap();
+    assert_eq!(c.admin_addr().unwrap(), None);
+    let text = format!("[admin]\nlisten = \"127.0.0.1:9180\"\n{base}");
+    let c = crate::config::Config::from_toml(&text, "t").unwrap();
+    assert_eq!(
+        c.admin_addr().unwrap(),
+        Some("127.0.0.1:9180".parse().unwrap())
+    );
+    let bad = format!("[admin]\nlisten = \"localhost\"\n{base}");
+    let e = crate::config::Config::from_toml(&bad, "t").unwrap_err();
+    assert!(e.to_string().contains("[admin] listen"), "{e}");
+    let typo = format!("[admin]\nlisten = \"127.0.0.1:1\"\nport = 2\n{base}");
+    assert!(crate::config::Config::from_toml(&typo, "t").is_err());
+}

@@ -73,7 +73,11 @@ pub async fn login_phase(
                 wire::write_pdus(wr, &[resp], &framing).await?;
                 let reason = crate::metrics::labels::login_failure(status);
                 shared.metrics.login(&target, reason);
-                info!(result = reason, status = format_args!("{status:#06x}"), "login failed");
+                info!(
+                    result = reason,
+                    status = format_args!("{status:#06x}"),
+                    "login failed"
+                );
                 return Ok(None);
             }
             LoginStep::Complete(resp, result) => {
