@@ -5,6 +5,7 @@ pub mod backup;
 pub mod cbt;
 pub mod config;
 pub mod initiator;
+pub mod metrics;
 pub mod proto;
 pub mod scsi;
 pub mod target;

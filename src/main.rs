@@ -59,6 +59,10 @@ struct ServeArgs {
     /// Configuration file [default: built-in, see configs/default.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Serve metrics (GET /metrics) and health (GET /healthz) over HTTP on
+    /// this address; replaces the configuration's `[admin] listen`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -134,6 +138,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| config::DEFAULT_DATA_DIR.into());
     let data_dir = std::path::absolute(&data_dir)
         .with_context(|| format!("data directory {}", data_dir.display()))?;
+    let admin = match args.admin {
+        Some(a) => Some(a),
+        None => cfg.admin_addr()?,
+    };
     let registry = Arc::new(build_registry(&cfg, &data_dir)?);
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -143,7 +151,17 @@ fn serve(args: ServeArgs) -> Result<()> {
         let server = Server::bind(registry.clone(), &addrs)
             .await
             .with_context(|| format!("cannot listen on {addrs:?}"))?;
+        let server = match admin {
+            Some(a) => server
+                .bind_admin(a)
+                .await
+                .with_context(|| format!("cannot listen on admin address {a}"))?,
+            None => server,
+        };
         print_summary(&server.local_addrs(), &registry, &data_dir);
+        if let Some(a) = server.admin_addr() {
+            println!("  admin    http://{a}/metrics");
+        }
         let shutdown = async move {
             tokio::select! {
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),

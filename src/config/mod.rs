@@ -12,8 +12,8 @@ mod validate;
 
 pub use build::build_registry;
 pub use schema::{
-    BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig, TrackingMode,
-    format_size, parse_size,
+    AdminConfig, BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig,
+    TrackingMode, format_size, parse_size,
 };
 pub use validate::{MAX_LUN_ID, check_iscsi_name};
 
@@ -119,6 +119,18 @@ impl Config {
                 max_lock_lease_ms: None,
             }],
             max_lock_lease_ms: None,
+            admin: None,
         }
+    }
+
+    /// The admin endpoint's address, if one is configured.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(a) = &self.admin else {
+            return Ok(None);
+        };
+        a.listen
+            .parse()
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(vec![format!("[admin] listen {:?}: {e}", a.listen)]))
     }
 }

@@ -24,6 +24,16 @@ pub struct Config {
     /// does not set its own. Optional; default 30000.
     #[serde(default)]
     pub max_lock_lease_ms: Option<u64>,
+    /// Admin HTTP endpoint (metrics, health); absent = none.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// "ip:port" serving GET /metrics and GET /healthz.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

@@ -27,6 +27,12 @@ pub struct Findings {
 pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
     let mut f = Findings::default();
     check_listen(&cfg.listen, &mut f);
+    if let Some(a) = &cfg.admin
+        && let Err(e) = a.listen.parse::<SocketAddr>()
+    {
+        f.errors
+            .push(format!("[admin] listen {:?}: {e} (want IP:PORT)", a.listen));
+    }
     check_lease("max_lock_lease_ms", cfg.max_lock_lease_ms, &mut f);
     if let Some(chap) = cfg.discovery.as_ref().and_then(|d| d.chap.as_ref()) {
         check_chap("[discovery] chap", chap, &mut f);

@@ -32,11 +32,13 @@ pub async fn login_phase(
     let framing = Framing::default();
     let mut machine = TargetLogin::new(LoginOffer::default());
     let mut first = true;
+    let mut target = String::new(); // metrics label, once known
     loop {
         let pdu = match wire::read_pdu(rd, &framing).await? {
             ReadOutcome::Pdu(p) => p,
             other => {
                 debug!(?other, "login connection ended");
+                shared.metrics.login(&target, "closed");
                 return Ok(None);
             }
         };
@@ -44,6 +46,7 @@ pub async fn login_phase(
             // RFC 7143 §6.1: anything but Login before full feature phase
             // is a protocol error; there is no session to Reject within.
             warn!(op = ?pdu.opcode(), "non-login PDU during login");
+            shared.metrics.login(&target, "protocol_error");
             return Ok(None);
         }
         if first && pdu.bhs.tsih() != 0 {
@@ -55,13 +58,26 @@ pub async fn login_phase(
                 0x0a // session does not exist
             };
             wire::write_pdus(wr, &[failure_response(&pdu, 0x02, detail)], &framing).await?;
+            let reason = crate::metrics::labels::login_failure(0x0200 | u16::from(detail));
+            shared.metrics.login(&target, reason);
             return Ok(None);
         }
         first = false;
+        if let Some(t) = crate::metrics::named_target(&pdu.data, &shared.registry) {
+            target = t;
+        }
         match machine.on_pdu(&pdu, shared.registry.as_ref()) {
             LoginStep::Respond(resp) => wire::write_pdus(wr, &[resp], &framing).await?,
             LoginStep::Fail(resp) => {
+                let status = u16::from_be_bytes([resp.bhs.0[36], resp.bhs.0[37]]);
                 wire::write_pdus(wr, &[resp], &framing).await?;
+                let reason = crate::metrics::labels::login_failure(status);
+                shared.metrics.login(&target, reason);
+                info!(
+                    result = reason,
+                    status = format_args!("{status:#06x}"),
+                    "login failed"
+                );
                 return Ok(None);
             }
             LoginStep::Complete(resp, result) => {
@@ -69,6 +85,7 @@ pub async fn login_phase(
                 let mut resp = *resp;
                 resp.bhs.set_tsih(done.tsih);
                 wire::write_pdus(wr, &[resp], &framing).await?;
+                shared.metrics.login(&target, "success");
                 info!(
                     initiator = %done.result.initiator_name,
                     target = ?done.result.target_name,

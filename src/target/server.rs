@@ -4,6 +4,7 @@ use super::Registry;
 use super::login::login_phase;
 use super::session;
 use super::shared::{Shared, TargetSettings};
+use crate::metrics::Metrics;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -11,12 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 pub struct Server {
     registry: Arc<Registry>,
     listeners: Vec<TcpListener>,
     settings: TargetSettings,
+    metrics: Arc<Metrics>,
+    admin: Option<TcpListener>,
 }
 
 impl Server {
@@ -30,7 +33,25 @@ impl Server {
             registry,
             listeners,
             settings: TargetSettings::default(),
+            metrics: Arc::default(),
+            admin: None,
         })
+    }
+
+    /// Also serve `/metrics` and `/healthz` over HTTP on `addr`.
+    pub async fn bind_admin(mut self, addr: SocketAddr) -> io::Result<Server> {
+        self.admin = Some(TcpListener::bind(addr).await?);
+        Ok(self)
+    }
+
+    /// The admin address actually bound, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// This server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Replace the transport tunables (tests shorten the timers).
@@ -55,7 +76,10 @@ impl Server {
     /// to log out, finish or abort in-flight commands and flush backends.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let portals = self.local_addrs();
-        let shared = Arc::new(Shared::new(self.registry.clone(), self.settings, portals));
+        let mut shared = Shared::new(self.registry.clone(), self.settings, portals);
+        shared.metrics = self.metrics.clone();
+        self.metrics.watch_targets(self.registry.clone());
+        let shared = Arc::new(shared);
         for t in shared.registry.targets.values() {
             // PREEMPT AND ABORT reaches the preempted initiators' sessions.
             let weak = Arc::downgrade(&shared);
@@ -70,6 +94,9 @@ impl Server {
             accept_tasks.spawn(accept_loop(l, shared.clone()));
         }
         accept_tasks.spawn(housekeeping(shared.clone()));
+        if let Some(l) = self.admin {
+            accept_tasks.spawn(crate::metrics::http::serve(l, self.metrics.clone()));
+        }
         let maintenance = tokio::spawn(maintenance_loop(self.registry.clone()));
         shutdown.await;
         maintenance.abort();
@@ -129,6 +156,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 debug!(%peer, "connection");
+                shared.metrics.connection_accepted();
                 tokio::spawn(connection(stream, shared.clone()));
             }
             Err(e) => {
@@ -145,15 +173,29 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();
     let (mut rd, mut wr) = stream.into_split();
+    let peer_text = peer.map(|p| p.to_string()).unwrap_or_default();
+    let conn_span = info_span!("conn", peer = %peer_text);
     let login = tokio::time::timeout(
         shared.settings.login_timeout,
         login_phase(&mut rd, &mut wr, &shared),
     )
+    .instrument(conn_span.clone())
     .await;
     match login {
-        Ok(Ok(Some(done))) => session::run(shared, rd, wr, done, local).await,
-        Ok(Ok(None)) => debug!(?peer, "login ended without a session"),
-        Ok(Err(e)) => debug!(?peer, error = %e, "login I/O error"),
-        Err(_) => info!(?peer, "login timed out; connection dropped"),
+        Ok(Ok(Some(done))) => {
+            let span = crate::metrics::log::session_span(&conn_span, &done.result, done.tsih);
+            session::run(shared, rd, wr, done, local)
+                .instrument(span)
+                .await
+        }
+        Ok(Ok(None)) => debug!(parent: &conn_span, "login ended without a session"),
+        Ok(Err(e)) => {
+            shared.metrics.login("", "io_error");
+            debug!(parent: &conn_span, error = %e, "login I/O error")
+        }
+        Err(_) => {
+            shared.metrics.login("", "timeout");
+            info!(parent: &conn_span, "login timed out; connection dropped")
+        }
     }
 }

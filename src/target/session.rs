@@ -80,6 +80,8 @@ pub(super) struct Session {
     pub text: crate::proto::discovery::TextResponder,
     /// The portal this connection came in on (what SendTargets advertises).
     pub local_addr: Option<SocketAddr>,
+    /// This session's metric handles (also its count in the sessions gauge).
+    pub metrics: crate::metrics::SessionMetrics,
 }
 
 impl Session {
@@ -103,6 +105,14 @@ impl Session {
             relative_port: r.portal_group_tag.max(1),
         });
         let window = CmdWindow::new(r.exp_cmd_sn, shared.settings.cmd_window);
+        let metrics = crate::metrics::SessionMetrics::new(
+            shared.metrics.clone(),
+            r.target_name.as_deref().unwrap_or(""),
+            r.session_type == SessionType::Discovery,
+            device
+                .as_ref()
+                .map_or(Vec::new(), |d| d.luns.keys().copied().collect()),
+        );
         Session {
             framing_out: Framing {
                 header_digest: params.header_digest,
@@ -130,6 +140,7 @@ impl Session {
             closing: None,
             text: Default::default(),
             local_addr: None,
+            metrics,
             shared,
             wr,
         }
@@ -176,6 +187,7 @@ impl Session {
 
     pub async fn reject(&mut self, reason: u8, bhs: &Bhs) -> io::Result<()> {
         debug!(reason, op = ?bhs.opcode(), "reject");
+        self.metrics.reject(reason);
         self.send(vec![response::reject(reason, &bhs.0)]).await
     }
 
@@ -443,9 +455,15 @@ impl Session {
     async fn on_read(&mut self, ev: ReadOutcome) -> io::Result<bool> {
         match ev {
             ReadOutcome::Pdu(p) => self.on_pdu(p).await?,
-            ReadOutcome::DataDigest(bhs) => self.on_data_digest_error(&bhs).await?,
+            ReadOutcome::DataDigest(bhs) => {
+                self.metrics.digest_error(true);
+                self.on_data_digest_error(&bhs).await?
+            }
             ReadOutcome::Fatal(bhs, e) => {
                 warn!(error = %e, "framing lost; closing connection");
+                if matches!(e, crate::proto::PduError::HeaderDigest) {
+                    self.metrics.digest_error(false);
+                }
                 let reason = match e {
                     crate::proto::PduError::HeaderDigest => None,
                     _ => Some(reject::PROTOCOL_ERROR),

@@ -71,6 +71,8 @@ pub struct Shared {
     pub settings: TargetSettings,
     pub portals: Vec<SocketAddr>,
     pub shutdown: CancellationToken,
+    /// Operator metrics (the server replaces this default with its own).
+    pub metrics: Arc<crate::metrics::Metrics>,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
     next_tsih: Mutex<u16>,
     next_nexus: AtomicU64,
@@ -87,6 +89,7 @@ impl Shared {
             settings,
             portals,
             shutdown: CancellationToken::new(),
+            metrics: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
             next_tsih: Mutex::new(0),
             next_nexus: AtomicU64::new(1),

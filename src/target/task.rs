@@ -31,6 +31,10 @@ pub(super) struct Task {
     pub r2t_count: u32,
     /// Bytes charged to the session's write-buffer budget (0: none yet).
     pub charged: u32,
+    /// Arrival, for the latency histogram.
+    pub started: std::time::Instant,
+    /// Counts the command in the LUN's in-flight gauge until dropped.
+    pub _in_flight: crate::metrics::InFlight,
 }
 
 impl Session {
@@ -57,6 +61,8 @@ impl Session {
             self.reject(reject::PROTOCOL_ERROR, &bhs).await?;
             return self.admit(&bhs, Delivery::Skip).await;
         }
+        let lun = crate::scsi::lun::decode_lun(bhs.0[8..16].try_into().unwrap());
+        let in_flight = self.metrics.command_started(lun);
         let mut task = Task {
             lun_raw: bhs.0[8..16].try_into().unwrap(),
             lun: crate::scsi::lun::decode_lun(bhs.0[8..16].try_into().unwrap()),
@@ -71,6 +77,8 @@ impl Session {
             failure: None,
             r2t_count: 0,
             charged: 0,
+            started: std::time::Instant::now(),
+            _in_flight: in_flight,
         };
         let mut r2ts = Vec::new();
         if write && edtl > self.shared.settings.max_transfer {
@@ -300,6 +308,14 @@ impl Session {
                     self.send_replies(&mut std::mem::take(&mut out)).await?;
                     self.task_gone(done.itt).await?;
                 } else {
+                    (self.metrics).command_done(
+                        task.lun,
+                        &task.cdb,
+                        task.read,
+                        task.edtl,
+                        &done.result,
+                        task.started,
+                    );
                     out.push(build_response(done.itt, &task, done.result, &self.params));
                 }
             }

@@ -80,6 +80,7 @@ impl Session {
             function::TASK_REASSIGN => (code::REASSIGNMENT_NOT_SUPPORTED, HashSet::new()),
             _ => (code::NOT_SUPPORTED, HashSet::new()),
         };
+        self.metrics.tmf(f, resp);
         let pending = PendingTmf {
             itt,
             response: resp,

@@ -41,10 +41,14 @@ pub struct TargetOptions {
     /// Turn on changed-block tracking (volatile) on every LUN with this
     /// extent size in blocks; INITIATOR may then use opcode C0h.
     pub cbt_extent_blocks: Option<u32>,
+    /// Serve the admin endpoint (metrics) on 127.0.0.1:0 too.
+    pub admin: bool,
 }
 
 pub struct TestTarget {
     pub addr: SocketAddr,
+    /// The admin endpoint, with `TargetOptions::admin`.
+    pub admin_addr: Option<SocketAddr>,
     pub name: String,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -114,6 +118,7 @@ impl TestTarget {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let settings = opts.settings.clone().unwrap_or_default();
+        let admin = opts.admin;
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -125,7 +130,16 @@ impl TestTarget {
                     .await
                     .unwrap()
                     .with_settings(settings);
-                addr_tx.send(server.local_addrs()[0]).unwrap();
+                let server = match admin {
+                    true => server
+                        .bind_admin("127.0.0.1:0".parse().unwrap())
+                        .await
+                        .unwrap(),
+                    false => server,
+                };
+                addr_tx
+                    .send((server.local_addrs()[0], server.admin_addr()))
+                    .unwrap();
                 server
                     .run(async {
                         let _ = stop_rx.await;
@@ -134,9 +148,10 @@ impl TestTarget {
                     .unwrap();
             });
         });
-        let addr = addr_rx.recv().unwrap();
+        let (addr, admin_addr) = addr_rx.recv().unwrap();
         TestTarget {
             addr,
+            admin_addr,
             name: TARGET.to_string(),
             stop: Some(stop_tx),
             thread: Some(thread),

@@ -112,6 +112,11 @@ impl CbtLock {
         }
     }
 
+    /// Changes queued behind the lock (for metrics).
+    pub fn held_count(&self) -> usize {
+        self.state().queue.len()
+    }
+
     /// Fast path of a change: true if it may run now; it must then call
     /// [`leave`](Self::leave) after its backend call.
     pub(crate) fn enter(&self) -> bool {
