@@ -6,11 +6,13 @@
 //! a bad configuration leaves no file or directory behind.
 
 mod build;
+mod reload;
 pub mod identity;
 mod schema;
 mod validate;
 
 pub use build::build_registry;
+pub use reload::{needs_restart, rebuild_registry};
 pub use schema::{
     BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig, TrackingMode,
     format_size, parse_size,
@@ -119,6 +121,8 @@ impl Config {
                 max_lock_lease_ms: None,
             }],
             max_lock_lease_ms: None,
+            max_connections: None,
+            pid_file: None,
         }
     }
 }

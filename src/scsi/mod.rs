@@ -8,6 +8,7 @@ mod data;
 mod hold;
 pub mod lun;
 mod maintenance;
+mod reconfig;
 pub mod pr;
 pub mod removable;
 mod sbc;

@@ -58,7 +58,7 @@ pub async fn login_phase(
             return Ok(None);
         }
         first = false;
-        match machine.on_pdu(&pdu, shared.registry.as_ref()) {
+        match machine.on_pdu(&pdu, shared.registry.load().as_ref()) {
             LoginStep::Respond(resp) => wire::write_pdus(wr, &[resp], &framing).await?,
             LoginStep::Fail(resp) => {
                 wire::write_pdus(wr, &[resp], &framing).await?;

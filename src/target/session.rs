@@ -86,10 +86,11 @@ impl Session {
     ) -> Session {
         let r = &done.result;
         let params = r.params.clone();
+        let registry = shared.registry.load();
         let device = r
             .target_name
             .as_deref()
-            .and_then(|t| shared.registry.target(t))
+            .and_then(|t| registry.target(t))
             .map(|t| t.device.clone());
         let nexus = Arc::new(Nexus {
             id: done.nexus_id,

@@ -3,13 +3,17 @@
 //! tunables and the shutdown signal.
 
 use super::Registry;
+use crate::scsi::DeviceServer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Default of [`TargetSettings::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Tunables of the transport.
 #[derive(Debug, Clone)]
@@ -26,6 +30,9 @@ pub struct TargetSettings {
     pub max_transfer: u32,
     /// Grace given to initiators asked to log out at shutdown.
     pub logout_grace: Duration,
+    /// Open connections (logged in or logging in) beyond which a new one
+    /// gets "out of resources" at login.
+    pub max_connections: usize,
 }
 
 impl Default for TargetSettings {
@@ -37,6 +44,7 @@ impl Default for TargetSettings {
             cmd_window: 128,
             max_transfer: 32 * 1024 * 1024,
             logout_grace: Duration::from_secs(2),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -55,16 +63,43 @@ pub struct SessionEntry {
 }
 
 /// Something another part of the target asks a session to do.
-#[derive(Debug)]
 pub enum SessionControl {
     /// Abort every task of this LUN silently (PREEMPT AND ABORT by another
     /// initiator: SPC-5 §5.13.11.2.5).
     AbortLun(u64),
+    /// The session's target now has this device server (its LUN set
+    /// changed at a reload): carry the nexus over to it.
+    SwitchDevice(Arc<DeviceServer>),
+}
+
+/// The registry currently served; a reload swaps it whole. Readers take a
+/// snapshot (`load`) and keep using it for the operation at hand.
+pub struct RegistryCell(RwLock<Arc<Registry>>);
+
+impl RegistryCell {
+    pub fn new(registry: Arc<Registry>) -> RegistryCell {
+        RegistryCell(RwLock::new(registry))
+    }
+
+    pub fn load(&self) -> Arc<Registry> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Install `next`, returning the registry it replaces.
+    pub fn swap(&self, next: Arc<Registry>) -> Arc<Registry> {
+        std::mem::replace(&mut *self.0.write().unwrap_or_else(|e| e.into_inner()), next)
+    }
 }
 
 pub struct Shared {
-    pub registry: Arc<Registry>,
+    pub registry: RegistryCell,
     pub settings: TargetSettings,
+    /// Live value of `settings.max_connections` (a reload may change it).
+    pub max_connections: AtomicUsize,
+    /// Connections open now, in login or full feature phase.
+    pub connections: AtomicUsize,
+    /// Connections over the limit still waiting for their refusal.
+    pub refusing: AtomicUsize,
     pub portals: Vec<SocketAddr>,
     pub shutdown: CancellationToken,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
@@ -79,7 +114,10 @@ impl Shared {
         portals: Vec<SocketAddr>,
     ) -> Shared {
         Shared {
-            registry,
+            registry: RegistryCell::new(registry),
+            max_connections: AtomicUsize::new(settings.max_connections),
+            connections: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
             settings,
             portals,
             shutdown: CancellationToken::new(),
@@ -162,5 +200,41 @@ impl Shared {
 
     pub fn session_count(&self) -> usize {
         self.sessions.lock().unwrap().len()
+    }
+
+    /// End every session for which `pick(initiator, target)` holds (as at
+    /// shutdown: the session asks for a logout, then closes). Returns how
+    /// many were told to end.
+    pub fn end_sessions_where(&self, pick: impl Fn(&str, Option<&str>) -> bool) -> usize {
+        let sessions = self.sessions.lock().unwrap();
+        let mut n = 0;
+        for s in sessions.values() {
+            if pick(&s.initiator_name, s.target_name.as_deref()) {
+                s.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Send `make()` to every session of `target`; returns how many.
+    pub fn control_target(&self, target: &str, make: impl Fn() -> SessionControl) -> usize {
+        let sessions = self.sessions.lock().unwrap();
+        let mut n = 0;
+        for s in sessions.values() {
+            if s.target_name.as_deref() == Some(target) && s.control.send(make()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sessions of `target` still in the table.
+    pub fn sessions_of(&self, target: &str) -> usize {
+        let sessions = self.sessions.lock().unwrap();
+        sessions
+            .values()
+            .filter(|s| s.target_name.as_deref() == Some(target))
+            .count()
     }
 }

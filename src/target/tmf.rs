@@ -146,6 +146,7 @@ impl Session {
                 }
                 self.abort_where(|_, t| t.lun == lun);
             }
+            super::shared::SessionControl::SwitchDevice(dev) => self.switch_device(dev),
         }
     }
 
