@@ -6,8 +6,8 @@
 //! a bad configuration leaves no file or directory behind.
 
 mod build;
-mod reload;
 pub mod identity;
+mod reload;
 mod schema;
 mod validate;
 

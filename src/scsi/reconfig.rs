@@ -59,8 +59,14 @@ mod tests {
         new.adopt_nexus(&nexus, &old);
         // The power-on attention still pending moves, then the new one.
         assert_eq!(new.ua.take(7, 0), Some(SenseReason::PowerOnReset));
-        assert_eq!(new.ua.take(7, 0), Some(SenseReason::ReportedLunsDataChanged));
-        assert_eq!(new.ua.take(7, 1), Some(SenseReason::ReportedLunsDataChanged));
+        assert_eq!(
+            new.ua.take(7, 0),
+            Some(SenseReason::ReportedLunsDataChanged)
+        );
+        assert_eq!(
+            new.ua.take(7, 1),
+            Some(SenseReason::ReportedLunsDataChanged)
+        );
         assert_eq!(new.ua.take(7, 1), None);
         assert_eq!(old.ua.take(7, 0), None);
         assert_eq!(new.pr.ids_of(&nexus.initiator_port, 1), vec![7]);

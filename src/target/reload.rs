@@ -101,14 +101,20 @@ pub(super) fn apply(
             sum.sessions_ended += shared.end_sessions_where(|_, t| t == Some(name.as_str()));
             retired.push(Retired {
                 device: was.device.clone(),
-                units: was.device.luns.iter().map(|(&id, lu)| (id, lu.clone())).collect(),
+                units: was
+                    .device
+                    .luns
+                    .iter()
+                    .map(|(&id, lu)| (id, lu.clone()))
+                    .collect(),
             });
             continue;
         };
         if !Arc::ptr_eq(&was.device, &now.device) {
             sum.luns_changed.push(name.clone());
             let dev = now.device.clone();
-            sum.sessions_moved += shared.control_target(name, || SessionControl::SwitchDevice(dev.clone()));
+            sum.sessions_moved +=
+                shared.control_target(name, || SessionControl::SwitchDevice(dev.clone()));
             retired.push(Retired {
                 device: was.device.clone(),
                 units: departed(&was.device, &now.device),
@@ -116,9 +122,8 @@ pub(super) fn apply(
         }
         if was.allowed_initiators != now.allowed_initiators {
             sum.acl_changed.push(name.clone());
-            sum.sessions_ended += shared.end_sessions_where(|init, t| {
-                t == Some(name.as_str()) && !allowed(now, init)
-            });
+            sum.sessions_ended += shared
+                .end_sessions_where(|init, t| t == Some(name.as_str()) && !allowed(now, init));
         }
         if was.chap != now.chap {
             sum.chap_changed.push(name.clone());
@@ -162,13 +167,14 @@ impl Retired {
         let name = self.device.target_name.clone();
         let ids: Vec<u64> = self.units.iter().map(|(id, _)| *id).collect();
         let units = self.units;
-        let flushed = tokio::task::spawn_blocking(move || {
-            DeviceServer::new("retired", units).flush_all()
-        })
-        .await;
+        let flushed =
+            tokio::task::spawn_blocking(move || DeviceServer::new("retired", units).flush_all())
+                .await;
         match flushed {
             Ok(Ok(())) => info!(target = %name, luns = ?ids, "removed LUNs flushed and closed"),
-            Ok(Err(e)) => warn!(target = %name, luns = ?ids, error = %e, "flushing removed LUNs failed"),
+            Ok(Err(e)) => {
+                warn!(target = %name, luns = ?ids, error = %e, "flushing removed LUNs failed")
+            }
             Err(e) => warn!(target = %name, error = %e, "flushing removed LUNs panicked"),
         }
     }

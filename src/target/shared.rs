@@ -87,7 +87,10 @@ impl RegistryCell {
 
     /// Install `next`, returning the registry it replaces.
     pub fn swap(&self, next: Arc<Registry>) -> Arc<Registry> {
-        std::mem::replace(&mut *self.0.write().unwrap_or_else(|e| e.into_inner()), next)
+        std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(|e| e.into_inner()),
+            next,
+        )
     }
 }
 
