@@ -299,12 +299,13 @@ impl Session {
 
     /// Shutdown or reinstatement asked us to end.
     async fn on_cancel(&mut self) -> io::Result<()> {
-        if self.shared.shutdown.is_cancelled() && self.closing.is_none() {
+        let asked = self.shared.shutdown.is_cancelled() || self.shared.logout_asked(self.nexus.id);
+        if asked && self.closing.is_none() {
             let grace = self.shared.settings.logout_grace;
             self.closing = Some(Instant::now() + grace);
             let secs = grace.as_secs().max(1) as u16;
             self.send(vec![response::async_logout_request(secs)]).await
-        } else if !self.shared.shutdown.is_cancelled() {
+        } else if !asked {
             info!(initiator = %self.nexus.initiator_port, "session reinstated; closing the old one");
             self.finished = true;
             Ok(())

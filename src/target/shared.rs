@@ -4,7 +4,7 @@
 
 use super::Registry;
 use crate::scsi::DeviceServer;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -106,6 +106,9 @@ pub struct Shared {
     pub portals: Vec<SocketAddr>,
     pub shutdown: CancellationToken,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
+    /// Nexus ids of sessions asked to log out before shutdown (a reload
+    /// removed their target or their ACL entry).
+    logout_asked: Mutex<HashSet<u64>>,
     next_tsih: Mutex<u16>,
     next_nexus: AtomicU64,
 }
@@ -125,6 +128,7 @@ impl Shared {
             portals,
             shutdown: CancellationToken::new(),
             sessions: Mutex::new(HashMap::new()),
+            logout_asked: Mutex::new(HashSet::new()),
             next_tsih: Mutex::new(0),
             next_nexus: AtomicU64::new(1),
         }
@@ -194,7 +198,14 @@ impl Shared {
     }
 
     pub fn remove_session(&self, tsih: u16) {
-        self.sessions.lock().unwrap().remove(&tsih);
+        if let Some(s) = self.sessions.lock().unwrap().remove(&tsih) {
+            self.logout_asked.lock().unwrap().remove(&s.nexus_id);
+        }
+    }
+
+    /// Was this session asked to log out (rather than reinstated)?
+    pub fn logout_asked(&self, nexus_id: u64) -> bool {
+        self.logout_asked.lock().unwrap().contains(&nexus_id)
     }
 
     pub fn session_exists(&self, tsih: u16) -> bool {
@@ -213,6 +224,7 @@ impl Shared {
         let mut n = 0;
         for s in sessions.values() {
             if pick(&s.initiator_name, s.target_name.as_deref()) {
+                self.logout_asked.lock().unwrap().insert(s.nexus_id);
                 s.cancel.cancel();
                 n += 1;
             }
