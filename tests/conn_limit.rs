@@ -42,7 +42,13 @@ async fn login(t: &TestTarget, name: &str) -> Result<Session, InitiatorError> {
 }
 
 fn refused(r: &Result<Session, InitiatorError>) -> bool {
-    matches!(r, Err(InitiatorError::LoginFailed { class: 3, detail: 2 }))
+    matches!(
+        r,
+        Err(InitiatorError::LoginFailed {
+            class: 3,
+            detail: 2
+        })
+    )
 }
 
 /// Wait until the peer closes `sock`; returns how long that took.
@@ -75,7 +81,10 @@ async fn excess_logins_get_out_of_resources_and_sessions_go_on() {
     // A silent excess connection is closed after the login timeout.
     let mut silent = TcpStream::connect(t.addr).await.unwrap();
     let took = closed_within(&mut silent, Duration::from_secs(5)).await;
-    assert!(took.is_some_and(|d| d >= Duration::from_millis(800)), "{took:?}");
+    assert!(
+        took.is_some_and(|d| d >= Duration::from_millis(800)),
+        "{took:?}"
+    );
     // The established sessions noticed nothing.
     for (i, s) in sessions.iter().enumerate() {
         let data = vec![i as u8 + 1; 512];
@@ -96,9 +105,10 @@ async fn retry_login(t: &TestTarget, name: &str) -> Session {
     for _ in 0..40 {
         match login(t, name).await {
             Ok(s) => return s,
-            Err(InitiatorError::LoginFailed { class: 3, detail: 2 }) => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
+            Err(InitiatorError::LoginFailed {
+                class: 3,
+                detail: 2,
+            }) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => panic!("{e}"),
         }
     }

@@ -4,7 +4,7 @@
 
 use gentgt::config::{Config, build_registry, rebuild_registry};
 use gentgt::initiator::{ConnectOptions, Initiator, InitiatorError, Session};
-use gentgt::target::{ReloadRequest, ReloadSummary, Registry, Server, TargetSettings};
+use gentgt::target::{Registry, ReloadRequest, ReloadSummary, Server, TargetSettings};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -131,7 +131,9 @@ impl Harness {
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
 }
 
 /// The session ends (logout requested, then closed) within a few seconds.
@@ -185,15 +187,23 @@ async fn targets_added_and_removed_while_another_session_does_io() {
     // Target one's session never noticed: no unit attention, data intact.
     s1.test_unit_ready(0).await.unwrap();
     for i in 0..60u64 {
-        assert_eq!(s1.read16(0, i * 8, 8, 512).await.unwrap(), pattern(i as u8, 4096));
+        assert_eq!(
+            s1.read16(0, i * 8, 8, 512).await.unwrap(),
+            pattern(i as u8, 4096)
+        );
     }
     // New logins see the new set of targets.
     match h.login(T2, HOST_A).await {
-        Err(InitiatorError::LoginFailed { class: 2, detail: 3 }) => {}
+        Err(InitiatorError::LoginFailed {
+            class: 2,
+            detail: 3,
+        }) => {}
         other => panic!("login to a removed target: {:?}", other.map(|_| ())),
     }
     let s3 = h.session(T3, HOST_A).await;
-    s3.write16(0, 0, &pattern(3, 512), 512, false).await.unwrap();
+    s3.write16(0, 0, &pattern(3, 512), 512, false)
+        .await
+        .unwrap();
     drop(s3);
     h.stop().await;
 }
@@ -243,7 +253,11 @@ async fn lun_set_changes_reach_live_sessions_as_unit_attention() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_change_ends_only_sessions_no_longer_allowed() {
-    let both = target(T1, &format!("allow = [\"{HOST_A}\", \"{HOST_B}\"]"), &["0:memory:1MiB"]);
+    let both = target(
+        T1,
+        &format!("allow = [\"{HOST_A}\", \"{HOST_B}\"]"),
+        &["0:memory:1MiB"],
+    );
     let only_a = target(T1, &format!("allow = [\"{HOST_A}\"]"), &["0:memory:1MiB"]);
     let mut h = Harness::start(&both).await;
     let a = h.session(T1, HOST_A).await;
@@ -256,7 +270,10 @@ async fn acl_change_ends_only_sessions_no_longer_allowed() {
     a.test_unit_ready(0).await.unwrap();
     a.write16(0, 0, &pattern(1, 512), 512, false).await.unwrap();
     match h.login(T1, HOST_B).await {
-        Err(InitiatorError::LoginFailed { class: 2, detail: 2 }) => {}
+        Err(InitiatorError::LoginFailed {
+            class: 2,
+            detail: 2,
+        }) => {}
         other => panic!("login of a removed initiator: {:?}", other.map(|_| ())),
     }
     h.stop().await;
@@ -292,7 +309,9 @@ async fn bad_config_is_rejected_whole() {
     let mut h = Harness::start(&format!("{one}{two}")).await;
     let s1 = h.session(T1, HOST_A).await;
     let s2 = h.session(T2, HOST_A).await;
-    s1.write16(0, 0, &pattern(5, 512), 512, false).await.unwrap();
+    s1.write16(0, 0, &pattern(5, 512), 512, false)
+        .await
+        .unwrap();
 
     // Invalid: target two dropped (valid) but a LUN with block size 1000.
     let bad = format!(
@@ -340,7 +359,13 @@ fn serve(dir: &Path, toml: &str) -> Served {
     let config = dir.join("gentgt.toml");
     std::fs::write(&config, toml).unwrap();
     let pid_file = dir.join("gentgt.pid");
+    // Stand in for systemd's notification socket (Type=notify).
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut child = std::process::Command::new(bin())
+        .env("NOTIFY_SOCKET", dir.join("notify"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--pid-file")
@@ -360,6 +385,9 @@ fn serve(dir: &Path, toml: &str) -> Served {
             break;
         }
     }
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("no sd_notify message");
+    assert_eq!(&buf[..n], b"READY=1");
     Served {
         child,
         addr: addr.expect("no portal line"),
@@ -401,7 +429,11 @@ async fn sighup_and_reload_command_on_the_binary() {
     s.write16(0, 0, &pattern(2, 512), 512, false).await.unwrap();
 
     // `gentgt reload` with a new target: applied, reported, served.
-    std::fs::write(&srv.config, format!("{one}{}", target(T2, "", &["0:memory:1MiB"]))).unwrap();
+    std::fs::write(
+        &srv.config,
+        format!("{one}{}", target(T2, "", &["0:memory:1MiB"])),
+    )
+    .unwrap();
     let (ok, text) = reload_cmd(&srv);
     assert!(ok, "{text}");
     assert!(text.contains("reloaded") && text.contains(T2), "{text}");
@@ -416,7 +448,10 @@ async fn sighup_and_reload_command_on_the_binary() {
                    size = \"1MiB\"\nread_only = true\n";
     std::fs::write(&srv.config, format!("{one}{missing}")).unwrap();
     let (ok, text) = reload_cmd(&srv);
-    assert!(!ok && text.contains("rejected") && text.contains("gone.img"), "{text}");
+    assert!(
+        !ok && text.contains("rejected") && text.contains("gone.img"),
+        "{text}"
+    );
     Initiator::connect(&login(T2)).await.unwrap();
 
     // Plain SIGHUP (what systemd's ExecReload sends): target two goes.
@@ -433,7 +468,10 @@ async fn sighup_and_reload_command_on_the_binary() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(after.contains(" ok ") && after.contains(T2), "{before} -> {after}");
+    assert!(
+        after.contains(" ok ") && after.contains(T2),
+        "{before} -> {after}"
+    );
     assert!(Initiator::connect(&login(T2)).await.is_err());
     // The first session lived through all of it.
     assert_eq!(s.read16(0, 0, 1, 512).await.unwrap(), pattern(2, 512));
