@@ -378,13 +378,16 @@ fn serve(dir: &Path, toml: &str) -> Served {
         .unwrap();
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut addr = None;
-    for line in out.lines() {
+    let mut lines = out.lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(a) = line.trim().strip_prefix("portal") {
             addr = Some(a.trim().parse().unwrap());
             break;
         }
     }
+    // Keep reading: a closed pipe would fail the server's next println.
+    std::thread::spawn(move || lines.for_each(drop));
     let mut buf = [0u8; 64];
     let n = notify.recv(&mut buf).expect("no sd_notify message");
     assert_eq!(&buf[..n], b"READY=1");
