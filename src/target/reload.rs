@@ -161,12 +161,23 @@ impl Retired {
         while Arc::strong_count(&self.device) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if self.units.is_empty() {
+        // A unit redefined on the same file was closed by the rebuild
+        // already, and its successor tracks in the same directory: closing
+        // its tracker again would overwrite the successor's state.
+        let units: Vec<_> = self
+            .units
+            .into_iter()
+            .filter(|(_, lu)| {
+                !lu.tracker
+                    .as_ref()
+                    .is_some_and(|t| t.shut.load(Ordering::SeqCst))
+            })
+            .collect();
+        if units.is_empty() {
             return;
         }
         let name = self.device.target_name.clone();
-        let ids: Vec<u64> = self.units.iter().map(|(id, _)| *id).collect();
-        let units = self.units;
+        let ids: Vec<u64> = units.iter().map(|(id, _)| *id).collect();
         let flushed =
             tokio::task::spawn_blocking(move || DeviceServer::new("retired", units).flush_all())
                 .await;
