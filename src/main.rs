@@ -6,7 +6,7 @@ mod cli;
 use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use gentgt::config::{self, Config, build_registry, format_size};
-use gentgt::target::{Registry, Server};
+use gentgt::target::{Registry, Server, TargetSettings};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +42,9 @@ enum Command {
     Backups(cli::backup::RepoArgs),
     /// Random-I/O load against a target: IOPS and latency percentiles.
     Bench(cli::bench::BenchArgs),
+    /// Make a running server reload its configuration (SIGHUP) and print
+    /// the outcome.
+    Reload(cli::reload::ReloadArgs),
     /// Print the version.
     Version,
 }
@@ -57,12 +60,17 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Configuration file [default: built-in, see configs/default.toml].
+    /// SIGHUP reloads it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Serve metrics (GET /metrics) and health (GET /healthz) over HTTP on
     /// this address; replaces the configuration's `[admin] listen`.
     #[arg(long, value_name = "ADDR:PORT")]
     admin: Option<SocketAddr>,
+    /// Write the process id here (and reload outcomes to FILE.reload)
+    /// [default: the configuration's pid_file].
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +84,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cli::backup::run_verify(args),
         Command::Backups(args) => cli::backup::run_list(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Reload(args) => cli::reload::run(args),
         Command::Version => {
             println!("gentgt {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -143,14 +152,23 @@ fn serve(args: ServeArgs) -> Result<()> {
         None => cfg.admin_addr()?,
     };
     let registry = Arc::new(build_registry(&cfg, &data_dir)?);
+    let settings = TargetSettings {
+        max_connections: cfg
+            .max_connections
+            .unwrap_or(gentgt::target::shared::DEFAULT_MAX_CONNECTIONS),
+        ..TargetSettings::default()
+    };
+    let pid_file = args.pid_file.clone().or_else(|| cfg.pid_file.clone());
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async {
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let hup = cli::reload::hangup()?;
         let server = Server::bind(registry.clone(), &addrs)
             .await
-            .with_context(|| format!("cannot listen on {addrs:?}"))?;
+            .with_context(|| format!("cannot listen on {addrs:?}"))?
+            .with_settings(settings);
         let server = match admin {
             Some(a) => server
                 .bind_admin(a)
@@ -158,20 +176,41 @@ fn serve(args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("cannot listen on admin address {a}"))?,
             None => server,
         };
+        if let Some(p) = &pid_file {
+            std::fs::write(p, format!("{}\n", std::process::id()))
+                .with_context(|| format!("writing pid file {}", p.display()))?;
+        }
         print_summary(&server.local_addrs(), &registry, &data_dir);
         if let Some(a) = server.admin_addr() {
             println!("  admin    http://{a}/metrics");
         }
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let running = cli::reload::Running {
+            config_path: args.config.clone(),
+            config: cfg.clone(),
+            registry: registry.clone(),
+            data_dir: data_dir.clone(),
+            status_path: pid_file.as_deref().map(cli::reload::status_path),
+        };
+        let reloader = tokio::spawn(cli::reload::on_sighup(hup, running, tx));
+        cli::reload::notify_ready();
         let shutdown = async move {
             tokio::select! {
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             }
         };
-        server.run(shutdown).await.context("serving")?;
+        let served = server.run_with_reloads(shutdown, rx).await;
+        reloader.abort();
+        served.context("serving")?;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    if let Some(p) = &pid_file {
+        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(cli::reload::status_path(p));
+    }
+    result
 }
 
 fn print_summary(portals: &[SocketAddr], registry: &Registry, data_dir: &std::path::Path) {

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod bench;
 pub mod cbt;
+pub mod reload;
 
 use anyhow::{Context, Result};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};

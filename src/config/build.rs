@@ -57,7 +57,7 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
 }
 
 /// Open one LUN's backend and give it its identity.
-fn build_lun(
+pub(super) fn build_lun(
     target: &str,
     lun: &LunConfig,
     data_dir: &Path,
@@ -102,7 +102,7 @@ fn build_lun(
 
 /// Changed-block tracking for one LUN: settings, then the tracker
 /// (persistent ones are opened or recovered from `<path>.cbt/`).
-fn setup_tracking(
+pub(super) fn setup_tracking(
     target: &str,
     lun: &LunConfig,
     data_dir: &Path,
@@ -150,7 +150,7 @@ pub fn tracking_dir(data_path: &Path) -> PathBuf {
 
 /// Identities already stored, keyed by (target, LUN); read-only files must
 /// already exist (we would not create an empty disk nobody can write).
-fn preflight<'a>(
+pub(super) fn preflight<'a>(
     cfg: &'a Config,
     data_dir: &Path,
 ) -> Result<BTreeMap<(&'a str, u64), LunIdentity>, ConfigError> {
@@ -184,7 +184,7 @@ fn preflight<'a>(
 }
 
 /// The data directory, and subdirectories named by relative LUN paths.
-fn create_dir(dir: &Path) -> Result<(), ConfigError> {
+pub(super) fn create_dir(dir: &Path) -> Result<(), ConfigError> {
     std::fs::create_dir_all(dir).map_err(|source| ConfigError::Storage {
         what: "cannot create directory".into(),
         path: dir.to_path_buf(),
@@ -201,7 +201,7 @@ fn open_backend(lun: &LunConfig, path: Option<&Path>) -> io::Result<Arc<dyn Back
     })
 }
 
-fn chap_secrets(c: &ChapConfig) -> ChapSecrets {
+pub(super) fn chap_secrets(c: &ChapConfig) -> ChapSecrets {
     ChapSecrets {
         user: c.user.clone(),
         secret: c.secret.clone(),

@@ -7,10 +7,12 @@
 
 mod build;
 pub mod identity;
+mod reload;
 mod schema;
 mod validate;
 
 pub use build::build_registry;
+pub use reload::{needs_restart, rebuild_registry};
 pub use schema::{
     AdminConfig, BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig,
     TrackingMode, format_size, parse_size,
@@ -120,6 +122,8 @@ impl Config {
             }],
             max_lock_lease_ms: None,
             admin: None,
+            max_connections: None,
+            pid_file: None,
         }
     }
 

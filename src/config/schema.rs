@@ -24,6 +24,14 @@ pub struct Config {
     /// does not set its own. Optional; default 30000.
     #[serde(default)]
     pub max_lock_lease_ms: Option<u64>,
+    /// Open connections (logged in or logging in) beyond which logins are
+    /// refused with "out of resources". Default 1024; a reload applies it.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Where `serve` writes its process id (`--pid-file` overrides it);
+    /// `gentgt reload` finds the server through it.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
     /// Admin HTTP endpoint (metrics, health); absent = none.
     #[serde(default)]
     pub admin: Option<AdminConfig>,

@@ -34,6 +34,9 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
             .push(format!("[admin] listen {:?}: {e} (want IP:PORT)", a.listen));
     }
     check_lease("max_lock_lease_ms", cfg.max_lock_lease_ms, &mut f);
+    if cfg.max_connections == Some(0) {
+        f.errors.push("max_connections must be at least 1".into());
+    }
     if let Some(chap) = cfg.discovery.as_ref().and_then(|d| d.chap.as_ref()) {
         check_chap("[discovery] chap", chap, &mut f);
     }

@@ -10,6 +10,7 @@ mod inline;
 pub mod lun;
 mod maintenance;
 pub mod pr;
+mod reconfig;
 pub mod removable;
 mod sbc;
 pub mod sense;

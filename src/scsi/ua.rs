@@ -49,6 +49,21 @@ impl UnitAttentions {
         self.with(|m| m.remove(&nexus));
     }
 
+    /// Move `nexus`'s pending conditions from `from` into this table
+    /// (the nexus moves to another device server at a reload).
+    pub fn move_nexus_from(&self, from: &UnitAttentions, nexus: u64) {
+        let moved = from.with(|m| m.remove(&nexus)).unwrap_or_default();
+        self.with(|m| {
+            let per_lun = m.entry(nexus).or_default();
+            for (lun, queue) in moved {
+                let q = per_lun.entry(lun).or_default();
+                for reason in queue {
+                    Self::push(q, reason);
+                }
+            }
+        });
+    }
+
     /// Establish `reason` for `lun` on every known nexus. A reset
     /// supersedes whatever was pending for that LUN.
     pub fn establish_all(&self, lun: u64, reason: SenseReason, supersede: bool) {

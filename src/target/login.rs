@@ -63,10 +63,10 @@ pub async fn login_phase(
             return Ok(None);
         }
         first = false;
-        if let Some(t) = crate::metrics::named_target(&pdu.data, &shared.registry) {
+        if let Some(t) = crate::metrics::named_target(&pdu.data, &shared.registry.load()) {
             target = t;
         }
-        match machine.on_pdu(&pdu, shared.registry.as_ref()) {
+        match machine.on_pdu(&pdu, shared.registry.load().as_ref()) {
             LoginStep::Respond(resp) => wire::write_pdus(wr, &[resp], &framing).await?,
             LoginStep::Fail(resp) => {
                 let status = u16::from_be_bytes([resp.bhs.0[36], resp.bhs.0[37]]);

@@ -1,7 +1,9 @@
 //! The only socket code: accept loop, connections, sessions, registry.
 
+mod limit;
 mod login;
 pub mod registry;
+pub mod reload;
 pub mod server;
 mod session;
 pub mod shared;
@@ -11,5 +13,6 @@ mod tmf;
 mod wire;
 
 pub use registry::{Registry, TargetEntry};
-pub use server::Server;
+pub use reload::ReloadSummary;
+pub use server::{ReloadRequest, Server};
 pub use shared::TargetSettings;

@@ -1,7 +1,9 @@
 //! Accept loop and graceful shutdown.
 
 use super::Registry;
+use super::limit;
 use super::login::login_phase;
+use super::reload::{self, ReloadSummary};
 use super::session;
 use super::shared::{Shared, TargetSettings};
 use crate::metrics::Metrics;
@@ -11,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -75,19 +78,25 @@ impl Server {
     /// Serve until `shutdown` completes, then stop accepting, ask initiators
     /// to log out, finish or abort in-flight commands and flush backends.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let (_none, reloads) = mpsc::channel(1);
+        self.run_with_reloads(shutdown, reloads).await
+    }
+
+    /// [`run`](Server::run), also applying each registry that arrives on
+    /// `reloads` (see [`super::reload`]); the summary goes back on `reply`.
+    pub async fn run_with_reloads(
+        self,
+        shutdown: impl Future<Output = ()>,
+        mut reloads: mpsc::Receiver<ReloadRequest>,
+    ) -> io::Result<()> {
         let portals = self.local_addrs();
         let mut shared = Shared::new(self.registry.clone(), self.settings, portals);
         shared.metrics = self.metrics.clone();
         self.metrics.watch_targets(self.registry.clone());
         let shared = Arc::new(shared);
-        for t in shared.registry.targets.values() {
+        for t in shared.registry.load().targets.values() {
             // PREEMPT AND ABORT reaches the preempted initiators' sessions.
-            let weak = Arc::downgrade(&shared);
-            t.device.set_abort_hook(Box::new(move |nexus_ids, lun| {
-                if let Some(s) = weak.upgrade() {
-                    s.abort_for(nexus_ids, lun);
-                }
-            }));
+            reload::wire_abort_hook(&shared, &t.device);
         }
         let mut accept_tasks = JoinSet::new();
         for l in self.listeners {
@@ -97,8 +106,25 @@ impl Server {
         if let Some(l) = self.admin {
             accept_tasks.spawn(crate::metrics::http::serve(l, self.metrics.clone()));
         }
-        let maintenance = tokio::spawn(maintenance_loop(self.registry.clone()));
-        shutdown.await;
+        let maintenance = tokio::spawn(maintenance_loop(shared.clone()));
+        let mut retiring = JoinSet::new();
+        let retire_limit = shared.settings.logout_grace + Duration::from_secs(5);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(req) = reloads.recv() => {
+                    shared.metrics.watch_targets(req.registry.clone());
+                    let (summary, retired) =
+                        reload::apply(&shared, req.registry, req.max_connections);
+                    info!("reload applied: {summary}");
+                    for r in retired {
+                        retiring.spawn(r.close(retire_limit));
+                    }
+                    let _ = req.reply.send(summary);
+                }
+            }
+        }
         maintenance.abort();
         info!("shutting down: no new connections; asking initiators to log out");
         accept_tasks.abort_all();
@@ -109,7 +135,9 @@ impl Server {
         while shared.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for t in shared.registry.targets.values() {
+        // LUNs removed by a reload are closed before we go.
+        while retiring.join_next().await.is_some() {}
+        for t in shared.registry.load().targets.values() {
             if let Err(e) = t.device.flush_all() {
                 warn!(target = %t.name, error = %e, "flush at shutdown failed");
             }
@@ -119,6 +147,15 @@ impl Server {
     }
 }
 
+/// A new registry for a running server (built by the caller, who has
+/// already checked everything that can fail).
+pub struct ReloadRequest {
+    pub registry: Arc<Registry>,
+    /// New connection limit, if it changes.
+    pub max_connections: Option<usize>,
+    pub reply: oneshot::Sender<ReloadSummary>,
+}
+
 /// Periodic work of the device servers: CBT write-lock leases end by
 /// themselves even when no command arrives.
 async fn housekeeping(shared: Arc<Shared>) {
@@ -126,7 +163,7 @@ async fn housekeeping(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for t in shared.registry.targets.values() {
+        for t in shared.registry.load().targets.values() {
             t.device.tick();
         }
     }
@@ -134,12 +171,12 @@ async fn housekeeping(shared: Arc<Shared>) {
 
 /// Device-server upkeep (CBT checkpoints) on a blocking thread, every few
 /// seconds; `DeviceServer::maintenance` decides what is due.
-async fn maintenance_loop(registry: Arc<Registry>) {
+async fn maintenance_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let r = registry.clone();
+        let r = shared.registry.load();
         let _ = tokio::task::spawn_blocking(move || {
             for t in r.targets.values() {
                 t.device.maintenance();
@@ -157,7 +194,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok((stream, peer)) => {
                 debug!(%peer, "connection");
                 shared.metrics.connection_accepted();
-                tokio::spawn(connection(stream, shared.clone()));
+                match limit::admit(&shared) {
+                    Some(slot) => tokio::spawn(connection(stream, shared.clone(), slot)),
+                    None => tokio::spawn(limit::refuse(stream, shared.clone(), peer)),
+                };
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, go on.
@@ -168,7 +208,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+/// One connection; `_slot` holds its place under the connection limit
+/// until the connection ends.
+async fn connection(stream: TcpStream, shared: Arc<Shared>, _slot: limit::Slot) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();

@@ -93,10 +93,11 @@ impl Session {
     ) -> Session {
         let r = &done.result;
         let params = r.params.clone();
+        let registry = shared.registry.load();
         let device = r
             .target_name
             .as_deref()
-            .and_then(|t| shared.registry.target(t))
+            .and_then(|t| registry.target(t))
             .map(|t| t.device.clone());
         let nexus = Arc::new(Nexus {
             id: done.nexus_id,
@@ -329,12 +330,13 @@ impl Session {
 
     /// Shutdown or reinstatement asked us to end.
     async fn on_cancel(&mut self) -> io::Result<()> {
-        if self.shared.shutdown.is_cancelled() && self.closing.is_none() {
+        let asked = self.shared.shutdown.is_cancelled() || self.shared.logout_asked(self.nexus.id);
+        if asked && self.closing.is_none() {
             let grace = self.shared.settings.logout_grace;
             self.closing = Some(Instant::now() + grace);
             let secs = grace.as_secs().max(1) as u16;
             self.send(vec![response::async_logout_request(secs)]).await
-        } else if !self.shared.shutdown.is_cancelled() {
+        } else if !asked {
             info!(initiator = %self.nexus.initiator_port, "session reinstated; closing the old one");
             self.finished = true;
             Ok(())

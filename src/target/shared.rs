@@ -3,13 +3,17 @@
 //! tunables and the shutdown signal.
 
 use super::Registry;
-use std::collections::HashMap;
+use crate::scsi::DeviceServer;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Default of [`TargetSettings::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Tunables of the transport.
 #[derive(Debug, Clone)]
@@ -29,6 +33,9 @@ pub struct TargetSettings {
     pub write_buffer_per_session: u64,
     /// Grace given to initiators asked to log out at shutdown.
     pub logout_grace: Duration,
+    /// Open connections (logged in or logging in) beyond which a new one
+    /// gets "out of resources" at login.
+    pub max_connections: usize,
 }
 
 impl Default for TargetSettings {
@@ -41,6 +48,7 @@ impl Default for TargetSettings {
             max_transfer: 32 * 1024 * 1024,
             write_buffer_per_session: 16 * 1024 * 1024,
             logout_grace: Duration::from_secs(2),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -59,21 +67,54 @@ pub struct SessionEntry {
 }
 
 /// Something another part of the target asks a session to do.
-#[derive(Debug)]
 pub enum SessionControl {
     /// Abort every task of this LUN silently (PREEMPT AND ABORT by another
     /// initiator: SPC-5 §5.13.11.2.5).
     AbortLun(u64),
+    /// The session's target now has this device server (its LUN set
+    /// changed at a reload): carry the nexus over to it.
+    SwitchDevice(Arc<DeviceServer>),
+}
+
+/// The registry currently served; a reload swaps it whole. Readers take a
+/// snapshot (`load`) and keep using it for the operation at hand.
+pub struct RegistryCell(RwLock<Arc<Registry>>);
+
+impl RegistryCell {
+    pub fn new(registry: Arc<Registry>) -> RegistryCell {
+        RegistryCell(RwLock::new(registry))
+    }
+
+    pub fn load(&self) -> Arc<Registry> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Install `next`, returning the registry it replaces.
+    pub fn swap(&self, next: Arc<Registry>) -> Arc<Registry> {
+        std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(|e| e.into_inner()),
+            next,
+        )
+    }
 }
 
 pub struct Shared {
-    pub registry: Arc<Registry>,
+    pub registry: RegistryCell,
     pub settings: TargetSettings,
+    /// Live value of `settings.max_connections` (a reload may change it).
+    pub max_connections: AtomicUsize,
+    /// Connections open now, in login or full feature phase.
+    pub connections: AtomicUsize,
+    /// Connections over the limit still waiting for their refusal.
+    pub refusing: AtomicUsize,
     pub portals: Vec<SocketAddr>,
     pub shutdown: CancellationToken,
     /// Operator metrics (the server replaces this default with its own).
     pub metrics: Arc<crate::metrics::Metrics>,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
+    /// Nexus ids of sessions asked to log out before shutdown (a reload
+    /// removed their target or their ACL entry).
+    logout_asked: Mutex<HashSet<u64>>,
     next_tsih: Mutex<u16>,
     next_nexus: AtomicU64,
 }
@@ -85,12 +126,16 @@ impl Shared {
         portals: Vec<SocketAddr>,
     ) -> Shared {
         Shared {
-            registry,
+            registry: RegistryCell::new(registry),
+            max_connections: AtomicUsize::new(settings.max_connections),
+            connections: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
             settings,
             portals,
             shutdown: CancellationToken::new(),
             metrics: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
+            logout_asked: Mutex::new(HashSet::new()),
             next_tsih: Mutex::new(0),
             next_nexus: AtomicU64::new(1),
         }
@@ -160,7 +205,14 @@ impl Shared {
     }
 
     pub fn remove_session(&self, tsih: u16) {
-        self.sessions.lock().unwrap().remove(&tsih);
+        if let Some(s) = self.sessions.lock().unwrap().remove(&tsih) {
+            self.logout_asked.lock().unwrap().remove(&s.nexus_id);
+        }
+    }
+
+    /// Was this session asked to log out (rather than reinstated)?
+    pub fn logout_asked(&self, nexus_id: u64) -> bool {
+        self.logout_asked.lock().unwrap().contains(&nexus_id)
     }
 
     pub fn session_exists(&self, tsih: u16) -> bool {
@@ -169,5 +221,42 @@ impl Shared {
 
     pub fn session_count(&self) -> usize {
         self.sessions.lock().unwrap().len()
+    }
+
+    /// End every session for which `pick(initiator, target)` holds (as at
+    /// shutdown: the session asks for a logout, then closes). Returns how
+    /// many were told to end.
+    pub fn end_sessions_where(&self, pick: impl Fn(&str, Option<&str>) -> bool) -> usize {
+        let sessions = self.sessions.lock().unwrap();
+        let mut n = 0;
+        for s in sessions.values() {
+            if pick(&s.initiator_name, s.target_name.as_deref()) {
+                self.logout_asked.lock().unwrap().insert(s.nexus_id);
+                s.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Send `make()` to every session of `target`; returns how many.
+    pub fn control_target(&self, target: &str, make: impl Fn() -> SessionControl) -> usize {
+        let sessions = self.sessions.lock().unwrap();
+        let mut n = 0;
+        for s in sessions.values() {
+            if s.target_name.as_deref() == Some(target) && s.control.send(make()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sessions of `target` still in the table.
+    pub fn sessions_of(&self, target: &str) -> usize {
+        let sessions = self.sessions.lock().unwrap();
+        sessions
+            .values()
+            .filter(|s| s.target_name.as_deref() == Some(target))
+            .count()
     }
 }

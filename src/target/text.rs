@@ -37,7 +37,7 @@ impl Session {
     /// bound to 0.0.0.0 must not be announced as such): all of them in a
     /// discovery session, only its own in a normal one.
     fn visible_targets(&self) -> Vec<(String, Vec<String>)> {
-        let tpgt = self.shared.registry.portal_group_tag.max(1);
+        let tpgt = self.shared.registry.load().portal_group_tag.max(1);
         let portals: Vec<SocketAddr> = match self.local_addr {
             Some(a) => vec![a],
             None => self.shared.portals.clone(),
@@ -45,6 +45,7 @@ impl Session {
         let addrs: Vec<String> = portals.iter().map(|a| format!("{a},{tpgt}")).collect();
         self.shared
             .registry
+            .load()
             .targets
             .keys()
             .filter(|n| {

@@ -149,6 +149,7 @@ impl Session {
                 }
                 self.abort_where(|_, t| t.lun == lun);
             }
+            super::shared::SessionControl::SwitchDevice(dev) => self.switch_device(dev),
         }
     }
 

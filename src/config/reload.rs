@@ -1,0 +1,213 @@
+//! Building the registry for a reload from the running one: logical units
+//! whose definition did not change are reused as they are (same object:
+//! data, reservations, tracker, write lock and sessions survive), and so is
+//! the whole device server of a target whose LUNs all stayed.
+//!
+//! Everything that can fail is tried before anything running is touched:
+//! validation, stored identities, file sizes, then opening the new LUNs.
+//! The one exception is a LUN whose definition changed while its file
+//! stays (or a file moving to another LUN): its old logical unit is closed
+//! just before the new one opens on the same file, after all other checks.
+
+use super::build::{build_lun, chap_secrets, create_dir, preflight, setup_tracking};
+use super::schema::{Config, LunConfig};
+use super::{ConfigError, validate};
+use crate::scsi::{DeviceServer, LogicalUnit};
+use crate::target::{Registry, TargetEntry};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+type Units = BTreeMap<(String, u64), Arc<LogicalUnit>>;
+
+/// Build the registry `next` describes, reusing what `running` (built from
+/// `current`) already has. `data_dir` is the running server's.
+pub fn rebuild_registry(
+    current: &Config,
+    running: &Registry,
+    next: &Config,
+    data_dir: &Path,
+) -> Result<Registry, ConfigError> {
+    let findings = validate::check(next, data_dir);
+    if !findings.errors.is_empty() {
+        return Err(ConfigError::Invalid(findings.errors));
+    }
+    let stored = preflight(next, data_dir)?;
+    let (kept, fresh) = classify(current, running, next);
+    // Files still held by an old unit that is not kept.
+    let busy: BTreeMap<PathBuf, Arc<LogicalUnit>> = old_files(current, running, data_dir)
+        .into_iter()
+        .filter(|(_, lu)| !kept.values().any(|k| Arc::ptr_eq(k, lu)))
+        .collect();
+    for (t, lun) in &fresh {
+        if let Some(p) = file_of(lun, data_dir).filter(|p| busy.contains_key(p)) {
+            check_no_shrink(t, lun, &p)?;
+        }
+    }
+
+    create_dir(data_dir)?;
+    let mut units = kept;
+    let mut later = Vec::new();
+    for (t, lun) in &fresh {
+        match file_of(lun, data_dir).and_then(|p| busy.get(&p).cloned()) {
+            Some(old) => later.push((t, lun, old)),
+            None => {
+                let unit = open(next, t, lun, data_dir, &stored)?;
+                units.insert((t.to_string(), lun.id), unit);
+            }
+        }
+    }
+    for (t, lun, old) in later {
+        // Same file, new definition: the old unit lets go first.
+        if let Err(e) = DeviceServer::new(t, vec![(lun.id, old)]).flush_all() {
+            tracing::warn!(target = t, lun = lun.id, error = %e, "closing the old LUN");
+        }
+        let unit = open(next, t, lun, data_dir, &stored)?;
+        units.insert((t.to_string(), lun.id), unit);
+    }
+    Ok(assemble(running, next, units))
+}
+
+/// Settings a reload cannot change in place (they need a restart).
+pub fn needs_restart(current: &Config, next: &Config) -> Vec<String> {
+    let mut v = Vec::new();
+    if current.listen != next.listen {
+        v.push("listen".to_string());
+    }
+    if current.data_dir != next.data_dir {
+        v.push("data_dir".to_string());
+    }
+    if current.pid_file != next.pid_file {
+        v.push("pid_file".to_string());
+    }
+    v
+}
+
+/// Split `next`'s LUNs into those reused from `running` and those to open.
+fn classify<'a>(
+    current: &Config,
+    running: &Registry,
+    next: &'a Config,
+) -> (Units, Vec<(&'a str, &'a LunConfig)>) {
+    let mut kept = Units::new();
+    let mut fresh = Vec::new();
+    for t in &next.targets {
+        let old_t = current.targets.iter().find(|o| o.name == t.name);
+        let lease = t.max_lock_lease_ms.or(next.max_lock_lease_ms);
+        for lun in &t.luns {
+            let same = old_t.is_some_and(|o| {
+                o.max_lock_lease_ms.or(current.max_lock_lease_ms) == lease
+                    && o.luns.iter().any(|l| l == lun)
+            });
+            let unit = running
+                .target(&t.name)
+                .and_then(|e| e.device.luns.get(&lun.id));
+            match unit {
+                Some(u) if same => {
+                    kept.insert((t.name.clone(), lun.id), u.clone());
+                }
+                _ => fresh.push((t.name.as_str(), lun)),
+            }
+        }
+    }
+    (kept, fresh)
+}
+
+/// Every file the running configuration serves, with its unit.
+fn old_files(
+    current: &Config,
+    running: &Registry,
+    data_dir: &Path,
+) -> Vec<(PathBuf, Arc<LogicalUnit>)> {
+    let mut v = Vec::new();
+    for t in &current.targets {
+        for lun in &t.luns {
+            let unit = running
+                .target(&t.name)
+                .and_then(|e| e.device.luns.get(&lun.id));
+            if let (Some(p), Some(u)) = (file_of(lun, data_dir), unit) {
+                v.push((p, u.clone()));
+            }
+        }
+    }
+    v
+}
+
+fn file_of(lun: &LunConfig, data_dir: &Path) -> Option<PathBuf> {
+    lun.path.as_ref().map(|p| data_dir.join(p))
+}
+
+/// Opening would refuse to truncate; find out before closing the old unit.
+fn check_no_shrink(target: &str, lun: &LunConfig, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > lun.size.0 => Err(ConfigError::Storage {
+            what: format!("target {target:?} LUN {}: shrinking", lun.id),
+            path: path.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("file holds {} bytes, more than the new size", m.len()),
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn open(
+    cfg: &Config,
+    target: &str,
+    lun: &LunConfig,
+    data_dir: &Path,
+    stored: &BTreeMap<(&str, u64), crate::scsi::LunIdentity>,
+) -> Result<Arc<LogicalUnit>, ConfigError> {
+    let mut unit = build_lun(target, lun, data_dir, stored)?;
+    let lease = cfg
+        .targets
+        .iter()
+        .find(|t| t.name == target)
+        .and_then(|t| t.max_lock_lease_ms)
+        .or(cfg.max_lock_lease_ms);
+    setup_tracking(target, lun, data_dir, lease, &mut unit)?;
+    Ok(Arc::new(unit))
+}
+
+/// The new registry; a target whose units are all the running ones, under
+/// the same LUN numbers, keeps its device server.
+fn assemble(running: &Registry, next: &Config, mut units: Units) -> Registry {
+    let mut targets = BTreeMap::new();
+    for t in &next.targets {
+        let luns: Vec<(u64, Arc<LogicalUnit>)> = t
+            .luns
+            .iter()
+            .filter_map(|l| units.remove(&(t.name.clone(), l.id)).map(|u| (l.id, u)))
+            .collect();
+        let device = match running.target(&t.name) {
+            Some(old) if same_units(&old.device, &luns) => old.device.clone(),
+            _ => Arc::new(DeviceServer::new(&t.name, luns)),
+        };
+        let entry = TargetEntry {
+            name: t.name.clone(),
+            alias: t.alias.clone(),
+            allowed_initiators: t.allow.clone(),
+            chap: t.chap.as_ref().map(chap_secrets),
+            device,
+        };
+        targets.insert(t.name.clone(), entry);
+    }
+    Registry {
+        targets,
+        discovery_chap: next
+            .discovery
+            .as_ref()
+            .and_then(|d| d.chap.as_ref())
+            .map(chap_secrets),
+        portal_group_tag: running.portal_group_tag.max(1),
+    }
+}
+
+fn same_units(device: &DeviceServer, luns: &[(u64, Arc<LogicalUnit>)]) -> bool {
+    device.luns.len() == luns.len()
+        && luns
+            .iter()
+            .all(|(id, u)| device.luns.get(id).is_some_and(|d| Arc::ptr_eq(d, u)))
+}
