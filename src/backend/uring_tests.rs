@@ -85,7 +85,8 @@ fn random_ranges_match_a_model_in_every_mode() {
             }
             let (o, l) = (off as usize, len);
             if rng.gen_bool(0.6) {
-                let data: Vec<u8> = (0..l).map(|_| rng.r#gen()).collect();
+                let mut data = vec![0u8; l];
+                rng.fill(&mut data[..]);
                 b.write_at(off, &data, rng.gen_bool(0.2)).unwrap();
                 model[o..o + l].copy_from_slice(&data);
             } else {

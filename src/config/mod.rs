@@ -9,11 +9,13 @@ mod build;
 pub mod identity;
 mod schema;
 mod validate;
+#[cfg(test)]
+mod io_tests;
 
 pub use build::build_registry;
 pub use schema::{
-    BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig, TrackingMode,
-    format_size, parse_size,
+    BackendKind, ChapConfig, Config, DiscoveryConfig, IoEngine, LunConfig, Size, TargetConfig,
+    TrackingMode, format_size, parse_size,
 };
 pub use validate::{MAX_LUN_ID, check_iscsi_name};
 
@@ -115,6 +117,8 @@ impl Config {
                     tracking: None,
                     extent_size: None,
                     cbt_initiators: None,
+                    io: Default::default(),
+                    direct: false,
                 }],
                 max_lock_lease_ms: None,
             }],
