@@ -173,7 +173,10 @@ unsafe fn run_ring(ring: &mut IoUring, fd: i32, dir: Dir, ops: &mut [Op]) -> Res
         }
         for cqe in ring.completion() {
             in_flight = in_flight.saturating_sub(1);
-            let Some(op) = usize::try_from(cqe.user_data()).ok().and_then(|i| ops.get_mut(i)) else {
+            let Some(op) = usize::try_from(cqe.user_data())
+                .ok()
+                .and_then(|i| ops.get_mut(i))
+            else {
                 continue;
             };
             let tag = cqe.user_data() as usize;

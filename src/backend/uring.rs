@@ -310,7 +310,13 @@ fn ops_for(bufs: &mut Bufs<'_>) -> Vec<Op> {
 fn overlap(at: u64, blen: usize, user_at: u64, ulen: usize) -> Option<(usize, usize, usize)> {
     let lo = at.max(user_at);
     let hi = (at + blen as u64).min(user_at + ulen as u64);
-    (lo < hi).then(|| ((lo - at) as usize, (lo - user_at) as usize, (hi - lo) as usize))
+    (lo < hi).then(|| {
+        (
+            (lo - at) as usize,
+            (lo - user_at) as usize,
+            (hi - lo) as usize,
+        )
+    })
 }
 
 /// A second descriptor on the file for data, with extra open flags.
@@ -420,7 +426,11 @@ impl Backend for UringBackend {
     }
 
     fn describe(&self) -> String {
-        let mode = if self.direct { "io_uring, O_DIRECT" } else { "io_uring" };
+        let mode = if self.direct {
+            "io_uring, O_DIRECT"
+        } else {
+            "io_uring"
+        };
         format!("file:{} ({mode})", self.path.display())
     }
 

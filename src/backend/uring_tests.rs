@@ -114,12 +114,18 @@ fn page_aligned_buffers_go_straight_to_disk() {
         let dir = disk_dir();
         let b = open(dir.path(), 1 << 20, &opts);
         let mut src = crate::backend::aligned::AlignedBuf::new(256 << 10);
-        src.as_mut_slice().iter_mut().enumerate().for_each(|(i, x)| *x = (i % 251) as u8);
+        src.as_mut_slice()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = (i % 251) as u8);
         b.write_at(64 << 10, src.as_slice(), true).unwrap();
         let mut dst = crate::backend::aligned::AlignedBuf::new(256 << 10);
         b.read_at(64 << 10, dst.as_mut_slice()).unwrap();
         assert!(dst.as_slice() == src.as_slice(), "{name}");
-        assert!(b.pool.idle() == 0, "{name}: aligned I/O used bounce buffers");
+        assert!(
+            b.pool.idle() == 0,
+            "{name}: aligned I/O used bounce buffers"
+        );
     }
 }
 

@@ -57,6 +57,10 @@ fn uring_lun_is_built_with_io_uring() {
         let device = &reg.targets["iqn.2026-11.dev.gentgt:t"].device;
         let desc = device.luns[&0].backend.describe();
         assert!(desc.starts_with("file:"), "{desc}");
-        assert_eq!(desc.contains("io_uring"), !want.is_empty(), "{extra}: {desc}");
+        assert_eq!(
+            desc.contains("io_uring"),
+            !want.is_empty(),
+            "{extra}: {desc}"
+        );
     }
 }

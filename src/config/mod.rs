@@ -7,10 +7,10 @@
 
 mod build;
 pub mod identity;
-mod schema;
-mod validate;
 #[cfg(test)]
 mod io_tests;
+mod schema;
+mod validate;
 
 pub use build::build_registry;
 pub use schema::{

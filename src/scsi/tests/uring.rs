@@ -49,7 +49,11 @@ fn random_command(rng: &mut StdRng) -> (Vec<u8>, Vec<u8>, u32) {
             // WRITE SAME (16), UNMAP bit sometimes: one block of pattern.
             let mut c = rw16(0x93, lba, blocks);
             c[1] = if rng.gen_bool(0.5) { 0x08 } else { 0 };
-            let one = if rng.gen_bool(0.5) { vec![0; BS as usize] } else { data[..BS as usize].to_vec() };
+            let one = if rng.gen_bool(0.5) {
+                vec![0; BS as usize]
+            } else {
+                data[..BS as usize].to_vec()
+            };
             (c, one, BS)
         }
         5 => {
@@ -77,7 +81,10 @@ fn uring_direct_lun_behaves_like_a_memory_lun() {
         let b = uring.exec(0, &cdb, &out, expected);
         assert_eq!(a.status, b.status, "command {i}: {cdb:02x?}");
         assert_eq!(a.sense, b.sense, "command {i}: {cdb:02x?}");
-        assert!(a.data_in == b.data_in, "command {i}: {cdb:02x?} data differs");
+        assert!(
+            a.data_in == b.data_in,
+            "command {i}: {cdb:02x?} data differs"
+        );
         good += usize::from(a.status == status::GOOD);
     }
     // Most commands were in range and did something.
