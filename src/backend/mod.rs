@@ -7,11 +7,16 @@
 
 use std::io;
 
+pub mod aligned;
 pub mod file;
 pub mod memory;
+mod rangelock;
+mod ring;
+pub mod uring;
 
 pub use file::FileBackend;
 pub use memory::MemoryBackend;
+pub use uring::{UringBackend, UringOptions};
 
 pub trait Backend: Send + Sync {
     /// Fill `buf` from `offset`.

@@ -1,9 +1,9 @@
 //! Turn a validated configuration into the registry the target serves.
 
 use super::identity::{self, identity_path};
-use super::schema::{ChapConfig, Config, LunConfig, TrackingMode};
+use super::schema::{ChapConfig, Config, IoEngine, LunConfig, TrackingMode};
 use super::{ConfigError, validate};
-use crate::backend::{Backend, FileBackend, MemoryBackend};
+use crate::backend::{Backend, FileBackend, MemoryBackend, UringOptions, uring};
 use crate::cbt::Tracker;
 use crate::proto::login::ChapSecrets;
 use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity};
@@ -196,6 +196,13 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), ConfigError> {
 fn open_backend(lun: &LunConfig, path: Option<&Path>) -> io::Result<Arc<dyn Backend>> {
     let size = lun.size.0;
     Ok(match path {
+        Some(p) if lun.io == IoEngine::Uring => {
+            let opts = UringOptions {
+                direct: lun.direct,
+                ..Default::default()
+            };
+            uring::open_file(p, size, !lun.read_only, lun.read_only, &opts)?
+        }
         Some(p) => Arc::new(FileBackend::open(p, size, !lun.read_only, lun.read_only)?),
         None => Arc::new(MemoryBackend::new(size)),
     })

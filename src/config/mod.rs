@@ -7,6 +7,8 @@
 
 mod build;
 pub mod identity;
+#[cfg(test)]
+mod io_tests;
 mod reload;
 mod schema;
 mod validate;
@@ -14,8 +16,8 @@ mod validate;
 pub use build::build_registry;
 pub use reload::{needs_restart, rebuild_registry};
 pub use schema::{
-    AdminConfig, BackendKind, ChapConfig, Config, DiscoveryConfig, LunConfig, Size, TargetConfig,
-    TrackingMode, format_size, parse_size,
+    AdminConfig, BackendKind, ChapConfig, Config, DiscoveryConfig, IoEngine, LunConfig, Size,
+    TargetConfig, TrackingMode, format_size, parse_size,
 };
 pub use validate::{MAX_LUN_ID, check_iscsi_name};
 
@@ -117,6 +119,8 @@ impl Config {
                     tracking: None,
                     extent_size: None,
                     cbt_initiators: None,
+                    io: Default::default(),
+                    direct: false,
                 }],
                 max_lock_lease_ms: None,
             }],

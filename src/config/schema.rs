@@ -110,6 +110,17 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// How a file LUN does its reads and writes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// pread/pwrite through the page cache.
+    #[default]
+    Buffered,
+    /// io_uring (falls back to buffered where the kernel refuses it).
+    Uring,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LunConfig {
@@ -138,6 +149,13 @@ pub struct LunConfig {
     /// Default: [DEFAULT_CBT_INITIATOR].
     #[serde(default)]
     pub cbt_initiators: Option<Vec<String>>,
+    /// File LUNs: "buffered" (default) or "uring".
+    #[serde(default)]
+    pub io: IoEngine,
+    /// File LUNs with io = "uring": O_DIRECT, bypassing the page cache
+    /// (buffered, with a warning, where the filesystem refuses it).
+    #[serde(default)]
+    pub direct: bool,
 }
 
 impl LunConfig {

@@ -1,7 +1,7 @@
 //! Every check that can be made without touching the disk. Run before
 //! anything is created so a bad configuration leaves no trace.
 
-use super::schema::{BackendKind, ChapConfig, Config, LunConfig, TrackingMode};
+use super::schema::{BackendKind, ChapConfig, Config, IoEngine, LunConfig, TrackingMode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -130,6 +130,20 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
             .errors
             .push(format!("{what}: memory backend takes no path")),
         _ => {}
+    }
+    check_io(what, lun, f);
+}
+
+/// `io` and `direct` only mean something for file LUNs, and O_DIRECT
+/// only exists on the io_uring path.
+fn check_io(what: &str, lun: &LunConfig, f: &mut Findings) {
+    let tuned = lun.io != IoEngine::Buffered || lun.direct;
+    if lun.backend == BackendKind::Memory && tuned {
+        f.errors
+            .push(format!("{what}: io and direct apply to file LUNs only"));
+    } else if lun.direct && lun.io != IoEngine::Uring {
+        f.errors
+            .push(format!("{what}: direct = true needs io = \"uring\""));
     }
 }
 

@@ -10,6 +10,7 @@ mod removable;
 mod sbc;
 mod spc;
 mod thin;
+mod uring;
 mod verify;
 mod xcopy;
 
