@@ -4,6 +4,7 @@ use super::Registry;
 use super::login::login_phase;
 use super::session;
 use super::shared::{Shared, TargetSettings};
+use super::stats::ServerStats;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ pub struct Server {
     registry: Arc<Registry>,
     listeners: Vec<TcpListener>,
     settings: TargetSettings,
+    stats: Arc<ServerStats>,
 }
 
 impl Server {
@@ -30,6 +32,7 @@ impl Server {
             registry,
             listeners,
             settings: TargetSettings::default(),
+            stats: Arc::default(),
         })
     }
 
@@ -51,11 +54,19 @@ impl Server {
         &self.registry
     }
 
+    /// Live counts of connections, sessions and tasks, valid once `run`
+    /// starts and for as long as the caller keeps the handle.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
+    }
+
     /// Serve until `shutdown` completes, then stop accepting, ask initiators
     /// to log out, finish or abort in-flight commands and flush backends.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let portals = self.local_addrs();
-        let shared = Arc::new(Shared::new(self.registry.clone(), self.settings, portals));
+        let mut shared = Shared::new(self.registry.clone(), self.settings, portals);
+        shared.stats = self.stats.clone();
+        let shared = Arc::new(shared);
         for t in shared.registry.targets.values() {
             // PREEMPT AND ABORT reaches the preempted initiators' sessions.
             let weak = Arc::downgrade(&shared);
@@ -141,6 +152,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _counted = shared.stats.connection();
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();

@@ -63,6 +63,8 @@ pub(super) struct Session {
     pub ttt_next: u32,
     pub done_tx: mpsc::UnboundedSender<Done>,
     pub pending_tmfs: Vec<PendingTmf>,
+    /// Write tasks that left the table lately (see `Session::note_ended`).
+    pub ended_writes: std::collections::VecDeque<u32>,
     /// Our outstanding keep-alive ping: its TTT and answer deadline.
     nop: Option<(u32, Instant)>,
     last_rx: Instant,
@@ -116,6 +118,7 @@ impl Session {
             ttt_next: 1,
             done_tx,
             pending_tmfs: Vec::new(),
+            ended_writes: Default::default(),
             nop: None,
             last_rx: Instant::now(),
             logout: None,
@@ -166,6 +169,10 @@ impl Session {
         if bhs.immediate() {
             return self.deliver(d, true).await;
         }
+        let scsi_itt = match d {
+            Delivery::Scsi(itt) => Some(itt),
+            _ => None,
+        };
         match self.window.admit(bhs.cmd_sn(), d) {
             Admit::Deliver(list) => {
                 for d in list {
@@ -176,6 +183,12 @@ impl Session {
             Admit::Held => Ok(()),
             Admit::Dropped => {
                 debug!(cmd_sn = bhs.cmd_sn(), "CmdSN outside window: ignored");
+                // The command was registered on arrival; an ignored one
+                // must not stay in the task table.
+                if let Some(itt) = scsi_itt {
+                    self.tasks.remove(&itt);
+                    self.note_ended(itt);
+                }
                 Ok(())
             }
         }
@@ -335,6 +348,7 @@ pub async fn run(
     done: LoggedIn,
     local: Option<SocketAddr>,
 ) {
+    let _counted = shared.stats.session();
     let mut done = done;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut s = Session::new(shared.clone(), wr, &done, done_tx);

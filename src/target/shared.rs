@@ -67,6 +67,8 @@ pub struct Shared {
     pub settings: TargetSettings,
     pub portals: Vec<SocketAddr>,
     pub shutdown: CancellationToken,
+    /// Live connection, session and task counts (read-only introspection).
+    pub stats: Arc<super::stats::ServerStats>,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
     next_tsih: Mutex<u16>,
     next_nexus: AtomicU64,
@@ -83,6 +85,7 @@ impl Shared {
             settings,
             portals,
             shutdown: CancellationToken::new(),
+            stats: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
             next_tsih: Mutex::new(0),
             next_nexus: AtomicU64::new(1),

@@ -129,6 +129,7 @@ impl Session {
         }
         for (itt, holds_slot) in removed {
             self.tasks.remove(&itt);
+            self.note_ended(itt);
             if holds_slot {
                 self.window.complete();
             }

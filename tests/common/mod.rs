@@ -7,7 +7,7 @@ use gentgt::backend::{Backend, FileBackend, MemoryBackend};
 use gentgt::cbt::Tracker;
 use gentgt::proto::login::ChapSecrets;
 use gentgt::scsi::{DeviceServer, LogicalUnit, LunIdentity};
-use gentgt::target::{Registry, Server, TargetEntry, TargetSettings};
+use gentgt::target::{Registry, Server, ServerStats, TargetEntry, TargetSettings};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -46,6 +46,8 @@ pub struct TargetOptions {
 pub struct TestTarget {
     pub addr: SocketAddr,
     pub name: String,
+    /// Live connection/session/task counts of the running server.
+    pub stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -125,7 +127,9 @@ impl TestTarget {
                     .await
                     .unwrap()
                     .with_settings(settings);
-                addr_tx.send(server.local_addrs()[0]).unwrap();
+                addr_tx
+                    .send((server.local_addrs()[0], server.stats()))
+                    .unwrap();
                 server
                     .run(async {
                         let _ = stop_rx.await;
@@ -134,9 +138,10 @@ impl TestTarget {
                     .unwrap();
             });
         });
-        let addr = addr_rx.recv().unwrap();
+        let (addr, stats) = addr_rx.recv().unwrap();
         TestTarget {
             addr,
+            stats,
             name: TARGET.to_string(),
             stop: Some(stop_tx),
             thread: Some(thread),
