@@ -19,6 +19,9 @@ pub enum ReadOutcome {
     Closed,
 }
 
+/// What a PDU's tail buffer starts with before its bytes arrive.
+const TAIL_FIRST_CHUNK: usize = 64 * 1024;
+
 /// Read one PDU.
 pub async fn read_pdu<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -36,8 +39,14 @@ pub async fn read_pdu<R: AsyncRead + Unpin>(
         Ok(t) => t,
         Err(e) => return Ok(ReadOutcome::Fatal(bhs, e)),
     };
-    let mut buf = vec![0u8; tail];
-    r.read_exact(&mut buf).await?;
+    // The buffer grows with the bytes that arrive, not with what the header
+    // declares: a peer that announces a full segment and stalls holds only
+    // what it sent (plus the first chunk), not MaxRecvDataSegmentLength.
+    let mut buf = Vec::with_capacity(tail.min(TAIL_FIRST_CHUNK));
+    (&mut *r).take(tail as u64).read_to_end(&mut buf).await?;
+    if buf.len() != tail {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(match pdu::decode_tail(bhs.clone(), &buf, framing) {
         Ok(p) => ReadOutcome::Pdu(p),
         Err(PduError::DataDigest) => ReadOutcome::DataDigest(bhs),
