@@ -345,7 +345,10 @@ async fn data_out_offsets_out_of_range() {
         let itt = p.bhs.itt();
         s.send_raw_command(p).await.unwrap();
         let r2t = expect_r2t(&s, itt).await;
-        assert_eq!((r2t.bhs.buffer_offset(), r2t.bhs.desired_data_len()), (0, 8192));
+        assert_eq!(
+            (r2t.bhs.buffer_offset(), r2t.bhs.desired_data_len()),
+            (0, 8192)
+        );
         let d = data_out(itt, r2t.bhs.ttt(), 0, offset, vec![0xee; len], true);
         s.send_raw_pdu(&d).await.unwrap();
         // Data phase error: the task ends with ABORTED COMMAND / 4B/00.
@@ -388,7 +391,11 @@ async fn cmd_sn_outside_the_window() {
     let s = login(&t).await;
     let (next, exp, max, _) = s.sequence_numbers();
     assert_eq!(next, exp);
-    for cmd_sn in [max.wrapping_add(1), next.wrapping_add(100_000), next.wrapping_sub(3)] {
+    for cmd_sn in [
+        max.wrapping_add(1),
+        next.wrapping_add(100_000),
+        next.wrapping_sub(3),
+    ] {
         // A read and a write: neither may run, be answered, get an R2T,
         // or stay in the task table.
         let mut r = scsi_cmd(&rw16(0x88, 0, 8), 4096, true, false, true);
@@ -430,7 +437,10 @@ async fn duplicate_itt_is_rejected_and_uses_its_cmd_sn() {
     let d = data_out(itt, ttt, 0, 0, vec![0x5a; 8192], true);
     s.send_raw_pdu(&d).await.unwrap();
     let r = recv(&s).await;
-    assert_eq!((r.opcode(), r.bhs.itt(), r.bhs.0[3]), (Opcode::ScsiResponse, itt, 0));
+    assert_eq!(
+        (r.opcode(), r.bhs.itt(), r.bhs.0[3]),
+        (Opcode::ScsiResponse, itt, 0)
+    );
     // The duplicate's CmdSN was used up: later commands are not held
     // behind a gap.
     let back = tokio::time::timeout(SOON, s.read16(0, 64, 16, BS))
@@ -490,7 +500,10 @@ async fn task_management_for_unknown_tasks_and_luns() {
     p.bhs.set_ref_cmd_sn(next.wrapping_sub(1));
     s.send_raw_command(p.clone()).await.unwrap();
     let r = recv(&s).await;
-    assert_eq!((r.opcode(), r.bhs.itt()), (Opcode::TaskMgmtResponse, p.bhs.itt()));
+    assert_eq!(
+        (r.opcode(), r.bhs.itt()),
+        (Opcode::TaskMgmtResponse, p.bhs.itt())
+    );
     assert_eq!(r.bhs.0[2], 1, "TASK DOES NOT EXIST");
     // LUN RESET / ABORT TASK SET of a LUN that does not exist: 2.
     assert_eq!(s.task_mgmt(5, 9, 0).await.unwrap(), 2);
@@ -631,7 +644,9 @@ async fn connection_drops_at_every_stage() {
     for i in 0..16u64 {
         let s = s.clone();
         tokio::spawn(async move {
-            let _ = s.write16(0, 1024 + i * 128, &vec![4u8; 64 << 10], BS, true).await;
+            let _ = s
+                .write16(0, 1024 + i * 128, &vec![4u8; 64 << 10], BS, true)
+                .await;
         });
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -685,6 +700,11 @@ async fn cbt_lock_released_when_holder_drops_mid_transfer() {
     assert!(g.generation > grant.generation);
     other.cbt_release(0, g.token).await.unwrap();
     other.logout().await.unwrap();
-    Arc::try_unwrap(writer).ok().unwrap().logout().await.unwrap();
+    Arc::try_unwrap(writer)
+        .ok()
+        .unwrap()
+        .logout()
+        .await
+        .unwrap();
     finish(&t, by, before).await;
 }

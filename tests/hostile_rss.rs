@@ -114,7 +114,9 @@ async fn open_all(addr: SocketAddr) -> Conns {
     }
     for i in 0..PER_KIND {
         let s = login(addr, i).await;
-        s.send_raw_command(cmd(&s, 0x8a, 65536, true)).await.unwrap();
+        s.send_raw_command(cmd(&s, 0x8a, 65536, true))
+            .await
+            .unwrap();
         let r = s.recv_raw().await.unwrap();
         assert_eq!(r.opcode(), Opcode::R2t);
         conns.push(s);
@@ -160,7 +162,9 @@ fn rss_with_1000_hostile_connections() {
     // and allocator's steady state.
     rt.block_on(async {
         let s = login(addr, 9999).await;
-        s.write16(0, 0, &vec![1u8; 1 << 20], 512, false).await.unwrap();
+        s.write16(0, 0, &vec![1u8; 1 << 20], 512, false)
+            .await
+            .unwrap();
         s.read16(0, 0, 2048, 512).await.unwrap();
         s.logout().await.unwrap();
     });

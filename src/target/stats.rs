@@ -80,6 +80,8 @@ impl ServerStats {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.stats.counter(self.kind).fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .counter(self.kind)
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

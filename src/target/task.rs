@@ -41,7 +41,10 @@ impl Session {
         }
         if !bhs.immediate() && !self.window.accepts(bhs.cmd_sn()) {
             // RFC 7143 §3.2.2.1: silently ignored — no task, no R2T.
-            debug!(cmd_sn = bhs.cmd_sn(), "SCSI command outside the CmdSN window ignored");
+            debug!(
+                cmd_sn = bhs.cmd_sn(),
+                "SCSI command outside the CmdSN window ignored"
+            );
             return Ok(());
         }
         let itt = bhs.itt();
