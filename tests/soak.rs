@@ -109,7 +109,7 @@ async fn run_session(s: Session, id: u64, stop: Arc<AtomicBool>) -> Tally {
             t.blocks_written += n;
             t.ops += 1;
         }
-        if op >= 45 && op < 90 {
+        if (45..90).contains(&op) {
             let got = timed(&mut t.lat_us, s.read16(0, lba, n as u32, BS as u32))
                 .await
                 .unwrap_or_else(|e| panic!("session {id}: read {lba}+{n}: {e}"));
