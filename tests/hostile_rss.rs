@@ -170,11 +170,18 @@ fn rss_with_1000_hostile_connections() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let (idle, _) = mem(pid);
-    // Three rounds: the allocator keeps freed memory for reuse (RSS does
-    // not fall back after a close), so a leak shows as growth from round
-    // to round; the last must not end noticeably higher than the one before.
+    // Several rounds: the allocator keeps freed memory for reuse (RSS does
+    // not fall back after a close) and its fragmentation settles over the
+    // first rounds (measured: +8, +4, +2, +1, +0.4 MiB, then flat); a leak
+    // would keep growing by the same amount, so the last round must end
+    // within 2 MiB of the one before.
+    let rounds: usize = std::env::var("HOSTILE_RSS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(3);
     let mut settled = Vec::new();
-    for round in 0..3 {
+    for round in 0..rounds {
         let t0 = Instant::now();
         let conns = rt.block_on(open_all(addr));
         let opened_in = t0.elapsed();
@@ -220,7 +227,7 @@ fn rss_with_1000_hostile_connections() {
         settled[0]
     );
     assert!(
-        settled[2] <= settled[1] + 4 * 1024,
+        settled[rounds - 1] <= settled[rounds - 2] + 2 * 1024,
         "RSS grows round after round: {settled:?} KiB"
     );
 }
