@@ -129,7 +129,24 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// Every connection is a file descriptor: lift the soft limit to the hard
+/// one so a target with many initiators is not capped at 1024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> Result<()> {
+    raise_fd_limit();
     // Everything that touches the disk happens here, before the runtime
     // starts, so no blocking I/O runs on the reactor.
     let cfg = match &args.config {

@@ -72,6 +72,12 @@ impl<T> CmdWindow<T> {
         self.advertised
     }
 
+    /// Whether a non-immediate command with `cmd_sn` lies inside the
+    /// window (what `admit` would not drop as outside it).
+    pub fn accepts(&self, cmd_sn: u32) -> bool {
+        !(sn_lt(cmd_sn, self.exp_cmd_sn) || sn_lt(self.advertised, cmd_sn))
+    }
+
     /// Offer a non-immediate command with `cmd_sn`.
     pub fn admit(&mut self, cmd_sn: u32, cmd: T) -> Admit<T> {
         if sn_lt(cmd_sn, self.exp_cmd_sn) || sn_lt(self.advertised, cmd_sn) {

@@ -6,6 +6,7 @@ use super::login::login_phase;
 use super::reload::{self, ReloadSummary};
 use super::session;
 use super::shared::{Shared, TargetSettings};
+use super::stats::ServerStats;
 use crate::metrics::Metrics;
 use std::future::Future;
 use std::io;
@@ -23,6 +24,7 @@ pub struct Server {
     settings: TargetSettings,
     metrics: Arc<Metrics>,
     admin: Option<TcpListener>,
+    stats: Arc<ServerStats>,
 }
 
 impl Server {
@@ -38,6 +40,7 @@ impl Server {
             settings: TargetSettings::default(),
             metrics: Arc::default(),
             admin: None,
+            stats: Arc::default(),
         })
     }
 
@@ -75,6 +78,12 @@ impl Server {
         &self.registry
     }
 
+    /// Live counts of connections, sessions and tasks, valid once `run`
+    /// starts and for as long as the caller keeps the handle.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
+    }
+
     /// Serve until `shutdown` completes, then stop accepting, ask initiators
     /// to log out, finish or abort in-flight commands and flush backends.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
@@ -92,6 +101,7 @@ impl Server {
         let portals = self.local_addrs();
         let mut shared = Shared::new(self.registry.clone(), self.settings, portals);
         shared.metrics = self.metrics.clone();
+        shared.stats = self.stats.clone();
         self.metrics.watch_targets(self.registry.clone());
         let shared = Arc::new(shared);
         for t in shared.registry.load().targets.values() {
@@ -211,6 +221,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// One connection; `_slot` holds its place under the connection limit
 /// until the connection ends.
 async fn connection(stream: TcpStream, shared: Arc<Shared>, _slot: limit::Slot) {
+    let _counted = shared.stats.connection();
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();

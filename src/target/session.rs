@@ -68,6 +68,8 @@ pub(super) struct Session {
     pub write_charged: u64,
     /// R2Ts waiting for write-buffer budget, oldest first.
     pub deferred_r2ts: std::collections::VecDeque<(u32, Vec<crate::proto::dataout::R2tRequest>)>,
+    /// Write tasks that left the table lately (see `Session::note_ended`).
+    pub ended_writes: std::collections::VecDeque<u32>,
     /// Our outstanding keep-alive ping: its TTT and answer deadline.
     nop: Option<(u32, Instant)>,
     last_rx: Instant,
@@ -134,6 +136,7 @@ impl Session {
             pending_tmfs: Vec::new(),
             write_charged: 0,
             deferred_r2ts: Default::default(),
+            ended_writes: Default::default(),
             nop: None,
             last_rx: Instant::now(),
             logout: None,
@@ -198,6 +201,10 @@ impl Session {
         if bhs.immediate() {
             return self.deliver(d, true).await;
         }
+        let scsi_itt = match d {
+            Delivery::Scsi(itt) => Some(itt),
+            _ => None,
+        };
         match self.window.admit(bhs.cmd_sn(), d) {
             Admit::Deliver(list) => {
                 for d in list {
@@ -208,6 +215,12 @@ impl Session {
             Admit::Held => Ok(()),
             Admit::Dropped => {
                 debug!(cmd_sn = bhs.cmd_sn(), "CmdSN outside window: ignored");
+                // The command was registered on arrival; an ignored one
+                // must not stay in the task table.
+                if let Some(itt) = scsi_itt {
+                    self.tasks.remove(&itt);
+                    self.note_ended(itt);
+                }
                 Ok(())
             }
         }
@@ -370,6 +383,7 @@ pub async fn run(
     done: LoggedIn,
     local: Option<SocketAddr>,
 ) {
+    let _counted = shared.stats.session();
     let mut done = done;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut s = Session::new(shared.clone(), wr, &done, done_tx);

@@ -111,6 +111,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Operator metrics (the server replaces this default with its own).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Live connection, session and task counts (read-only introspection).
+    pub stats: Arc<super::stats::ServerStats>,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
     /// Nexus ids of sessions asked to log out before shutdown (a reload
     /// removed their target or their ACL entry).
@@ -134,6 +136,7 @@ impl Shared {
             portals,
             shutdown: CancellationToken::new(),
             metrics: Arc::default(),
+            stats: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
             logout_asked: Mutex::new(HashSet::new()),
             next_tsih: Mutex::new(0),

@@ -35,6 +35,8 @@ pub(super) struct Task {
     pub started: std::time::Instant,
     /// Counts the command in the LUN's in-flight gauge until dropped.
     pub _in_flight: crate::metrics::InFlight,
+    /// Keeps the server's task count while the task is in the table.
+    pub _counted: super::stats::Counted,
 }
 
 impl Session {
@@ -44,9 +46,20 @@ impl Session {
             // Discovery sessions carry no SCSI traffic (RFC 7143 §6.3).
             return self.reject(reject::PROTOCOL_ERROR, &bhs).await;
         }
+        if !bhs.immediate() && !self.window.accepts(bhs.cmd_sn()) {
+            // RFC 7143 §3.2.2.1: silently ignored — no task, no R2T.
+            debug!(
+                cmd_sn = bhs.cmd_sn(),
+                "SCSI command outside the CmdSN window ignored"
+            );
+            return Ok(());
+        }
         let itt = bhs.itt();
         if self.tasks.contains_key(&itt) {
-            return self.reject(reject::TASK_IN_PROGRESS, &bhs).await;
+            // Its CmdSN is used up all the same, or the window would wait
+            // for it forever.
+            self.reject(reject::TASK_IN_PROGRESS, &bhs).await?;
+            return self.admit(&bhs, Delivery::Skip).await;
         }
         let flags = bhs.flags();
         let (read, write, fin) = (flags & 0x40 != 0, flags & 0x20 != 0, flags & 0x80 != 0);
@@ -79,6 +92,7 @@ impl Session {
             charged: 0,
             started: std::time::Instant::now(),
             _in_flight: in_flight,
+            _counted: self.shared.stats.task(),
         };
         let mut r2ts = Vec::new();
         if write && edtl > self.shared.settings.max_transfer {
@@ -176,9 +190,15 @@ impl Session {
     pub(super) async fn on_data_out(&mut self, pdu: Pdu) -> io::Result<()> {
         let itt = pdu.bhs.itt();
         let Some(task) = self.tasks.get(&itt) else {
-            // Data for a task that ended (failed, aborted): drop it.
-            debug!(itt, "Data-Out for unknown task ignored");
-            return Ok(());
+            if self.ended_writes.contains(&itt) {
+                // Data the initiator sent before it learnt that the task
+                // ended (failed, aborted): drop it.
+                debug!(itt, "Data-Out for an ended task ignored");
+                return Ok(());
+            }
+            // An ITT this session never had as a write: RFC 7143 §11.17.1
+            // "Invalid PDU field" (a Reject never ends a task).
+            return self.reject(reject::INVALID_PDU_FIELD, &pdu.bhs).await;
         };
         if task.transfer.is_none() {
             return self.reject(reject::PROTOCOL_ERROR, &pdu.bhs).await;
@@ -300,6 +320,9 @@ impl Session {
         while let Some(done) = next.take() {
             if let Some(task) = self.tasks.remove(&done.itt) {
                 self.release(&task);
+                if !task.read && task.edtl > 0 {
+                    self.note_ended(done.itt);
+                }
                 if !task.immediate {
                     self.window.complete();
                 }
@@ -332,6 +355,21 @@ impl Session {
 /// Completions answered in one write at most (bounds the latency of the
 /// first one).
 const MAX_BATCH: usize = 64;
+/// How many ended write tasks a session remembers: Data-Out can only
+/// still be on its way for tasks of the current command window.
+const ENDED_WRITES: usize = 256;
+
+impl Session {
+    /// Remember that a write task left the table, so Data-Out still on its
+    /// way for it is dropped quietly rather than rejected (libiscsi, for
+    /// one, drops the connection on a Reject it cannot match).
+    pub(super) fn note_ended(&mut self, itt: u32) {
+        if self.ended_writes.len() >= ENDED_WRITES {
+            self.ended_writes.pop_front();
+        }
+        self.ended_writes.push_back(itt);
+    }
+}
 
 /// A result for a command that failed in the transport.
 fn failed(reason: SenseReason, transfer_len: u32) -> ScsiResult {

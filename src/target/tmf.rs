@@ -132,6 +132,7 @@ impl Session {
             if let Some(t) = self.tasks.remove(&itt) {
                 self.release(&t);
             }
+            self.note_ended(itt);
             if holds_slot {
                 self.window.complete();
             }

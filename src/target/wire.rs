@@ -20,6 +20,9 @@ pub enum ReadOutcome {
     Closed,
 }
 
+/// What a PDU's tail buffer starts with before its bytes arrive.
+const TAIL_FIRST_CHUNK: usize = 64 * 1024;
+
 /// Read one PDU.
 pub async fn read_pdu<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -37,8 +40,14 @@ pub async fn read_pdu<R: AsyncRead + Unpin>(
         Ok(t) => t,
         Err(e) => return Ok(ReadOutcome::Fatal(bhs, e)),
     };
-    let mut buf = vec![0u8; tail];
-    r.read_exact(&mut buf).await?;
+    // The buffer grows with the bytes that arrive, not with what the header
+    // declares: a peer that announces a full segment and stalls holds only
+    // what it sent (plus the first chunk), not MaxRecvDataSegmentLength.
+    let mut buf = Vec::with_capacity(tail.min(TAIL_FIRST_CHUNK));
+    (&mut *r).take(tail as u64).read_to_end(&mut buf).await?;
+    if buf.len() != tail {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(match pdu::decode_tail(bhs.clone(), &buf, framing) {
         Ok(p) => ReadOutcome::Pdu(p),
         Err(PduError::DataDigest) => ReadOutcome::DataDigest(bhs),
@@ -188,8 +197,10 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         };
         let whole = BHS_LEN + tail;
         if self.buf.len() < whole {
-            // Room for the rest of this PDU (bounded by tail_len's limit).
-            self.buf.reserve(whole - self.buf.len());
+            // Room for more of this PDU, grown as its bytes arrive: a
+            // declared length the peer never sends costs nothing.
+            self.buf
+                .reserve((whole - self.buf.len()).min(4 * READ_CHUNK));
             return None;
         }
         let decoded = pdu::decode_tail(bhs.clone(), &self.buf[BHS_LEN..whole], &self.framing);

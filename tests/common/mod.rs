@@ -7,7 +7,7 @@ use gentgt::backend::{Backend, FileBackend, MemoryBackend};
 use gentgt::cbt::Tracker;
 use gentgt::proto::login::ChapSecrets;
 use gentgt::scsi::{DeviceServer, LogicalUnit, LunIdentity};
-use gentgt::target::{Registry, Server, TargetEntry, TargetSettings};
+use gentgt::target::{Registry, Server, ServerStats, TargetEntry, TargetSettings};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -50,6 +50,8 @@ pub struct TestTarget {
     /// The admin endpoint, with `TargetOptions::admin`.
     pub admin_addr: Option<SocketAddr>,
     pub name: String,
+    /// Live connection/session/task counts of the running server.
+    pub stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -138,7 +140,7 @@ impl TestTarget {
                     false => server,
                 };
                 addr_tx
-                    .send((server.local_addrs()[0], server.admin_addr()))
+                    .send((server.local_addrs()[0], server.admin_addr(), server.stats()))
                     .unwrap();
                 server
                     .run(async {
@@ -148,10 +150,11 @@ impl TestTarget {
                     .unwrap();
             });
         });
-        let (addr, admin_addr) = addr_rx.recv().unwrap();
+        let (addr, admin_addr, stats) = addr_rx.recv().unwrap();
         TestTarget {
             addr,
             admin_addr,
+            stats,
             name: TARGET.to_string(),
             stop: Some(stop_tx),
             thread: Some(thread),

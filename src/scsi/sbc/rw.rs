@@ -79,6 +79,9 @@ pub fn read(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let lu = ctx.lu()?;
     let produce = needed.min(cmd.expected_len as u64) as usize;
     let mut buf = vec![0u8; produce];
+    // Shared with ordinary writes, excluded by COMPARE AND WRITE and the
+    // other atomic writers: a read never sees one of them half done.
+    let _order = lu.order_shared();
     lu.backend.read_at(offset, &mut buf).map_err(|e| {
         tracing::warn!(backend = %lu.backend.describe(), error = %e, "read failed");
         Sense::new(SenseReason::UnrecoveredReadError).with_information(rw.lba)
