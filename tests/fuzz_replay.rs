@@ -66,7 +66,12 @@ fn mutate(rng: &mut StdRng, base: &[u8], other: &[u8]) -> Vec<u8> {
             }
             _ => {
                 let at = rng.gen_range(0..=len);
-                v.splice(at..at, [0xff, 0x00, 0x7f, 0x80][rng.gen_range(0..4)..].iter().copied());
+                v.splice(
+                    at..at,
+                    [0xff, 0x00, 0x7f, 0x80][rng.gen_range(0..4)..]
+                        .iter()
+                        .copied(),
+                );
             }
         }
     }

@@ -21,7 +21,8 @@ pub fn config(data: &[u8]) {
     };
     // A configuration that validated must stay valid and its portals parse.
     cfg.validate().expect("validated config validates again");
-    cfg.listen_addrs().expect("validated listen addresses parse");
+    cfg.listen_addrs()
+        .expect("validated listen addresses parse");
     for t in &cfg.targets {
         assert!(check_iscsi_name(&t.name).is_ok());
         for lun in &t.luns {

@@ -95,7 +95,7 @@ pub fn login(data: &[u8]) {
                 assert!(p.bhs.final_bit(), "final response without T bit");
                 let params = &result.params;
                 assert!(params.first_burst_length <= params.max_burst_length);
-                assert_eq!(result.initiator_name.is_empty(), false);
+                assert!(!result.initiator_name.is_empty());
                 return;
             }
             LoginStep::Fail(p) => {
@@ -145,7 +145,8 @@ fn next_request(inp: &mut Input, ini: &mut InitiatorChap, last: &TextPairs) -> P
     }
     p.bhs.set_isid(ISID);
     if kind & 0x10 != 0 {
-        p.bhs.set_isid([inp.u8(), inp.u8(), 0, 0, inp.u8(), inp.u8()]);
+        p.bhs
+            .set_isid([inp.u8(), inp.u8(), 0, 0, inp.u8(), inp.u8()]);
     }
     if kind & 0x08 != 0 {
         p.bhs.set_tsih(inp.u16());
@@ -153,8 +154,10 @@ fn next_request(inp: &mut Input, ini: &mut InitiatorChap, last: &TextPairs) -> P
     if kind & 0x04 != 0 {
         p.bhs.set_cid(inp.u16());
     }
-    p.bhs.set_itt(if kind & 0x02 != 0 { inp.u32() } else { 0x1000 });
-    p.bhs.set_cmd_sn(if kind & 0x01 != 0 { inp.u32() } else { 1 });
+    p.bhs
+        .set_itt(if kind & 0x02 != 0 { inp.u32() } else { 0x1000 });
+    p.bhs
+        .set_cmd_sn(if kind & 0x01 != 0 { inp.u32() } else { 1 });
     p.data = substitute_chap(inp.chunk(), ini, last);
     p.bhs.set_data_segment_len(p.data.len() as u32);
     p

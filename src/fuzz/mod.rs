@@ -21,8 +21,11 @@ pub use scsi::{cbt, cdb, param_lists};
 pub use seeds::seeds;
 pub use session::session;
 
+/// A fuzz target: any bytes in, panics on a violated invariant.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for replay drivers.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("pdu", pdu),
     ("text_keys", text_keys),
     ("negotiation", negotiation),

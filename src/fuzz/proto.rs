@@ -85,8 +85,16 @@ fn decode_stream(mut buf: &[u8], framing: &Framing) {
 
 fn round_trip(p: &Pdu, used: usize, framing: &Framing) {
     let _ = p.full_cdb();
-    let _ = (p.opcode(), p.bhs.lun(), p.bhs.isid(), format!("{:?}", p.bhs));
-    assert_eq!(Opcode::from_u8(p.bhs.raw_opcode()).to_u8(), p.bhs.raw_opcode());
+    let _ = (
+        p.opcode(),
+        p.bhs.lun(),
+        p.bhs.isid(),
+        format!("{:?}", p.bhs),
+    );
+    assert_eq!(
+        Opcode::from_u8(p.bhs.raw_opcode()).to_u8(),
+        p.bhs.raw_opcode()
+    );
     let wire = pdu::encode(p, framing);
     assert_eq!(wire.len(), used, "encoded length differs from decoded");
     let (back, n) = pdu::decode(&wire, framing)

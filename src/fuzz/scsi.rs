@@ -70,8 +70,14 @@ fn clip(data: &[u8], edtl: u32) -> &[u8] {
 
 /// What every result must satisfy, whatever the command.
 pub fn check_result(r: &ScsiResult, expected_len: u32) {
-    assert!(r.data_in.len() as u64 <= u64::from(expected_len), "data-in beyond EDTL");
-    assert!(r.data_in.len() as u64 <= u64::from(r.transfer_len), "data-in beyond SPDTL");
+    assert!(
+        r.data_in.len() as u64 <= u64::from(expected_len),
+        "data-in beyond EDTL"
+    );
+    assert!(
+        r.data_in.len() as u64 <= u64::from(r.transfer_len),
+        "data-in beyond SPDTL"
+    );
     if r.status == status::CHECK_CONDITION {
         let s = r.sense.as_ref().expect("CHECK CONDITION without sense");
         assert_eq!(s.len(), 18, "sense is not 18 bytes");
@@ -110,7 +116,11 @@ pub fn cdb(data: &[u8]) {
         if flags & 0x20 != 0 {
             srv.nexus_added(nx);
         }
-        let edtl = if flags & 0x40 != 0 { inp.u32() } else { u32::from(inp.u16()) };
+        let edtl = if flags & 0x40 != 0 {
+            inp.u32()
+        } else {
+            u32::from(inp.u16())
+        };
         let mut cdb = [0u8; 16];
         let body = inp.take(row.cdb_len.saturating_sub(1).min(15));
         cdb[1..1 + body.len()].copy_from_slice(body);
@@ -195,10 +205,11 @@ pub fn cbt(data: &[u8]) {
         };
         let done = Box::new(move |r: ScsiResult| out.lock().unwrap().push((r, edtl)));
         srv.submit(cmd, done);
-        if let Some((r, _)) = results.lock().unwrap().last() {
-            if r.status == status::GOOD && r.data_in.len() >= 8 {
-                token.copy_from_slice(&r.data_in[..8]);
-            }
+        if let Some((r, _)) = results.lock().unwrap().last()
+            && r.status == status::GOOD
+            && r.data_in.len() >= 8
+        {
+            token.copy_from_slice(&r.data_in[..8]);
         }
     }
     // Finish whatever is still held, then check every result.
@@ -220,7 +231,11 @@ pub fn param_lists(data: &[u8]) {
         let nx = &nexuses[(step >> 6) as usize & 1];
         let aux = inp.u8();
         let list = inp.chunk();
-        let len = if step & 0x20 != 0 { inp.u16() } else { list.len() as u16 };
+        let len = if step & 0x20 != 0 {
+            inp.u16()
+        } else {
+            list.len() as u16
+        };
         let l = len.to_be_bytes();
         let lun = u64::from(aux >> 6);
         let cdb: Vec<u8> = match step & 0x07 {
@@ -241,6 +256,13 @@ pub fn param_lists(data: &[u8]) {
         };
         let mut padded = cdb.clone();
         padded.resize(16, 0);
-        run(&srv, lun, &padded, clip(list, u32::from(len)), u32::from(len), nx);
+        run(
+            &srv,
+            lun,
+            &padded,
+            clip(list, u32::from(len)),
+            u32::from(len),
+            nx,
+        );
     }
 }

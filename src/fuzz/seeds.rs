@@ -122,10 +122,16 @@ fn negotiation_seeds() -> Vec<Vec<u8>> {
     let mut a = vec![0x0f];
     chunk(&mut a, &text(OP_KEYS));
     a.push(1);
-    chunk(&mut a, &text(&[("MaxRecvDataSegmentLength", "8192"), ("X-vendor", "1")]));
+    chunk(
+        &mut a,
+        &text(&[("MaxRecvDataSegmentLength", "8192"), ("X-vendor", "1")]),
+    );
     a.push(0);
     let mut b = vec![0x10];
-    chunk(&mut b, &text(&[("MaxConnections", "4"), ("IFMarker", "Yes")]));
+    chunk(
+        &mut b,
+        &text(&[("MaxConnections", "4"), ("IFMarker", "Yes")]),
+    );
     vec![a, b]
 }
 
@@ -152,14 +158,22 @@ fn login_seeds() -> Vec<Vec<u8>> {
     seeds.push(a);
     // Security stage (AuthMethod=None), then operational, continued text.
     let mut b = vec![0x0a];
-    login_pdu(&mut b, 0x81, &[ident(OPEN), vec![("AuthMethod", "None")]].concat());
+    login_pdu(
+        &mut b,
+        0x81,
+        &[ident(OPEN), vec![("AuthMethod", "None")]].concat(),
+    );
     login_pdu(&mut b, 0x44, &OP_KEYS[..5]);
     login_pdu(&mut b, 0x87, &OP_KEYS[5..]);
     seeds.push(b);
     // CHAP, one-way and mutual, with the computed response.
     for (flags, target) in [(0x02u8, CHAP), (0x06, MUTUAL)] {
         let mut c = vec![flags];
-        login_pdu(&mut c, 0x00, &[ident(target), vec![("AuthMethod", "CHAP,None")]].concat());
+        login_pdu(
+            &mut c,
+            0x00,
+            &[ident(target), vec![("AuthMethod", "CHAP,None")]].concat(),
+        );
         login_pdu(&mut c, 0x00, &[("CHAP_A", "5")]);
         login_pdu(&mut c, 0x81, &[("CHAP_N", "x"), ("CHAP_R", "%")]);
         login_pdu(&mut c, 0x87, OP_KEYS);
@@ -168,7 +182,11 @@ fn login_seeds() -> Vec<Vec<u8>> {
     // Discovery with discovery CHAP.
     let mut d = vec![0x03];
     let disc = [("InitiatorName", INITIATOR), ("SessionType", "Discovery")];
-    login_pdu(&mut d, 0x00, &[disc.to_vec(), vec![("AuthMethod", "CHAP")]].concat());
+    login_pdu(
+        &mut d,
+        0x00,
+        &[disc.to_vec(), vec![("AuthMethod", "CHAP")]].concat(),
+    );
     login_pdu(&mut d, 0x00, &[("CHAP_A", "7,5")]);
     login_pdu(&mut d, 0x83, &[("CHAP_N", "x"), ("CHAP_R", "%")]);
     seeds.push(d);
@@ -245,7 +263,14 @@ fn session_seeds() -> Vec<Vec<u8>> {
     acq[0] = 0x03;
     acq[4] = 100;
     cmd(&mut c, 0xc0, Some(3), 0x40, acq, &[]);
-    cmd(&mut c, 0x2a, None, 0x20, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], &[1; 512]);
+    cmd(
+        &mut c,
+        0x2a,
+        None,
+        0x20,
+        [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        &[1; 512],
+    );
     c.extend_from_slice(&[0x07, 0x01, 1, 1, 0, 0, 0, 0, 0]);
     c.extend_from_slice(&[0x07, 0x05, 1, 1, 0, 0, 0, 0, 0]);
     seeds.push(c);
@@ -269,7 +294,11 @@ fn cbt_seeds() -> Vec<Vec<u8>> {
     step(&mut s, 0x24, &[0; 15]);
     step(&mut s, 0x25, &[0; 15]);
     step(&mut s, 9, &[]);
-    step(&mut s, 0x13, &[0, 0, 0, 0, 30, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0]);
+    step(
+        &mut s,
+        0x13,
+        &[0, 0, 0, 0, 30, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0],
+    );
     step(&mut s, 10, &[]);
     vec![s]
 }

@@ -162,7 +162,8 @@ fn scsi_command(inp: &mut Input, _conn: &Conn) -> Pdu {
     let row = &TABLE[inp.u8() as usize % TABLE.len()];
     let flags = inp.u8();
     // F, R, W, ATTR from the input; F usually set.
-    p.bhs.set_flags((flags & 0x67) | if flags & 0x18 != 0x18 { 0x80 } else { 0 });
+    p.bhs
+        .set_flags((flags & 0x67) | if flags & 0x18 != 0x18 { 0x80 } else { 0 });
     p.bhs.set_itt(itt(inp));
     p.bhs.set_lun(u64::from(flags >> 7) << 48);
     let mut cdb = [0u8; 16];
@@ -176,7 +177,11 @@ fn scsi_command(inp: &mut Input, _conn: &Conn) -> Pdu {
         *c &= m;
     }
     p.bhs.set_cdb(&cdb);
-    let edtl = if flags & 0x08 != 0 { inp.u32() } else { u32::from(inp.u16()) };
+    let edtl = if flags & 0x08 != 0 {
+        inp.u32()
+    } else {
+        u32::from(inp.u16())
+    };
     p.bhs.set_expected_data_len(edtl);
     p.data = inp.chunk().to_vec();
     p
@@ -196,7 +201,8 @@ fn data_out(inp: &mut Input, seen: &Seen) -> Pdu {
         }
         _ => {
             p.bhs.set_itt(itt(inp));
-            p.bhs.set_ttt(if flags & 2 != 0 { inp.u32() } else { RESERVED });
+            p.bhs
+                .set_ttt(if flags & 2 != 0 { inp.u32() } else { RESERVED });
             p.bhs.set_buffer_offset(u32::from(inp.u16()));
             p.data = inp.chunk().to_vec();
         }

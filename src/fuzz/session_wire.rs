@@ -59,7 +59,10 @@ pub fn server_addr() -> SocketAddr {
             PANICKED.store(true, Ordering::SeqCst);
             prev(info)
         }));
-        let luns = vec![(0, lun(1 << 20, 512, 0, true)), (1, lun(256 << 10, 4096, 1, false))];
+        let luns = vec![
+            (0, lun(1 << 20, 512, 0, true)),
+            (1, lun(256 << 10, 4096, 1, false)),
+        ];
         let mut registry = Registry {
             portal_group_tag: 1,
             ..Default::default()
@@ -83,9 +86,14 @@ pub fn server_addr() -> SocketAddr {
                 .expect("runtime");
             rt.block_on(async move {
                 let addr = "127.0.0.1:0".parse().expect("addr");
-                let server = Server::bind(Arc::new(registry), &[addr]).await.expect("bind");
+                let server = Server::bind(Arc::new(registry), &[addr])
+                    .await
+                    .expect("bind");
                 tx.send(server.local_addrs()[0]).expect("send addr");
-                server.run(std::future::pending()).await.expect("server run");
+                server
+                    .run(std::future::pending())
+                    .await
+                    .expect("server run");
             });
         });
         rx.recv().expect("server address")
@@ -172,7 +180,9 @@ pub fn login(choice: LoginChoice) -> Option<Conn> {
     p.bhs.set_itt(0x4000_0000);
     p.bhs.set_cmd_sn(1);
     p.data = choice.keys().encode();
-    stream.write_all(&pdu::encode(&p, &Framing::default())).ok()?;
+    stream
+        .write_all(&pdu::encode(&p, &Framing::default()))
+        .ok()?;
     let login_framing = Framing {
         max_data_segment: 1 << 24,
         ..Framing::default()
