@@ -4,6 +4,7 @@ pub mod backend;
 pub mod backup;
 pub mod cbt;
 pub mod config;
+pub mod fuzz;
 pub mod initiator;
 pub mod metrics;
 pub mod proto;
