@@ -12,8 +12,11 @@
 use super::DeviceServer;
 use super::sbc::rw;
 
-/// Largest transfer run inline: copying 1 MiB of RAM takes tens of µs.
-const INLINE_MAX_BYTES: u64 = 1 << 20;
+/// Largest transfer run inline. Larger ones go to the pool even from RAM:
+/// measured (BENCHMARKS.md), 1 MiB reads inline stalled the session's
+/// socket for the copy and cost 1.6x the CPU per I/O of the pool, where the
+/// next read overlaps the previous send.
+const INLINE_MAX_BYTES: u64 = 128 << 10;
 
 impl DeviceServer {
     /// May this command run on the caller's thread without blocking it
