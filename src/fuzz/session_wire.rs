@@ -54,6 +54,13 @@ fn lun(size: u64, bs: u32, n: u8, tracked: bool) -> Arc<LogicalUnit> {
 /// memory disk, LUN 1 a read-only 256 KiB one with 4 KiB blocks.
 pub fn server_addr() -> SocketAddr {
     *ADDR.get_or_init(|| {
+        // A Rust `main` ignores SIGPIPE before it starts; libFuzzer's C
+        // main does not, and vectored socket writes (writev) to a peer
+        // that closed would kill the fuzzer instead of returning EPIPE.
+        // SAFETY: setting a signal disposition to SIG_IGN is always sound.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             PANICKED.store(true, Ordering::SeqCst);
