@@ -446,6 +446,22 @@ def loopback_stream(seconds, cpu_rx, cpu_tx):
     return python_stream(seconds), "python3 socket"
 
 
+def loopback_floor(cpu_srv, cpu_cli):
+    """(p50, p99) µs of a do-nothing request/response over loopback, or None
+    without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        exe = Path(d) / "floor"
+        subprocess.run([cc, "-O2", "-o", str(exe), str(REPO / "benches" / "loopback_floor.c")],
+                       check=True)
+        r = subprocess.run([str(exe), str(free_port()), "20000", str(cpu_srv), str(cpu_cli)],
+                           stdout=subprocess.PIPE, text=True, timeout=120, check=True)
+        p50, p99 = (float(x) for x in r.stdout.split()[1::2])
+        return p50, p99
+
+
 def port_open_probe(port):
     # iperf3 -s -1 serves one test; a bare connect would use it up, so only
     # look at the listening sockets.
@@ -634,6 +650,10 @@ def main():
     if a.tcp_seconds > 0:
         mib, how = loopback_stream(a.tcp_seconds, a.target_cpu, a.load_cpu)
         print(f"One loopback TCP stream ({how}, pinned like the targets): {mib:,.0f} MiB/s")
+        floor = loopback_floor(a.target_cpu, a.load_cpu)
+        if floor:
+            print(f"QD1 4K request/response floor (benches/loopback_floor.c, a target doing "
+                  f"no work): p50 {floor[0]:.1f} us, p99 {floor[1]:.1f} us")
     runner = Runner(a)
     all_runs = []
     for backing in [b for b in a.backing.split(",") if b]:
