@@ -145,7 +145,23 @@ fn raise_fd_limit() {
     }
 }
 
+/// I/O buffers of 256 KiB and more come straight from mmap and go back to
+/// the kernel when freed. glibc otherwise raises its mmap threshold after
+/// the first large free and keeps later large buffers in per-thread arenas
+/// (one per blocking-pool thread): measured with 64 sessions of 1 MiB
+/// writes, the target then stayed at 1.5 GiB RSS after the load ended.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only adjusts allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 fn serve(args: ServeArgs) -> Result<()> {
+    tune_allocator();
     raise_fd_limit();
     // Everything that touches the disk happens here, before the runtime
     // starts, so no blocking I/O runs on the reactor.

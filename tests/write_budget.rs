@@ -14,8 +14,13 @@ use std::time::Duration;
 const KIB: u32 = 1024;
 
 fn target(budget: u64) -> TestTarget {
+    target_with(budget, 256 << 20)
+}
+
+fn target_with(budget: u64, total: u64) -> TestTarget {
     let settings = TargetSettings {
         write_buffer_per_session: budget,
+        write_buffer_total: total,
         ..TargetSettings::default()
     };
     TestTarget::start(
@@ -122,4 +127,43 @@ async fn many_writes_over_the_budget_complete() {
         let back = s.read16(0, i * 256, 256, 512).await.unwrap();
         assert!(back.iter().all(|&b| b == i as u8 ^ 0x5a), "write {i}");
     }
+}
+
+/// The target-wide budget: once other sessions hold it, a session that
+/// already has a write going waits for them, and gets its R2T as soon as
+/// another session's write finishes.
+#[tokio::test]
+async fn the_target_wide_budget_is_shared() {
+    let t = target_with(1 << 20, u64::from(96 * KIB));
+    let a = login(&t).await;
+    let b = login(&t).await;
+    let a1 = a.alloc_itt();
+    a.send_raw_command(write16(a1, 0, 64 * KIB)).await.unwrap();
+    let r2t_a = next(&a).await;
+    assert_eq!((r2t_a.opcode(), r2t_a.bhs.itt()), (Opcode::R2t, a1));
+    // B's first write always fits (no session starves): 96 KiB in use.
+    let (b1, b2) = (b.alloc_itt(), b.alloc_itt());
+    b.send_raw_command(write16(b1, 1024, 32 * KIB))
+        .await
+        .unwrap();
+    let r2t_b1 = next(&b).await;
+    assert_eq!((r2t_b1.opcode(), r2t_b1.bhs.itt()), (Opcode::R2t, b1));
+    // B's second write would pass 96 KiB: no R2T while A holds its share.
+    b.send_raw_command(write16(b2, 2048, 32 * KIB))
+        .await
+        .unwrap();
+    assert!(b.recv_raw_within(Duration::from_millis(300)).await.is_err());
+    // A finishes; B's second write is asked for its data.
+    answer(&a, &r2t_a, 0xaa).await;
+    assert_eq!(next(&a).await.opcode(), Opcode::ScsiResponse);
+    let r2t_b2 = next(&b).await;
+    assert_eq!((r2t_b2.opcode(), r2t_b2.bhs.itt()), (Opcode::R2t, b2));
+    answer(&b, &r2t_b1, 0xb1).await;
+    answer(&b, &r2t_b2, 0xb2).await;
+    for _ in 0..2 {
+        let r = next(&b).await;
+        assert_eq!((r.opcode(), r.bhs.0[3]), (Opcode::ScsiResponse, 0));
+    }
+    let back = b.read16(0, 2048, 64, 512).await.unwrap();
+    assert!(back.iter().all(|&x| x == 0xb2));
 }

@@ -119,6 +119,14 @@ impl WriteTransfer {
         self.received
     }
 
+    /// Size the buffer for the whole transfer now (one allocation instead
+    /// of growing and copying as data arrives). Call it only once the
+    /// transfer is admitted: the declared length is the peer's word.
+    pub fn reserve_all(&mut self) {
+        let want = (self.edtl as usize).saturating_sub(self.buf.len());
+        self.buf.reserve_exact(want);
+    }
+
     pub fn into_buffer(self) -> Vec<u8> {
         self.buf
     }

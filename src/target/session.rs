@@ -458,10 +458,15 @@ async fn session_loop(
                 }
             }
             _ = sleep_until(s.next_deadline()) => s.on_timer().await?,
+            // R2Ts waiting for other sessions to free write budget: retry.
+            _ = tokio::time::sleep(BUDGET_RETRY), if !s.deferred_r2ts.is_empty() => {}
         }
     }
     Ok(())
 }
+
+/// How often R2Ts held back by the target-wide write budget look again.
+const BUDGET_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// PDUs handled before completions get their turn.
 const MAX_PDU_BATCH: usize = 32;

@@ -31,6 +31,10 @@ pub struct TargetSettings {
     /// Write data one session may have solicited (R2Ts sent) and not yet
     /// finished; further R2Ts wait. Bounds memory under many large writes.
     pub write_buffer_per_session: u64,
+    /// The same for all sessions together. A session with nothing charged
+    /// may always start one write, so no session starves: the worst case is
+    /// this plus one write per session.
+    pub write_buffer_total: u64,
     /// Grace given to initiators asked to log out at shutdown.
     pub logout_grace: Duration,
     /// Open connections (logged in or logging in) beyond which a new one
@@ -47,6 +51,7 @@ impl Default for TargetSettings {
             cmd_window: 128,
             max_transfer: 32 * 1024 * 1024,
             write_buffer_per_session: 16 * 1024 * 1024,
+            write_buffer_total: 256 * 1024 * 1024,
             logout_grace: Duration::from_secs(2),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
@@ -113,6 +118,9 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Live connection, session and task counts (read-only introspection).
     pub stats: Arc<super::stats::ServerStats>,
+    /// Write data solicited by all sessions together and not yet finished
+    /// (see `settings.write_buffer_total`).
+    pub write_charged: AtomicU64,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
     /// Nexus ids of sessions asked to log out before shutdown (a reload
     /// removed their target or their ACL entry).
@@ -128,6 +136,7 @@ impl Shared {
         portals: Vec<SocketAddr>,
     ) -> Shared {
         Shared {
+            write_charged: AtomicU64::new(0),
             registry: RegistryCell::new(registry),
             max_connections: AtomicUsize::new(settings.max_connections),
             connections: AtomicUsize::new(0),

@@ -11,6 +11,7 @@ use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, DataInPlan, Residual, reject};
 use crate::scsi::{OwnedCommand, ScsiResult, Sense, SenseReason, status};
 use std::io;
+use std::sync::atomic::Ordering::SeqCst;
 use tracing::debug;
 
 pub(super) struct Task {
@@ -148,7 +149,11 @@ impl Session {
     /// Charge a write's whole transfer to the budget (once). The first
     /// write always fits, however large, so a big one cannot stall.
     fn charge(&mut self, itt: u32) -> bool {
-        let cap = self.shared.settings.write_buffer_per_session;
+        let settings = &self.shared.settings;
+        let (cap, total_cap) = (
+            settings.write_buffer_per_session,
+            settings.write_buffer_total,
+        );
         let used = self.write_charged;
         let Some(task) = self.tasks.get_mut(&itt) else {
             return false;
@@ -160,14 +165,26 @@ impl Session {
         if used > 0 && used + need > cap {
             return false;
         }
+        let total = &self.shared.write_charged;
+        let fits = total.fetch_update(SeqCst, SeqCst, |t| {
+            (used == 0 || t + need <= total_cap).then_some(t + need)
+        });
+        if fits.is_err() {
+            return false;
+        }
         task.charged = need as u32;
+        if let Some(t) = task.transfer.as_mut() {
+            t.reserve_all();
+        }
         self.write_charged += need;
         true
     }
 
     /// A task left the table: give its buffer budget back.
     pub(super) fn release(&mut self, task: &Task) {
-        self.write_charged -= u64::from(task.charged);
+        let n = u64::from(task.charged);
+        self.write_charged -= n;
+        self.shared.write_charged.fetch_sub(n, SeqCst);
     }
 
     /// Send the R2Ts that waited for buffer budget, oldest first.
