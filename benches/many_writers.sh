@@ -3,7 +3,8 @@
 # release binary on a sparse file LUN, runs SESSIONS `gentgt bench`
 # processes at once (one session each, distinct initiator names) writing
 # BS-sized random blocks at queue depth QD for SECONDS, and samples the
-# target's RSS from /proc every 0.2 s. Prints idle, peak and final RSS and
+# target's RSS from /proc every 0.2 s. Prints idle, peak, final and settled
+# RSS and
 # the aggregate write rate. The bound to compare against: SESSIONS x the
 # per-session write-buffer budget (16 MiB) + FirstBurstLength x the command
 # window of unsolicited data.
@@ -46,6 +47,8 @@ while [ "$(jobs -r | wc -l)" -gt 1 ]; do
 done
 wait $(jobs -p | grep -v "^$pid$") 2>/dev/null || true
 final=$(rss)
+sleep 6 # the target trims its allocator every 5 s
+settled=$(rss)
 mibs=$(python3 - "$dir" <<'PY'
 import json, pathlib, sys
 tot = 0.0
@@ -57,4 +60,4 @@ for p in pathlib.Path(sys.argv[1]).glob("bench-*.json"):
 print(f"{tot:.0f}")
 PY
 )
-echo "sessions=$sessions qd=$qd bs=$bs seconds=$seconds: target RSS idle $((idle/1024)) MiB, peak $((peak/1024)) MiB, after $((final/1024)) MiB; writes ${mibs} MiB/s in all"
+echo "sessions=$sessions qd=$qd bs=$bs seconds=$seconds: target RSS idle $((idle/1024)) MiB, peak $((peak/1024)) MiB, at the end $((final/1024)) MiB, 6 s later $((settled/1024)) MiB; writes ${mibs} MiB/s in all"
