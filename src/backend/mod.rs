@@ -39,6 +39,13 @@ pub trait Backend: Send + Sync {
     fn memory_speed(&self) -> bool {
         false
     }
+    /// Would reading `[offset, offset + len)` now be served from memory
+    /// (e.g. the whole range is in the page cache)? A hint for choosing a
+    /// thread; wrong answers cost speed, never correctness.
+    fn read_is_cached(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        self.memory_speed()
+    }
     /// Allocation map of `[offset, offset + len)` as consecutive
     /// (length in bytes, mapped) runs from `offset`, adjacent runs of the
     /// same state merged. At most `max_runs` runs: the answer may then

@@ -43,12 +43,19 @@ impl DeviceServer {
         let Some(lu) = self.luns.get(&lun) else {
             return true; // LOGICAL UNIT NOT SUPPORTED, at once
         };
-        if !lu.backend.memory_speed() {
-            return false;
-        }
         let r = rw::parse(cdb);
         let bytes = r.blocks.saturating_mul(u64::from(lu.block_size));
         if bytes > INLINE_MAX_BYTES {
+            return false;
+        }
+        let offset = r.lba.saturating_mul(u64::from(lu.block_size));
+        // Reads of a file whose pages are all cached are memory copies too;
+        // writes to a file on disk may wait for dirty-page throttling.
+        let fast = match write {
+            false => lu.backend.read_is_cached(offset, bytes),
+            true => lu.backend.memory_speed(),
+        };
+        if !fast {
             return false;
         }
         !write
