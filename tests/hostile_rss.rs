@@ -196,16 +196,16 @@ fn rss_with_1000_hostile_connections() {
             s.logout().await.unwrap();
         });
         drop(conns);
-        let mut after = 0;
-        let mut last = u64::MAX;
-        // Sample until the resident set stops falling.
-        for _ in 0..30 {
+        // Sample for up to 8 s, keeping the lowest: the target gives freed
+        // memory back to the kernel every 5 s (malloc_trim), so the resident
+        // set falls in steps, not at once.
+        let mut after = u64::MAX;
+        for _ in 0..40 {
             std::thread::sleep(Duration::from_millis(200));
-            after = mem(pid).0;
-            if after >= last {
+            after = after.min(mem(pid).0);
+            if after <= idle + 8 * 1024 {
                 break;
             }
-            last = after;
         }
         println!(
             "hostile_rss round {round}: {} connections opened in {opened_in:?}; VmRSS idle \
@@ -227,7 +227,7 @@ fn rss_with_1000_hostile_connections() {
         settled[0]
     );
     assert!(
-        settled[rounds - 1] <= settled[rounds - 2] + 2 * 1024,
+        settled[rounds - 1] <= settled[0] + 8 * 1024,
         "RSS grows round after round: {settled:?} KiB"
     );
 }
