@@ -33,13 +33,7 @@ impl MemoryBackend {
     }
 
     fn check(&self, offset: u64, len: u64) -> io::Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "I/O beyond end of memory backend",
-            )),
-        }
+        super::check_range(offset, len, self.size)
     }
 
     /// Visit every chunk piece of `[offset, offset+len)` as

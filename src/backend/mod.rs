@@ -57,6 +57,29 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// Refuse I/O past the end of a backend of `size` bytes (callers checked
+/// already; a backend must still never act on a bad range).
+pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "I/O beyond end of backend",
+        )),
+    }
+}
+
+/// Refuse a change to a read-only backend.
+pub(crate) fn check_writable(read_only: bool) -> io::Result<()> {
+    if read_only {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "backend is read-only",
+        ));
+    }
+    Ok(())
+}
+
 /// Append a run to an allocation map, merging it with the previous run
 /// when both have the same state.
 pub fn push_run(runs: &mut Vec<(u64, bool)>, len: u64, mapped: bool) {

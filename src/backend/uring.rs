@@ -130,23 +130,11 @@ impl UringBackend {
     }
 
     fn check(&self, offset: u64, len: u64) -> io::Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "I/O beyond end of file backend",
-            )),
-        }
+        super::check_range(offset, len, self.size)
     }
 
     fn check_writable(&self) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "backend is read-only",
-            ));
-        }
-        Ok(())
+        super::check_writable(self.read_only)
     }
 
     /// Whether `[offset, offset+len)` at `ptr` can go to the descriptor
