@@ -8,7 +8,6 @@
 //! scrape time ([`cbt`]).
 
 mod cbt;
-pub mod http;
 pub mod labels;
 pub mod log;
 mod session;

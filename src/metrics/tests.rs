@@ -1,9 +1,9 @@
 //! Unit tests: the exposition's shape and the admin responder on good and
 //! malformed requests (pure, then over a real socket).
 
-use super::http::{self, MAX_REQUEST, respond};
 use super::*;
 use crate::scsi::ScsiResult;
+use crate::target::admin::{self as http, MAX_REQUEST, respond};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,5 +1,6 @@
 //! The only socket code: accept loop, connections, sessions, registry.
 
+pub mod admin;
 mod limit;
 mod login;
 pub mod registry;

@@ -114,7 +114,7 @@ impl Server {
         }
         accept_tasks.spawn(housekeeping(shared.clone()));
         if let Some(l) = self.admin {
-            accept_tasks.spawn(crate::metrics::http::serve(l, self.metrics.clone()));
+            accept_tasks.spawn(super::admin::serve(l, self.metrics.clone()));
         }
         let maintenance = tokio::spawn(maintenance_loop(shared.clone()));
         let mut retiring = JoinSet::new();

@@ -4,7 +4,7 @@
 //! anything unexpected gets a 4xx and the socket is closed. No framework:
 //! two fixed routes do not need one, and every byte parsed here is checked.
 
-use super::Metrics;
+use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
