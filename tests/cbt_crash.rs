@@ -20,12 +20,11 @@ use gentgt::initiator::cbt::{ExtentDescriptor, TrackingReport};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TARGET: &str = "iqn.2026-11.dev.gentgt:crash";
@@ -98,24 +97,13 @@ impl Serve {
             .stderr(log)
             .spawn()
             .expect("spawn gentgt");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Keep draining stdout until the process ends so it never blocks.
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(p) = line.trim().strip_prefix("portal") {
-                    let _ = tx.send(p.trim().to_string());
-                }
-            }
-        });
+        let addr = common::wait_for_portal(&mut child, Duration::from_secs(30));
         let mut s = Serve {
             child,
             addr: "127.0.0.1:1".parse().unwrap(),
         };
-        let portal = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no portal line from gentgt; see {}", dir.display()));
-        s.addr = portal.parse().expect("portal address");
+        s.addr =
+            addr.unwrap_or_else(|| panic!("no portal line from gentgt; see {}", dir.display()));
         s
     }
 

@@ -19,7 +19,6 @@ mod common;
 
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use rand::{Rng, SeedableRng};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -73,20 +72,8 @@ impl Serve {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn gentgt");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(p) = line.trim().strip_prefix("portal") {
-                    let _ = tx.send(p.trim().to_string());
-                }
-            }
-        });
-        let portal = rx.recv_timeout(Duration::from_secs(30)).expect("no portal");
-        Serve {
-            child,
-            addr: portal.parse().unwrap(),
-        }
+        let addr = common::wait_for_portal(&mut child, Duration::from_secs(30)).expect("no portal");
+        Serve { child, addr }
     }
 
     fn kill(mut self) {

@@ -13,7 +13,6 @@ mod common;
 
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use gentgt::proto::pdu::{self, Framing, Opcode, Pdu};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,17 +40,8 @@ fn start(dir: &std::path::Path) -> (Serve, SocketAddr) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn gentgt");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(p) = line.trim().strip_prefix("portal") {
-                let _ = tx.send(p.trim().to_string());
-            }
-        }
-    });
-    let portal = rx.recv_timeout(Duration::from_secs(30)).expect("no portal");
-    (Serve(child), portal.parse().unwrap())
+    let portal = common::wait_for_portal(&mut child, Duration::from_secs(30)).expect("no portal");
+    (Serve(child), portal)
 }
 
 /// (VmRSS, VmHWM) in KiB.

@@ -10,7 +10,7 @@ use gentgt::scsi::{DeviceServer, LogicalUnit, LunIdentity};
 use gentgt::target::{Registry, Server, ServerStats, TargetEntry, TargetSettings};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
@@ -217,4 +217,21 @@ pub fn run(cmd: &mut Command, secs: u64) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The portal a spawned `gentgt serve` (stdout piped) prints once it is
+/// ready, or `None` if none comes `within`. Its stdout keeps being drained
+/// afterwards so the child never blocks writing to it.
+pub fn wait_for_portal(child: &mut Child, within: std::time::Duration) -> Option<SocketAddr> {
+    use std::io::{BufRead, BufReader};
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(p) = line.trim().strip_prefix("portal") {
+                let _ = tx.send(p.trim().to_string());
+            }
+        }
+    });
+    rx.recv_timeout(within).ok()?.parse().ok()
 }
