@@ -427,12 +427,18 @@ async fn session_loop(
     while !s.finished {
         // Handle what already arrived, a burst at a time, so the commands
         // of a burst run before their responses go out in one write.
-        let mut handled = 0;
-        while handled < MAX_PDU_BATCH && !s.finished {
-            let Some(ev) = reader.next() else { break };
-            handled += 1;
+        // `more`: the batch ended at its cap, not on an empty buffer.
+        let mut more = true;
+        for _ in 0..MAX_PDU_BATCH {
+            let Some(ev) = reader.next() else {
+                more = false;
+                break;
+            };
             if !s.on_read(ev).await? {
                 return Ok(());
+            }
+            if s.finished {
+                break;
             }
         }
         if s.finished {
@@ -441,7 +447,6 @@ async fn session_loop(
         if !s.deferred_r2ts.is_empty() {
             s.serve_deferred().await?;
         }
-        let more = reader.has_complete();
         tokio::select! {
             biased;
             _ = cancel.cancelled(), if !cancel_seen => {

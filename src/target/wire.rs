@@ -214,18 +214,6 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             }
         })
     }
-
-    /// Is a complete PDU (or a framing error) waiting in the buffer?
-    pub fn has_complete(&self) -> bool {
-        if self.dead || self.buf.len() < BHS_LEN {
-            return false;
-        }
-        let bhs = Bhs(self.buf[..BHS_LEN].try_into().expect("checked length"));
-        match pdu::tail_len(&bhs, &self.framing) {
-            Ok(t) => self.buf.len() >= BHS_LEN + t,
-            Err(_) => true,
-        }
-    }
 }
 
 #[cfg(test)]
