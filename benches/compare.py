@@ -152,9 +152,12 @@ class Gentgt:
 
     def __init__(self, binary, workdir, backing, size, tracking, cpu):
         self.binary, self.workdir, self.backing = binary, workdir, backing
+        # tracking: a CBT mode, optionally with ":poll=US" (busy_poll_us).
+        self.key = f"gentgt/{tracking}"
+        tracking, _, opt = tracking.partition(":")
+        self.poll = opt.removeprefix("poll=") if opt.startswith("poll=") else None
         self.size, self.tracking, self.cpu = size, tracking, cpu
         self.proc = None
-        self.key = f"gentgt/{tracking}"
         self.log = workdir / "gentgt.log"
 
     def start(self):
@@ -162,7 +165,9 @@ class Gentgt:
         cfg = self.workdir / "gentgt.toml"
         cfg.write_text(
             f'listen = ["127.0.0.1:{self.port}"]\n'
-            f'data_dir = "{self.workdir}"\n\n'
+            f'data_dir = "{self.workdir}"\n'
+            + (f'busy_poll_us = {self.poll}\n' if self.poll is not None else "")
+            + '\n'
             f'[[target]]\nname = "{GENTGT_IQN}"\n\n'
             f'[[target.lun]]\nid = 0\nbackend = "file"\n'
             f'path = "{self.backing}"\nsize = {self.size}\nblock_size = 512\n'
@@ -301,6 +306,18 @@ def qemu_cmd(case, url, count):
     return cmd + [url]
 
 
+def fio_cmd(binary, case, target, seconds):
+    # fio's file names use ':' as a separator: escape the URL's colons.
+    url = target.url.replace(":", "\\:")
+    rw = ("rand" if case.random else "") + ("write" if case.write else "read")
+    if not case.random:
+        rw = "write" if case.write else "read"
+    return [binary, "--name=bench", "--ioengine=libiscsi", f"--filename={url}",
+            f"--initiator={INITIATOR}", f"--rw={rw}", f"--bs={case.size}",
+            f"--iodepth={case.depth}", "--time_based", f"--runtime={seconds:g}",
+            "--norandommap", "--randrepeat=0", "--output-format=json"]
+
+
 def gentgt_bench_cmd(binary, case, target, seconds):
     return [binary, "bench", "--portal", f"127.0.0.1:{target.port}",
             "--target", target.iqn, "--lun", str(target.lun),
@@ -312,11 +329,29 @@ def gentgt_bench_cmd(binary, case, target, seconds):
 def tool_fits(tool, case):
     if case.sessions > 1 or case.digest:
         return tool == "iscsi-perf"
+    if tool == "fio":
+        return True
     if tool == "iscsi-perf":
         return not case.write
     if tool == "gentgt-bench":
         return case.random
     return True
+
+
+def fio_result(out, case):
+    """(I/Os, IOPS, latency percentiles) from fio's JSON output."""
+    try:
+        job = json.loads(out[out.index("{"):])["jobs"][0]
+    except (ValueError, KeyError, IndexError) as e:
+        raise SetupError(f"no JSON in fio output ({e}):\n{out[-800:]}")
+    d = job["write" if case.write else "read"]
+    pct = d.get("clat_ns", {}).get("percentile", {})
+    extra = {}
+    if pct:
+        extra = {"p50_us": pct["50.000000"] / 1000, "p99_us": pct["99.000000"] / 1000}
+    if job.get("error"):
+        raise SetupError(f"fio job error {job['error']}:\n{out[-800:]}")
+    return d["total_ios"], d["iops"], extra
 
 
 class Runner:
@@ -332,6 +367,8 @@ class Runner:
             cmd = iscsi_perf_cmd(case, target.url, int(round(seconds)))
         elif tool == "gentgt-bench":
             cmd = gentgt_bench_cmd(self.args.bin, case, target, seconds)
+        elif tool == "fio":
+            cmd = fio_cmd(self.args.fio, case, target, seconds)
         else:
             key = (case.name, target.key)
             if key not in self.qemu_counts:
@@ -365,6 +402,8 @@ class Runner:
             # CPU was sampled around the warm-up too: divide by every I/O.
             ios, iops = j["ios_total"], j["iops"]
             extra = {"p50_us": j["p50_us"], "p99_us": j["p99_us"]}
+        elif tool == "fio":
+            ios, iops, extra = fio_result(r.stdout, case)
         else:
             m = QEMU_RE.search(r.stdout)
             if not m:
@@ -544,7 +583,9 @@ def parse_args():
     p.add_argument("--seconds", type=float, default=3, help="per measured run")
     p.add_argument("--runs", type=int, default=3, help="median of this many")
     p.add_argument("--tools", default="iscsi-perf,qemu-img",
-                   help="iscsi-perf, qemu-img, gentgt-bench (comma list)")
+                   help="iscsi-perf, qemu-img, fio, gentgt-bench (comma list)")
+    p.add_argument("--fio", default=str(REPO / "target/fio/fio"),
+                   help="fio with the libiscsi engine (benches/build_fio.sh builds it)")
     p.add_argument("--cases", default="", help="regex on case names (default all)")
     p.add_argument("--seq-depth", type=int, default=8, help="QD of sequential cases")
     p.add_argument("--target-cpu", default="0", help="core for targets ('' = no pinning)")
@@ -580,9 +621,9 @@ def bench_backing(a, backing, size, cases, tools, modes, runner, all_runs):
         targets.append(tgt)
         gents = {}
         for mode in modes:
-            img = work / f"gentgt-{mode}.img"
+            img = work / f"gentgt-{mode.replace(':', '-')}.img"
             fill_file(img, size)
-            d = work / f"g-{mode}"
+            d = work / f"g-{mode.replace(':', '-')}"
             d.mkdir()
             g = Gentgt(Path(a.bin), d, img, size, mode, a.target_cpu)
             g.start()
@@ -639,7 +680,10 @@ def main():
     modes = [m for m in a.tracking.split(",") if m]
     tools = [t for t in a.tools.split(",") if t]
     cases = [c for c in all_cases(a.seq_depth) if re.search(a.cases or ".", c.name)]
-    for tool in [t for t in tools if t != "gentgt-bench"] + ["tgtd", "tgtadm", "taskset"]:
+    if "fio" in tools and not Path(a.fio).is_file():
+        raise SystemExit(f"no fio at {a.fio} (benches/build_fio.sh)")
+    for tool in [t for t in tools if t not in ("gentgt-bench", "fio")] \
+            + ["tgtd", "tgtadm", "taskset"]:
         if not shutil.which(tool):
             raise SystemExit(f"missing {tool}")
     if not Path(a.bin).is_file():

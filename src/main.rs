@@ -205,6 +205,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_connections: cfg
             .max_connections
             .unwrap_or(gentgt::target::shared::DEFAULT_MAX_CONNECTIONS),
+        busy_poll: std::time::Duration::from_micros(
+            cfg.busy_poll_us
+                .unwrap_or(gentgt::target::shared::DEFAULT_BUSY_POLL_US),
+        ),
         ..TargetSettings::default()
     };
     let pid_file = args.pid_file.clone().or_else(|| cfg.pid_file.clone());

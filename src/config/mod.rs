@@ -127,6 +127,7 @@ impl Config {
             max_lock_lease_ms: None,
             admin: None,
             max_connections: None,
+            busy_poll_us: None,
             pid_file: None,
         }
     }

@@ -28,6 +28,10 @@ pub struct Config {
     /// refused with "out of resources". Default 1024; a reload applies it.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Microseconds a session polls its socket after answering before it
+    /// sleeps; 0 turns polling off. Default 50; needs a restart.
+    #[serde(default)]
+    pub busy_poll_us: Option<u64>,
     /// Where `serve` writes its process id (`--pid-file` overrides it);
     /// `gentgt reload` finds the server through it.
     #[serde(default)]

@@ -34,6 +34,10 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
             .push(format!("[admin] listen {:?}: {e} (want IP:PORT)", a.listen));
     }
     check_lease("max_lock_lease_ms", cfg.max_lock_lease_ms, &mut f);
+    if cfg.busy_poll_us.is_some_and(|us| us > 10_000) {
+        f.errors
+            .push("busy_poll_us must be at most 10000 (10 ms)".into());
+    }
     if cfg.max_connections == Some(0) {
         f.errors.push("max_connections must be at least 1".into());
     }

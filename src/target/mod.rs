@@ -3,6 +3,7 @@
 pub mod admin;
 mod limit;
 mod login;
+mod poll;
 pub mod registry;
 pub mod reload;
 pub mod server;

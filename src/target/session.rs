@@ -9,6 +9,7 @@
 //! right here (see `scsi::inline`).
 
 use super::login::LoggedIn;
+use super::poll;
 use super::shared::{SessionControl, Shared};
 use super::task::Task;
 use super::tmf::PendingTmf;
@@ -447,6 +448,12 @@ async fn session_loop(
         if !s.deferred_r2ts.is_empty() {
             s.serve_deferred().await?;
         }
+        if !more && !s.finished {
+            more = s.poll_briefly(reader, done_rx).await?;
+            if s.finished {
+                break;
+            }
+        }
         tokio::select! {
             biased;
             _ = cancel.cancelled(), if !cancel_seen => {
@@ -468,6 +475,34 @@ async fn session_loop(
         }
     }
     Ok(())
+}
+
+impl Session {
+    /// Before sleeping, poll the socket and the completions for a moment
+    /// (`poll.rs`); `true` when bytes are waiting in the reader.
+    async fn poll_briefly(
+        &mut self,
+        reader: &mut wire::PduReader<OwnedReadHalf>,
+        done_rx: &mut mpsc::UnboundedReceiver<Done>,
+    ) -> io::Result<bool> {
+        let budget = self.shared.settings.busy_poll;
+        if budget.is_zero() {
+            return Ok(false);
+        }
+        let shared = self.shared.clone();
+        match poll::busy_poll(reader, done_rx, budget, &shared.pollers).await? {
+            poll::Polled::Bytes => Ok(true),
+            poll::Polled::Closed => {
+                self.finished = true;
+                Ok(false)
+            }
+            poll::Polled::Done(d) => {
+                self.on_done(d, done_rx).await?;
+                Ok(true)
+            }
+            poll::Polled::Nothing => Ok(false),
+        }
+    }
 }
 
 /// How often R2Ts held back by the target-wide write budget look again.

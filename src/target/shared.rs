@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 /// Default of [`TargetSettings::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
+/// Default of [`TargetSettings::busy_poll`], in microseconds.
+pub const DEFAULT_BUSY_POLL_US: u64 = 50;
+
 /// Tunables of the transport.
 #[derive(Debug, Clone)]
 pub struct TargetSettings {
@@ -40,6 +43,10 @@ pub struct TargetSettings {
     /// Open connections (logged in or logging in) beyond which a new one
     /// gets "out of resources" at login.
     pub max_connections: usize,
+    /// How long a session polls its socket after answering before it
+    /// sleeps (0: never). Saves a thread wake-up per command at low queue
+    /// depth; see `poll.rs`.
+    pub busy_poll: Duration,
 }
 
 impl Default for TargetSettings {
@@ -54,6 +61,7 @@ impl Default for TargetSettings {
             write_buffer_total: 256 * 1024 * 1024,
             logout_grace: Duration::from_secs(2),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
         }
     }
 }
@@ -121,6 +129,8 @@ pub struct Shared {
     /// Write data solicited by all sessions together and not yet finished
     /// (see `settings.write_buffer_total`).
     pub write_charged: AtomicU64,
+    /// Sessions busy polling now (bounded; see `poll.rs`).
+    pub(super) pollers: super::poll::PollGate,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
     /// Nexus ids of sessions asked to log out before shutdown (a reload
     /// removed their target or their ACL entry).
@@ -137,6 +147,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             write_charged: AtomicU64::new(0),
+            pollers: super::poll::PollGate::new(),
             registry: RegistryCell::new(registry),
             max_connections: AtomicUsize::new(settings.max_connections),
             connections: AtomicUsize::new(0),

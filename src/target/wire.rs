@@ -158,6 +158,46 @@ pub struct PduReader<R> {
     dead: bool,
 }
 
+impl PduReader<tokio::net::tcp::OwnedReadHalf> {
+    /// Take whatever bytes the socket has right now, without waiting and
+    /// without the runtime's readiness bookkeeping (which only learns of
+    /// new bytes when the thread polls for events): `Some(true)` bytes
+    /// were added, `Some(false)` the peer closed, `None` nothing yet.
+    pub fn try_fill(&mut self) -> io::Result<Option<bool>> {
+        use std::os::fd::AsRawFd;
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let fd = self.rd.as_ref().as_raw_fd();
+        let spare = self.buf.spare_capacity_mut();
+        // SAFETY: recv writes at most spare.len() bytes into memory the
+        // buffer owns and reserves; MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                spare.as_mut_ptr().cast::<libc::c_void>(),
+                spare.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => Ok(Some(false)),
+            n if n > 0 => {
+                // SAFETY: the kernel initialised the first n spare bytes.
+                unsafe { self.buf.set_len(self.buf.len() + n as usize) };
+                Ok(Some(true))
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+}
+
 /// Spare room kept for the next read: a burst of 4 KiB writes.
 const READ_CHUNK: usize = 64 * 1024;
 
