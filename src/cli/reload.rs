@@ -113,6 +113,7 @@ async fn reload_once(state: &mut Running, tx: &mpsc::Sender<ReloadRequest>) -> R
     applied.listen = state.config.listen.clone();
     applied.data_dir = state.config.data_dir.clone();
     applied.pid_file = state.config.pid_file.clone();
+    applied.busy_poll_us = state.config.busy_poll_us;
     state.config = applied;
     state.registry = registry;
     let mut text = summary.to_string();

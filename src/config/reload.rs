@@ -81,6 +81,9 @@ pub fn needs_restart(current: &Config, next: &Config) -> Vec<String> {
     if current.pid_file != next.pid_file {
         v.push("pid_file".to_string());
     }
+    if current.busy_poll_us != next.busy_poll_us {
+        v.push("busy_poll_us".to_string());
+    }
     v
 }
 

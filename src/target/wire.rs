@@ -301,4 +301,44 @@ mod tests {
             assert_eq!(got, expected, "digests {hd}/{dd}");
         }
     }
+
+    /// try_fill takes bytes without waiting, reports an empty socket as
+    /// None and a closed one as Some(false); next() then decodes what came.
+    #[tokio::test]
+    async fn try_fill_polls_without_waiting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (rd, _wr) = server.into_split();
+        let framing = Framing {
+            header_digest: false,
+            data_digest: false,
+            max_data_segment: 8192,
+        };
+        let mut reader = PduReader::new(rd, framing.clone());
+        assert!(reader.try_fill().unwrap().is_none());
+        let mut nop = Pdu::new(Opcode::NopOut);
+        nop.data = vec![9; 5];
+        let mut bytes = Vec::new();
+        pdu::encode_into(&nop, &framing, &mut bytes);
+        client.write_all(&bytes).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while reader.buf.len() < bytes.len() {
+            assert!(std::time::Instant::now() < deadline, "bytes never arrived");
+            if reader.try_fill().unwrap().is_none() {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(matches!(reader.next(), Some(ReadOutcome::Pdu(p)) if p.data == vec![9; 5]));
+        drop(client);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "close never seen");
+            match reader.try_fill().unwrap() {
+                Some(false) => break,
+                Some(true) => panic!("no bytes were sent"),
+                None => tokio::task::yield_now().await,
+            }
+        }
+    }
 }
