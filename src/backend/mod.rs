@@ -8,6 +8,7 @@
 use std::io;
 
 pub mod aligned;
+pub mod buffers;
 pub mod file;
 pub mod memory;
 mod rangelock;

@@ -187,7 +187,11 @@ impl Session {
         if replies.iter().all(|r| r.pdus.is_empty()) {
             return Ok(());
         }
-        wire::write_replies(&mut self.wr, replies, &self.framing_out).await
+        let sent = wire::write_replies(&mut self.wr, replies, &self.framing_out).await;
+        for r in replies.iter_mut() {
+            crate::backend::buffers::give(std::mem::take(&mut r.body));
+        }
+        sent
     }
 
     pub async fn reject(&mut self, reason: u8, bhs: &Bhs) -> io::Result<()> {
