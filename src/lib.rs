@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod buffers;
 pub mod cbt;
 pub mod config;
 pub mod fuzz;

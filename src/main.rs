@@ -163,7 +163,7 @@ fn tune_allocator() {
             .spawn(|| {
                 loop {
                     std::thread::sleep(std::time::Duration::from_secs(5));
-                    gentgt::backend::buffers::trim();
+                    gentgt::buffers::trim();
                     // SAFETY: malloc_trim is thread-safe; it returns free
                     // pages of every arena to the kernel.
                     unsafe {

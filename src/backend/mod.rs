@@ -8,7 +8,6 @@
 use std::io;
 
 pub mod aligned;
-pub mod buffers;
 pub mod file;
 pub mod memory;
 mod rangelock;

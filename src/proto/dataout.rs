@@ -93,7 +93,11 @@ impl WriteTransfer {
         let mut t = WriteTransfer {
             edtl,
             limits,
-            buf: immediate.to_vec(),
+            buf: {
+                let mut b = crate::buffers::with_capacity(immediate.len());
+                b.extend_from_slice(immediate);
+                b
+            },
             received: imm,
             unsolicited_open: !cmd_final && unsolicited_cap > imm,
             unsolicited_end: unsolicited_cap,
@@ -123,8 +127,13 @@ impl WriteTransfer {
     /// of growing and copying as data arrives). Call it only once the
     /// transfer is admitted: the declared length is the peer's word.
     pub fn reserve_all(&mut self) {
-        let want = (self.edtl as usize).saturating_sub(self.buf.len());
-        self.buf.reserve_exact(want);
+        let edtl = self.edtl as usize;
+        if self.buf.capacity() >= edtl {
+            return;
+        }
+        let mut whole = crate::buffers::with_capacity(edtl);
+        whole.extend_from_slice(&self.buf);
+        crate::buffers::give(std::mem::replace(&mut self.buf, whole));
     }
 
     pub fn into_buffer(self) -> Vec<u8> {

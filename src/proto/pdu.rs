@@ -412,7 +412,15 @@ pub fn decode_tail(bhs: Bhs, tail: &[u8], framing: &Framing) -> Result<Pdu, PduE
                 return Err(PduError::DataDigest);
             }
         }
-        data = rest[..dsl].to_vec();
+        // Write data passes through here on its way to a command buffer
+        // and the session hands the segment back: recycle those. Small
+        // segments (text, sense) are copied exactly.
+        if dsl >= 4096 {
+            data = crate::buffers::with_capacity(dsl);
+            data.extend_from_slice(&rest[..dsl]);
+        } else {
+            data = rest[..dsl].to_vec();
+        }
     }
     Ok(Pdu {
         bhs,

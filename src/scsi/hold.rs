@@ -39,7 +39,11 @@ impl DeviceServer {
         self.this.get_or_init(|| Arc::downgrade(self));
         let lu = match self.luns.get(&cmd.lun) {
             Some(lu) if is_change(&cmd.cdb) => Arc::clone(lu),
-            _ => return done(self.execute(&cmd.as_command())),
+            _ => {
+                let result = self.execute(&cmd.as_command());
+                crate::buffers::give(cmd.data_out);
+                return done(result);
+            }
         };
         let (lun, lock) = (cmd.lun, &lu.cbt_lock);
         let mut held = Held { cmd, done };
@@ -47,6 +51,7 @@ impl DeviceServer {
             if lock.enter() {
                 let result = self.execute(&held.cmd.as_command());
                 lock.leave();
+                crate::buffers::give(held.cmd.data_out);
                 return (held.done)(result);
             }
             match lock.hold(held, Instant::now()) {

@@ -17,7 +17,7 @@ use super::sbc::rw;
 /// (BENCHMARKS.md): 1 MiB reads inline stalled the session's socket and
 /// cost 1.6x the CPU per I/O. 128 KiB reads inline used to fall to
 /// ~1.1 GiB/s after a 4 KiB workload; that was the allocator (a fresh
-/// zeroed buffer per read, see `backend::buffers`): with recycled buffers
+/// zeroed buffer per read, see `buffers`): with recycled buffers
 /// they run at 2.8 GiB/s inline against 2.2 through the pool.
 const INLINE_MAX_BYTES: u64 = 128 << 10;
 

@@ -189,7 +189,7 @@ impl Session {
         }
         let sent = wire::write_replies(&mut self.wr, replies, &self.framing_out).await;
         for r in replies.iter_mut() {
-            crate::backend::buffers::give(std::mem::take(&mut r.body));
+            crate::buffers::give(std::mem::take(&mut r.body));
         }
         sent
     }

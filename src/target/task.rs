@@ -117,6 +117,7 @@ impl Session {
                 }
             }
         }
+        crate::buffers::give(pdu.data);
         task.r2t_count = r2ts.len() as u32;
         let lun_raw = task.lun_raw;
         self.tasks.insert(itt, task);
@@ -223,6 +224,7 @@ impl Session {
         let mut transfer = self.tasks.get_mut(&itt).unwrap().transfer.take().unwrap();
         let mut ttt = || self.ttt_next_raw();
         let outcome = transfer.on_data_out(&pdu.bhs, &pdu.data, &mut ttt);
+        crate::buffers::give(pdu.data);
         let task = self.tasks.get_mut(&itt).unwrap();
         let lun_raw = task.lun_raw;
         match outcome {

@@ -79,7 +79,7 @@ pub fn read(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let lu = ctx.lu()?;
     let produce = needed.min(cmd.expected_len as u64) as usize;
     // Recycled: read_at overwrites all of it or fails (and it is dropped).
-    let mut buf = crate::backend::buffers::take(produce);
+    let mut buf = crate::buffers::take(produce);
     // Shared with ordinary writes, excluded by COMPARE AND WRITE and the
     // other atomic writers: a read never sees one of them half done.
     let _order = lu.order_shared();

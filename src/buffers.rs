@@ -1,4 +1,4 @@
-//! Recycled I/O buffers for read data.
+//! Recycled I/O buffers: read data, write data, data segments.
 //!
 //! Why: a fresh 128 KiB `vec![0; n]` per READ costs a memset, page faults
 //! and often an mmap/munmap pair (glibc hands large blocks to the kernel
@@ -66,6 +66,21 @@ pub fn take(len: usize) -> Vec<u8> {
     }
 }
 
+/// An empty buffer with room for at least `cap` bytes (recycled when one
+/// is free). Its spare capacity may hold stale bytes, which safe code
+/// cannot see.
+pub fn with_capacity(cap: usize) -> Vec<u8> {
+    let Some(c) = class_of(cap) else {
+        return Vec::with_capacity(cap);
+    };
+    let class = &POOL[c];
+    class.used.store(true, Ordering::Relaxed);
+    let reused = class.free.lock().ok().and_then(|mut f| f.pop());
+    let mut v = reused.unwrap_or_else(|| Vec::with_capacity(1 << (c as u32 + MIN_SHIFT)));
+    v.clear();
+    v
+}
+
 /// Hand a buffer back for reuse (any buffer: those of a foreign capacity
 /// are simply dropped).
 pub fn give(v: Vec<u8>) {
@@ -123,6 +138,9 @@ mod tests {
         assert_eq!(w.as_ptr(), ptr, "the same allocation is reused");
         give(w);
         // Unused for a whole period: dropped.
+        let e = with_capacity(300_000);
+        assert!(e.is_empty() && e.capacity() == 512 << 10);
+        give(e);
         trim();
         trim();
         let x = take(300_000);
