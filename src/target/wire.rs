@@ -316,7 +316,7 @@ mod tests {
             data_digest: false,
             max_data_segment: 8192,
         };
-        let mut reader = PduReader::new(rd, framing.clone());
+        let mut reader = PduReader::new(rd, framing);
         assert!(reader.try_fill().unwrap().is_none());
         let mut nop = Pdu::new(Opcode::NopOut);
         nop.data = vec![9; 5];
