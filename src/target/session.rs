@@ -69,6 +69,8 @@ pub(super) struct Session {
     pub write_charged: u64,
     /// R2Ts waiting for write-buffer budget, oldest first.
     pub deferred_r2ts: std::collections::VecDeque<(u32, Vec<crate::proto::dataout::R2tRequest>)>,
+    /// Whether polling pays for this session now.
+    poll_policy: poll::PollPolicy,
     /// Write tasks that left the table lately (see `Session::note_ended`).
     pub ended_writes: std::collections::VecDeque<u32>,
     /// Our outstanding keep-alive ping: its TTT and answer deadline.
@@ -137,6 +139,7 @@ impl Session {
             pending_tmfs: Vec::new(),
             write_charged: 0,
             deferred_r2ts: Default::default(),
+            poll_policy: Default::default(),
             ended_writes: Default::default(),
             nop: None,
             last_rx: Instant::now(),
@@ -490,12 +493,25 @@ impl Session {
         done_rx: &mut mpsc::UnboundedReceiver<Done>,
     ) -> io::Result<bool> {
         let budget = self.shared.settings.busy_poll;
-        if budget.is_zero() {
+        // A command on the blocking pool may need this very CPU (a target
+        // pinned to one core): polling would only delay its completion.
+        if budget.is_zero()
+            || self.tasks.values().any(|t| t.pooled)
+            || !self.poll_policy.should_poll()
+        {
             return Ok(false);
         }
+        // The rest of a PDU already begun says nothing about how densely
+        // commands come.
+        let between_pdus = reader.buffered() == 0;
         let shared = self.shared.clone();
         match poll::busy_poll(reader, done_rx, budget, &shared.pollers).await? {
-            poll::Polled::Bytes => Ok(true),
+            poll::Polled::Bytes(waited) => {
+                if between_pdus {
+                    self.poll_policy.bytes_after(waited);
+                }
+                Ok(true)
+            }
             poll::Polled::Closed => {
                 self.finished = true;
                 Ok(false)

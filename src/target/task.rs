@@ -24,6 +24,8 @@ pub(super) struct Task {
     pub transfer: Option<WriteTransfer>,
     pub delivered: bool,
     pub executing: bool,
+    /// Executing on the blocking pool (its completion arrives by channel).
+    pub pooled: bool,
     /// Aborted by task management: finish silently.
     pub aborted: bool,
     /// Failed before execution (bad Data-Out): answer with this instead.
@@ -87,6 +89,7 @@ impl Session {
             transfer: None,
             delivered: false,
             executing: false,
+            pooled: false,
             aborted: false,
             failure: None,
             r2t_count: 0,
@@ -322,6 +325,7 @@ impl Session {
         if device.runs_inline(cmd.lun, &cmd.cdb) {
             device.submit(cmd, done);
         } else {
+            task.pooled = true;
             tokio::task::spawn_blocking(move || device.submit(cmd, done));
         }
     }

@@ -211,6 +211,11 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         }
     }
 
+    /// Bytes read but not yet handed out (the start of a PDU).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Wait for more bytes. `Ok(false)`: the peer closed the connection
     /// (cleanly or mid-PDU: either way nothing more will come).
     pub async fn fill(&mut self) -> io::Result<bool> {
