@@ -152,10 +152,17 @@ class Gentgt:
 
     def __init__(self, binary, workdir, backing, size, tracking, cpu):
         self.binary, self.workdir, self.backing = binary, workdir, backing
-        # tracking: a CBT mode, optionally with ":poll=US" (busy_poll_us).
+        # tracking: a CBT mode, then optional ":"-separated variants:
+        # "poll=US" (busy_poll_us), "uring" (io = "uring"), "direct" (io_uring
+        # with O_DIRECT).
         self.key = f"gentgt/{tracking}"
-        tracking, _, opt = tracking.partition(":")
-        self.poll = opt.removeprefix("poll=") if opt.startswith("poll=") else None
+        tracking, *opts = tracking.split(":")
+        self.poll = next((o[5:] for o in opts if o.startswith("poll=")), None)
+        self.lun_extra = ""
+        if "uring" in opts or "direct" in opts:
+            self.lun_extra += 'io = "uring"\n'
+        if "direct" in opts:
+            self.lun_extra += "direct = true\n"
         self.size, self.tracking, self.cpu = size, tracking, cpu
         self.proc = None
         self.log = workdir / "gentgt.log"
@@ -171,7 +178,7 @@ class Gentgt:
             f'[[target]]\nname = "{GENTGT_IQN}"\n\n'
             f'[[target.lun]]\nid = 0\nbackend = "file"\n'
             f'path = "{self.backing}"\nsize = {self.size}\nblock_size = 512\n'
-            f'tracking = "{self.tracking}"\n')
+            f'tracking = "{self.tracking}"\n' + self.lun_extra)
         cmd = pinned(self.cpu, [str(self.binary), "serve", "--config", str(cfg),
                                 "--listen", f"127.0.0.1:{self.port}",
                                 "--data-dir", str(self.workdir)])
