@@ -492,9 +492,10 @@ def loopback_stream(seconds, cpu_rx, cpu_tx):
     return python_stream(seconds), "python3 socket"
 
 
-def loopback_floor(cpu_srv, cpu_cli):
-    """(p50, p99) µs of a do-nothing request/response over loopback, or None
-    without a C compiler."""
+def loopback_floor(cpu_srv, cpu_cli, poll=False):
+    """(p50, p99) µs of a do-nothing request/response over loopback (with
+    poll: the server polls instead of sleeping), or None without a C
+    compiler."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None
@@ -502,7 +503,8 @@ def loopback_floor(cpu_srv, cpu_cli):
         exe = Path(d) / "floor"
         subprocess.run([cc, "-O2", "-o", str(exe), str(REPO / "benches" / "loopback_floor.c")],
                        check=True)
-        r = subprocess.run([str(exe), str(free_port()), "20000", str(cpu_srv), str(cpu_cli)],
+        args = [str(exe), str(free_port()), "20000", str(cpu_srv), str(cpu_cli)]
+        r = subprocess.run(args + (["poll"] if poll else []),
                            stdout=subprocess.PIPE, text=True, timeout=120, check=True)
         p50, p99 = (float(x) for x in r.stdout.split()[1::2])
         return p50, p99
@@ -705,6 +707,9 @@ def main():
         if floor:
             print(f"QD1 4K request/response floor (benches/loopback_floor.c, a target doing "
                   f"no work): p50 {floor[0]:.1f} us, p99 {floor[1]:.1f} us")
+            polled = loopback_floor(a.target_cpu, a.load_cpu, poll=True)
+            print(f"  the same with the server polling its socket: p50 {polled[0]:.1f} us, "
+                  f"p99 {polled[1]:.1f} us")
     runner = Runner(a)
     all_runs = []
     for backing in [b for b in a.backing.split(",") if b]:

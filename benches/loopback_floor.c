@@ -4,8 +4,14 @@
 // the CPUs the benchmarks use. No iSCSI target can answer faster than this;
 // benches/compare.py prints it beside the QD1 figures.
 //
-// Usage: loopback_floor PORT ROUNDS SERVER_CPU CLIENT_CPU
+// With a fifth argument "poll" the server polls its socket
+// (recv(MSG_DONTWAIT) in a loop) instead of sleeping in read(2): the floor
+// for a target that busy-polls (gentgt's busy_poll_us), which saves the
+// wake-up of its CPU.
+//
+// Usage: loopback_floor PORT ROUNDS SERVER_CPU CLIENT_CPU [poll]
 #define _GNU_SOURCE
+#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
@@ -24,9 +30,14 @@ static void pin(int cpu) {
     sched_setaffinity(0, sizeof set, &set);
 }
 
+static int polling;
+
 static int read_full(int fd, char *buf, int n) {
     for (int got = 0; got < n;) {
-        int r = read(fd, buf + got, n - got);
+        int r = polling ? recv(fd, buf + got, n - got, MSG_DONTWAIT)
+                        : read(fd, buf + got, n - got);
+        if (r < 0 && polling && (errno == EAGAIN || errno == EWOULDBLOCK))
+            continue;
         if (r <= 0)
             return -1;
         got += r;
@@ -40,8 +51,8 @@ static int by_value(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s PORT ROUNDS SERVER_CPU CLIENT_CPU\n", argv[0]);
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: %s PORT ROUNDS SERVER_CPU CLIENT_CPU [poll]\n", argv[0]);
         return 2;
     }
     int port = atoi(argv[1]), rounds = atoi(argv[2]), warmup = 1000, one = 1;
@@ -57,6 +68,7 @@ int main(int argc, char **argv) {
     pid_t server = fork();
     if (server == 0) {
         pin(atoi(argv[3]));
+        polling = argc == 6 && strcmp(argv[5], "poll") == 0;
         int c = accept(ls, 0, 0);
         setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         while (read_full(c, buf, 48) > 0)
