@@ -27,12 +27,13 @@ struct Class {
     used: AtomicBool,
 }
 
-static POOL: [Class; CLASSES] = [const {
-    Class {
-        free: Mutex::new(Vec::new()),
-        used: AtomicBool::new(false),
-    }
-}; CLASSES];
+/// Free lists by size class. The process uses one, [`GLOBAL`], through the
+/// free functions below.
+pub struct Pool {
+    classes: [Class; CLASSES],
+}
+
+static GLOBAL: Pool = Pool::new();
 
 fn class_of(capacity: usize) -> Option<usize> {
     if capacity == 0 || capacity > 1 << MAX_SHIFT {
@@ -42,71 +43,105 @@ fn class_of(capacity: usize) -> Option<usize> {
     Some((shift - MIN_SHIFT) as usize)
 }
 
-/// A buffer of exactly `len` bytes, recycled when one is free (stale
-/// contents: overwrite it all) or newly zeroed.
+/// A buffer of exactly `len` bytes from the process's pool: see
+/// [`Pool::take`].
 pub fn take(len: usize) -> Vec<u8> {
-    let Some(c) = class_of(len) else {
-        return vec![0; len];
-    };
-    let class = &POOL[c];
-    class.used.store(true, Ordering::Relaxed);
-    let reused = class.free.lock().ok().and_then(|mut f| f.pop());
-    match reused {
-        Some(mut v) => {
-            // Capacity is the class size, so this never reallocates.
-            v.resize(len, 0);
-            v.truncate(len);
-            v
-        }
-        None => {
-            let mut v = Vec::with_capacity(1 << (c as u32 + MIN_SHIFT));
-            v.resize(len, 0);
-            v
-        }
-    }
+    GLOBAL.take(len)
 }
 
-/// An empty buffer with room for at least `cap` bytes (recycled when one
-/// is free). Its spare capacity may hold stale bytes, which safe code
-/// cannot see.
+/// An empty buffer with room for `cap` bytes: see [`Pool::with_capacity`].
 pub fn with_capacity(cap: usize) -> Vec<u8> {
-    let Some(c) = class_of(cap) else {
-        return Vec::with_capacity(cap);
-    };
-    let class = &POOL[c];
-    class.used.store(true, Ordering::Relaxed);
-    let reused = class.free.lock().ok().and_then(|mut f| f.pop());
-    let mut v = reused.unwrap_or_else(|| Vec::with_capacity(1 << (c as u32 + MIN_SHIFT)));
-    v.clear();
-    v
+    GLOBAL.with_capacity(cap)
 }
 
-/// Hand a buffer back for reuse (any buffer: those of a foreign capacity
-/// are simply dropped).
+/// Hand a buffer back to the process's pool: see [`Pool::give`].
 pub fn give(v: Vec<u8>) {
-    let cap = v.capacity();
-    let Some(c) = class_of(cap) else {
-        return;
-    };
-    if cap != 1 << (c as u32 + MIN_SHIFT) {
-        return;
+    GLOBAL.give(v)
+}
+
+/// Drop the process's idle buffers: see [`Pool::trim`].
+pub fn trim() {
+    GLOBAL.trim()
+}
+
+impl Pool {
+    pub const fn new() -> Pool {
+        Pool {
+            classes: [const {
+                Class {
+                    free: Mutex::new(Vec::new()),
+                    used: AtomicBool::new(false),
+                }
+            }; CLASSES],
+        }
     }
-    if let Ok(mut free) = POOL[c].free.lock()
-        && (free.len() + 1) * cap <= CLASS_BYTES
-    {
-        free.push(v);
+
+    /// A buffer of exactly `len` bytes, recycled when one is free (stale
+    /// contents: overwrite it all) or newly zeroed.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let Some(mut v) = self.reuse(len) else {
+            return vec![0; len];
+        };
+        // The bytes up to its old length are initialised already: only
+        // growth beyond them is zeroed (capacity suffices, nothing
+        // reallocates).
+        v.resize(len, 0);
+        v
+    }
+
+    /// An empty buffer with room for at least `cap` bytes (recycled when
+    /// one is free). Its spare capacity may hold stale bytes, which safe
+    /// code cannot see.
+    pub fn with_capacity(&self, cap: usize) -> Vec<u8> {
+        let mut v = self.reuse(cap).unwrap_or_else(|| Vec::with_capacity(cap));
+        v.clear();
+        v
+    }
+
+    /// A free buffer of the class that fits `len` (a fresh one of the
+    /// class's full capacity when the class is empty); `None` when `len`
+    /// is not pooled.
+    fn reuse(&self, len: usize) -> Option<Vec<u8>> {
+        let c = class_of(len)?;
+        let class = &self.classes[c];
+        class.used.store(true, Ordering::Relaxed);
+        let reused = class.free.lock().ok().and_then(|mut f| f.pop());
+        Some(reused.unwrap_or_else(|| Vec::with_capacity(1 << (c as u32 + MIN_SHIFT))))
+    }
+
+    /// Hand a buffer back for reuse (any buffer: those of a foreign
+    /// capacity are simply dropped).
+    pub fn give(&self, v: Vec<u8>) {
+        let cap = v.capacity();
+        let Some(c) = class_of(cap) else {
+            return;
+        };
+        if cap != 1 << (c as u32 + MIN_SHIFT) {
+            return;
+        }
+        if let Ok(mut free) = self.classes[c].free.lock()
+            && (free.len() + 1) * cap <= CLASS_BYTES
+        {
+            free.push(v);
+        }
+    }
+
+    /// Drop the buffers of every class not used since the previous call.
+    pub fn trim(&self) {
+        for class in &self.classes {
+            if !class.used.swap(false, Ordering::Relaxed)
+                && let Ok(mut free) = class.free.lock()
+            {
+                free.clear();
+                free.shrink_to_fit();
+            }
+        }
     }
 }
 
-/// Drop the buffers of every class not used since the previous call.
-pub fn trim() {
-    for class in &POOL {
-        if !class.used.swap(false, Ordering::Relaxed)
-            && let Ok(mut free) = class.free.lock()
-        {
-            free.clear();
-            free.shrink_to_fit();
-        }
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::new()
     }
 }
 
@@ -126,24 +161,30 @@ mod tests {
 
     #[test]
     fn a_given_buffer_comes_back_with_the_asked_length() {
-        // A size no other test uses, so the class is this test's alone.
-        let mut v = take(300_000);
+        let pool = Pool::new();
+        let mut v = pool.take(300_000);
         assert_eq!(v.len(), 300_000);
         assert_eq!(v.capacity(), 512 << 10);
         v[0] = 7;
         let ptr = v.as_ptr();
-        give(v);
-        let w = take(262_145);
+        pool.give(v);
+        let w = pool.take(262_145);
         assert_eq!(w.len(), 262_145);
         assert_eq!(w.as_ptr(), ptr, "the same allocation is reused");
-        give(w);
-        // Unused for a whole period: dropped.
-        let e = with_capacity(300_000);
+        pool.give(w);
+        let e = pool.with_capacity(300_000);
         assert!(e.is_empty() && e.capacity() == 512 << 10);
-        give(e);
-        trim();
-        trim();
-        let x = take(300_000);
+        assert_eq!(e.as_ptr(), ptr);
+        pool.give(e);
+        // A foreign capacity is not kept.
+        pool.give(Vec::with_capacity(300_000));
+        let again = pool.take(300_000);
+        assert_eq!(again.as_ptr(), ptr);
+        pool.give(again);
+        // Unused for a whole period: dropped.
+        pool.trim();
+        pool.trim();
+        let x = pool.take(300_000);
         assert!(x.iter().all(|&b| b == 0), "a new buffer is zeroed");
     }
 }
