@@ -1,5 +1,5 @@
-//! The per-LUN `io` and `direct` keys: parsing, validation, and the
-//! backend they build.
+//! The per-LUN `io` and `direct` keys (and the transport's `busy_poll_us`):
+//! parsing, validation, and the backend they build.
 
 use super::{Config, ConfigError, IoEngine, build_registry};
 
@@ -63,4 +63,16 @@ fn uring_lun_is_built_with_io_uring() {
             "{extra}: {desc}"
         );
     }
+}
+
+/// `busy_poll_us` (a top-level key): absent means the default, 0 turns
+/// polling off, more than 10 ms is refused by name.
+#[test]
+fn busy_poll_is_bounded() {
+    let c = Config::from_toml(&config("", "memory"), "t").unwrap();
+    assert_eq!(c.busy_poll_us, None);
+    let c = Config::from_toml(&format!("busy_poll_us = 0\n{}", config("", "memory")), "t").unwrap();
+    assert_eq!(c.busy_poll_us, Some(0));
+    let e = errors(&format!("busy_poll_us = 20000\n{}", config("", "memory")));
+    assert!(e.iter().any(|m| m.contains("busy_poll_us")), "{e:?}");
 }
