@@ -6,7 +6,7 @@ mod cli;
 use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use gentgt::config::{self, Config, build_registry, format_size};
-use gentgt::target::{Registry, Server, TargetSettings};
+use gentgt::target::{Registry, Server};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -202,16 +202,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         None => cfg.admin_addr()?,
     };
     let registry = Arc::new(build_registry(&cfg, &data_dir)?);
-    let settings = TargetSettings {
-        max_connections: cfg
-            .max_connections
-            .unwrap_or(gentgt::target::shared::DEFAULT_MAX_CONNECTIONS),
-        busy_poll: std::time::Duration::from_micros(
-            cfg.busy_poll_us
-                .unwrap_or(gentgt::target::shared::DEFAULT_BUSY_POLL_US),
-        ),
-        ..TargetSettings::default()
-    };
+    let settings = cfg.transport_settings();
     let pid_file = args.pid_file.clone().or_else(|| cfg.pid_file.clone());
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -114,6 +114,9 @@ async fn reload_once(state: &mut Running, tx: &mpsc::Sender<ReloadRequest>) -> R
     applied.data_dir = state.config.data_dir.clone();
     applied.pid_file = state.config.pid_file.clone();
     applied.busy_poll_us = state.config.busy_poll_us;
+    applied.login_timeout_ms = state.config.login_timeout_ms;
+    applied.nop_interval_ms = state.config.nop_interval_ms;
+    applied.nop_timeout_ms = state.config.nop_timeout_ms;
     state.config = applied;
     state.registry = registry;
     let mut text = summary.to_string();

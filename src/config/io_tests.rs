@@ -1,5 +1,5 @@
-//! The per-LUN `io` and `direct` keys (and the transport's `busy_poll_us`):
-//! parsing, validation, and the backend they build.
+//! The per-LUN `io` and `direct` keys and the transport's top-level keys
+//! (busy_poll_us, timers): parsing, validation, what they build.
 
 use super::{Config, ConfigError, IoEngine, build_registry};
 
@@ -75,4 +75,32 @@ fn busy_poll_is_bounded() {
     assert_eq!(c.busy_poll_us, Some(0));
     let e = errors(&format!("busy_poll_us = 20000\n{}", config("", "memory")));
     assert!(e.iter().any(|m| m.contains("busy_poll_us")), "{e:?}");
+}
+
+/// The transport timers reach the server's settings; absent keys keep the
+/// defaults; values outside 100 ms..1 h are refused by name.
+#[test]
+fn transport_timers_are_configurable_and_bounded() {
+    use std::time::Duration;
+    let base = config("", "memory");
+    let d = Config::from_toml(&base, "t").unwrap().transport_settings();
+    let defaults = crate::target::TargetSettings::default();
+    assert_eq!(d.login_timeout, defaults.login_timeout);
+    assert_eq!(d.nop_interval, defaults.nop_interval);
+    assert_eq!(d.busy_poll, Duration::from_micros(50));
+    let text = format!(
+        "login_timeout_ms = 2500\nnop_interval_ms = 1000\nnop_timeout_ms = 700\n\
+         busy_poll_us = 0\nmax_connections = 7\n{base}"
+    );
+    let s = Config::from_toml(&text, "t").unwrap().transport_settings();
+    assert_eq!(s.login_timeout, Duration::from_millis(2500));
+    assert_eq!(s.nop_interval, Duration::from_secs(1));
+    assert_eq!(s.nop_timeout, Duration::from_millis(700));
+    assert_eq!(s.busy_poll, Duration::ZERO);
+    assert_eq!(s.max_connections, 7);
+    let e = errors(&format!(
+        "nop_interval_ms = 0\nlogin_timeout_ms = 7200000\n{base}"
+    ));
+    assert!(e.iter().any(|m| m.contains("nop_interval_ms")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("login_timeout_ms")), "{e:?}");
 }

@@ -128,7 +128,30 @@ impl Config {
             admin: None,
             max_connections: None,
             busy_poll_us: None,
+            login_timeout_ms: None,
+            nop_interval_ms: None,
+            nop_timeout_ms: None,
             pid_file: None,
+        }
+    }
+
+    /// The transport's tunables: the configured ones over the defaults.
+    pub fn transport_settings(&self) -> crate::target::TargetSettings {
+        use std::time::Duration;
+        let d = crate::target::TargetSettings::default();
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        crate::target::TargetSettings {
+            max_connections: self
+                .max_connections
+                .unwrap_or(crate::target::shared::DEFAULT_MAX_CONNECTIONS),
+            busy_poll: Duration::from_micros(
+                self.busy_poll_us
+                    .unwrap_or(crate::target::shared::DEFAULT_BUSY_POLL_US),
+            ),
+            login_timeout: ms(self.login_timeout_ms, d.login_timeout),
+            nop_interval: ms(self.nop_interval_ms, d.nop_interval),
+            nop_timeout: ms(self.nop_timeout_ms, d.nop_timeout),
+            ..d
         }
     }
 

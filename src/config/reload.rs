@@ -81,8 +81,27 @@ pub fn needs_restart(current: &Config, next: &Config) -> Vec<String> {
     if current.pid_file != next.pid_file {
         v.push("pid_file".to_string());
     }
-    if current.busy_poll_us != next.busy_poll_us {
-        v.push("busy_poll_us".to_string());
+    for (key, now, then) in [
+        ("busy_poll_us", current.busy_poll_us, next.busy_poll_us),
+        (
+            "login_timeout_ms",
+            current.login_timeout_ms,
+            next.login_timeout_ms,
+        ),
+        (
+            "nop_interval_ms",
+            current.nop_interval_ms,
+            next.nop_interval_ms,
+        ),
+        (
+            "nop_timeout_ms",
+            current.nop_timeout_ms,
+            next.nop_timeout_ms,
+        ),
+    ] {
+        if now != then {
+            v.push(key.to_string());
+        }
     }
     v
 }

@@ -32,6 +32,18 @@ pub struct Config {
     /// sleeps; 0 turns polling off. Default 50; needs a restart.
     #[serde(default)]
     pub busy_poll_us: Option<u64>,
+    /// Milliseconds a connection has to reach full feature phase.
+    /// Default 15000; needs a restart.
+    #[serde(default)]
+    pub login_timeout_ms: Option<u64>,
+    /// Milliseconds of silence from an initiator before the target pings
+    /// it with a NOP-In. Default 30000; needs a restart.
+    #[serde(default)]
+    pub nop_interval_ms: Option<u64>,
+    /// Milliseconds the initiator has to answer that ping before the
+    /// connection is dropped. Default 30000; needs a restart.
+    #[serde(default)]
+    pub nop_timeout_ms: Option<u64>,
     /// Where `serve` writes its process id (`--pid-file` overrides it);
     /// `gentgt reload` finds the server through it.
     #[serde(default)]

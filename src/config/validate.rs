@@ -38,6 +38,17 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
         f.errors
             .push("busy_poll_us must be at most 10000 (10 ms)".into());
     }
+    for (key, v) in [
+        ("login_timeout_ms", cfg.login_timeout_ms),
+        ("nop_interval_ms", cfg.nop_interval_ms),
+        ("nop_timeout_ms", cfg.nop_timeout_ms),
+    ] {
+        if let Some(ms) = v.filter(|ms| !(MIN_TIMER_MS..=MAX_TIMER_MS).contains(ms)) {
+            f.errors.push(format!(
+                "{key} = {ms}: must be {MIN_TIMER_MS}..={MAX_TIMER_MS} ms"
+            ));
+        }
+    }
     if cfg.max_connections == Some(0) {
         f.errors.push("max_connections must be at least 1".into());
     }
@@ -154,6 +165,11 @@ fn check_io(what: &str, lun: &LunConfig, f: &mut Findings) {
 /// Longest write-lock lease allowed in the configuration: an hour. Longer
 /// leases would let a dead appliance hold every write for that long.
 const MAX_LEASE_MS: u64 = 3_600_000;
+
+/// Bounds of the transport timers: a ping every few milliseconds would be
+/// a flood, one a day no keep-alive at all.
+const MIN_TIMER_MS: u64 = 100;
+const MAX_TIMER_MS: u64 = 3_600_000;
 
 fn check_lease(what: &str, ms: Option<u64>, f: &mut Findings) {
     if let Some(ms) = ms.filter(|&ms| ms == 0 || ms > MAX_LEASE_MS) {
