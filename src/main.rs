@@ -236,6 +236,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             registry: registry.clone(),
             data_dir: data_dir.clone(),
             status_path: pid_file.as_deref().map(cli::reload::status_path),
+            metrics: server.metrics().clone(),
         };
         let reloader = tokio::spawn(cli::reload::on_sighup(hup, running, tx));
         cli::reload::notify_ready();

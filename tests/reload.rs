@@ -346,6 +346,8 @@ async fn bad_config_is_rejected_whole() {
 struct Served {
     child: std::process::Child,
     addr: SocketAddr,
+    /// The admin endpoint (GET /metrics).
+    admin: SocketAddr,
     pid_file: PathBuf,
     config: PathBuf,
 }
@@ -372,17 +374,22 @@ fn serve(dir: &Path, toml: &str) -> Served {
         .arg(&pid_file)
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(["--admin", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut addr = None;
+    let (mut addr, mut admin) = (None, None);
     let mut lines = out.lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(a) = line.trim().strip_prefix("portal") {
             addr = Some(a.trim().parse().unwrap());
+        }
+        if let Some(a) = line.trim().strip_prefix("admin") {
+            let a = a.trim().trim_start_matches("http://");
+            admin = Some(a.trim_end_matches("/metrics").parse().unwrap());
             break;
         }
     }
@@ -394,9 +401,23 @@ fn serve(dir: &Path, toml: &str) -> Served {
     Served {
         child,
         addr: addr.expect("no portal line"),
+        admin: admin.expect("no admin line"),
         pid_file,
         config,
     }
+}
+
+/// One sample's value from the server's /metrics page (0 when absent).
+fn metric(s: &Served, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(s.admin).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    c.read_to_string(&mut page).unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 fn reload_cmd(s: &Served) -> (bool, String) {
@@ -455,6 +476,14 @@ async fn sighup_and_reload_command_on_the_binary() {
         !ok && text.contains("rejected") && text.contains("gone.img"),
         "{text}"
     );
+    // Counted by result (the text refused before signalling never reached
+    // the server); the last one failed.
+    let applied = r#"gentgt_config_reloads_total{result="applied"}"#;
+    let rejected = r#"gentgt_config_reloads_total{result="rejected"}"#;
+    let last_ok = "gentgt_config_last_reload_successful";
+    assert_eq!(metric(&srv, applied), 1.0);
+    assert_eq!(metric(&srv, rejected), 1.0);
+    assert_eq!(metric(&srv, last_ok), 0.0);
     Initiator::connect(&login(T2)).await.unwrap();
 
     // Plain SIGHUP (what systemd's ExecReload sends): target two goes.
@@ -476,6 +505,8 @@ async fn sighup_and_reload_command_on_the_binary() {
         "{before} -> {after}"
     );
     assert!(Initiator::connect(&login(T2)).await.is_err());
+    assert_eq!(metric(&srv, applied), 2.0);
+    assert_eq!(metric(&srv, last_ok), 1.0);
     // The first session lived through all of it.
     assert_eq!(s.read16(0, 0, 1, 512).await.unwrap(), pattern(2, 512));
 

@@ -20,6 +20,8 @@ pub struct Running {
     pub data_dir: PathBuf,
     /// `<pid file>.reload`, when there is a pid file.
     pub status_path: Option<PathBuf>,
+    /// Counts reloads by result.
+    pub metrics: Arc<gentgt::metrics::Metrics>,
 }
 
 /// The status file beside a pid file.
@@ -54,7 +56,9 @@ pub async fn on_sighup(mut hup: Signal, mut state: Running, tx: mpsc::Sender<Rel
     while hup.recv().await.is_some() {
         generation += 1;
         tracing::info!(generation, "SIGHUP: reloading the configuration");
-        let outcome = match reload_once(&mut state, &tx).await {
+        let result = reload_once(&mut state, &tx).await;
+        state.metrics.reload(result.is_ok());
+        let outcome = match result {
             Ok(summary) => format!("{generation} ok {summary}"),
             Err(e) => {
                 let reason = one_line(&e);

@@ -46,6 +46,10 @@ pub struct Metrics {
     tmf: Family<TmfLabels, Counter>,
     digest_errors: Family<DigestLabels, Counter>,
     rejects: Family<RejectLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    /// 1 when the last reload was applied (or none was tried), 0 after a
+    /// rejected one.
+    reload_ok: Gauge,
     /// The targets whose CBT state is read at scrape time.
     targets: Arc<cbt::Watched>,
 }
@@ -71,6 +75,8 @@ impl Metrics {
             tmf: Family::default(),
             digest_errors: Family::default(),
             rejects: Family::default(),
+            reloads: Family::default(),
+            reload_ok: Gauge::default(),
             targets: Arc::default(),
         };
         m.register()
@@ -133,6 +139,17 @@ impl Metrics {
             "Reject PDUs sent, by reason",
             self.rejects.clone(),
         );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, gentgt reload) by result",
+            self.reloads.clone(),
+        );
+        self.reload_ok.set(1);
+        r.register(
+            "config_last_reload_successful",
+            "1 if the last reload was applied (or none was tried), 0 if it was rejected",
+            self.reload_ok.clone(),
+        );
         r.register_collector(Box::new(cbt::CbtCollector::new(self.targets.clone())));
         self
     }
@@ -150,6 +167,13 @@ impl Metrics {
         // truncate the page.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// A configuration reload was applied (`true`) or rejected whole.
+    pub fn reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.reload_ok.set(i64::from(applied));
     }
 
     pub fn connection_accepted(&self) {
