@@ -16,13 +16,13 @@
 
 mod common;
 
+use common::ServeProcess;
 use gentgt::initiator::cbt::{ExtentDescriptor, TrackingReport};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,67 +73,17 @@ extent_size = "4KiB"
     )
 }
 
-/// A running `gentgt serve`, killed (SIGKILL) when dropped.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Serve {
-    fn start(dir: &Path) -> Serve {
-        let cfg = dir.join("gentgt.toml");
-        std::fs::write(&cfg, config()).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("stderr.log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gentgt"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn gentgt");
-        let addr = common::wait_for_portal(&mut child, Duration::from_secs(30));
-        let mut s = Serve {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-        };
-        s.addr =
-            addr.unwrap_or_else(|| panic!("no portal line from gentgt; see {}", dir.display()));
-        s
-    }
-
-    fn signal(&mut self, sig: i32) {
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Wait (bounded) for the process to end.
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let until = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < until,
-                "gentgt did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `gentgt serve` on this test's configuration, data and stderr log
+/// under `dir`; killed (SIGKILL) when dropped.
+fn start_server(dir: &Path) -> ServeProcess {
+    let cfg = dir.join("gentgt.toml");
+    std::fs::write(&cfg, config()).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stderr.log"))
+        .unwrap();
+    ServeProcess::start(&dir.join("data"), Some(&cfg), log.into())
 }
 
 async fn login(addr: SocketAddr, initiator: &str) -> Session {
@@ -252,7 +202,7 @@ async fn report(s: &Session) -> TrackingReport {
 
 /// Write for a while with periodic CLOSEs, then kill the target at a
 /// random moment after the latest CLOSE (SIGKILL) or stop it (SIGTERM).
-async fn hammer(run: &Arc<Run>, srv: &mut Serve, sig: i32, round: u64) {
+async fn hammer(run: &Arc<Run>, srv: &mut ServeProcess, sig: i32, round: u64) {
     let ctl = login(srv.addr, BACKUP).await;
     let sessions = [
         Arc::new(login(srv.addr, WRITER).await),
@@ -303,7 +253,7 @@ async fn hammer(run: &Arc<Run>, srv: &mut Serve, sig: i32, round: u64) {
     tokio::time::sleep(Duration::from_millis(rng.gen_range(20..400))).await;
     if sig == libc::SIGKILL {
         srv.signal(libc::SIGKILL);
-        srv.wait(SOON);
+        srv.wait_exit(SOON);
     } else {
         run.stop.store(true, SeqCst);
     }
@@ -325,7 +275,7 @@ async fn hammer(run: &Arc<Run>, srv: &mut Serve, sig: i32, round: u64) {
         }
         ctl.logout().await.unwrap();
         srv.signal(sig);
-        let st = srv.wait(Duration::from_secs(20));
+        let st = srv.wait_exit(Duration::from_secs(20));
         assert!(st.success(), "gentgt exited {st:?} on SIGTERM");
     }
 }
@@ -338,7 +288,7 @@ struct Checked {
 }
 
 /// The checks after a restart. `clean` = the stop was SIGTERM.
-async fn check_restart(run: &Run, srv: &Serve, uuid: [u8; 16], clean: bool) -> Checked {
+async fn check_restart(run: &Run, srv: &ServeProcess, uuid: [u8; 16], clean: bool) -> Checked {
     let s = login(srv.addr, BACKUP).await;
     let r = report(&s).await;
     // The writers are gone: work on a copy (no lock held across awaits).
@@ -457,7 +407,7 @@ fn new_run() -> Arc<Run> {
     })
 }
 
-fn first_uuid(srv: &Serve) -> [u8; 16] {
+fn first_uuid(srv: &ServeProcess) -> [u8; 16] {
     rt().block_on(async {
         let s = login(srv.addr, BACKUP).await;
         let r = report(&s).await;
@@ -483,7 +433,7 @@ fn sigkill_rounds_keep_every_guarantee() {
         .unwrap_or(10);
     let (_keep, dir) = dir();
     let started = Instant::now();
-    let mut srv = Serve::start(&dir);
+    let mut srv = start_server(&dir);
     let uuid = first_uuid(&srv);
     let run = new_run();
     let rt = rt();
@@ -491,7 +441,7 @@ fn sigkill_rounds_keep_every_guarantee() {
         let t0 = Instant::now();
         rt.block_on(hammer(&run, &mut srv, libc::SIGKILL, round as u64));
         drop(srv);
-        srv = Serve::start(&dir);
+        srv = start_server(&dir);
         let c = rt.block_on(check_restart(&run, &srv, uuid, false));
         println!(
             "round {round}: {} writes so far, since last G: {} listed, {} required, \
@@ -512,13 +462,13 @@ fn sigkill_rounds_keep_every_guarantee() {
 #[test]
 fn sigterm_is_clean_and_over_reports_nothing() {
     let (_keep, dir) = dir();
-    let mut srv = Serve::start(&dir);
+    let mut srv = start_server(&dir);
     let uuid = first_uuid(&srv);
     let run = new_run();
     let rt = rt();
     rt.block_on(hammer(&run, &mut srv, libc::SIGTERM, 0));
     drop(srv);
-    let srv = Serve::start(&dir);
+    let srv = start_server(&dir);
     let c = rt.block_on(check_restart(&run, &srv, uuid, true));
     println!(
         "SIGTERM: {} writes, since last G: {} listed, {} required, {} over-reported",

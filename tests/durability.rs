@@ -17,11 +17,12 @@
 
 mod common;
 
+use common::ServeProcess;
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,40 +54,11 @@ block_size = {BS}
     )
 }
 
-/// A running `gentgt serve`, killed when dropped.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Serve {
-    fn start(dir: &Path) -> Serve {
-        let cfg = dir.join("gentgt.toml");
-        std::fs::write(&cfg, config()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gentgt"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn gentgt");
-        let addr = common::wait_for_portal(&mut child, Duration::from_secs(30)).expect("no portal");
-        Serve { child, addr }
-    }
-
-    fn kill(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `gentgt serve` on this test's configuration, data under `dir`.
+fn start_server(dir: &Path) -> ServeProcess {
+    let cfg = dir.join("gentgt.toml");
+    std::fs::write(&cfg, config()).unwrap();
+    ServeProcess::start(&dir.join("data"), Some(&cfg), Stdio::null())
 }
 
 /// Block content of `version` (0 = never written: zeros). The block number
@@ -263,7 +235,7 @@ fn acknowledged_writes_survive_sigkill() {
         })
         .collect();
     for round in 0..rounds {
-        let serve = Serve::start(dir.path());
+        let serve = start_server(dir.path());
         let addr = serve.addr;
         let (held, later) = rt.block_on(verify(addr, &mut writers));
         let t0 = Instant::now();
@@ -284,7 +256,7 @@ fn acknowledged_writes_survive_sigkill() {
             hs
         });
         std::thread::sleep(stop_after);
-        serve.kill();
+        drop(serve); // SIGKILL
         writers = rt.block_on(async {
             let mut out = Vec::new();
             for h in handles {
@@ -308,7 +280,7 @@ fn acknowledged_writes_survive_sigkill() {
             "round {round}: nothing acknowledged before the kill"
         );
     }
-    let serve = Serve::start(dir.path());
+    let serve = start_server(dir.path());
     let (held, later) = rt.block_on(verify(serve.addr, &mut writers));
     println!("durability final: {held} blocks at their durable version, {later} newer");
 }

@@ -11,10 +11,11 @@
 
 mod common;
 
+use common::ServeProcess;
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use gentgt::proto::pdu::{self, Framing, Opcode, Pdu};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -22,27 +23,6 @@ use tokio::net::TcpStream;
 const TARGET: &str = "iqn.2026-11.dev.gentgt:default";
 const PER_KIND: usize = 250;
 const PEAK_LIMIT_KIB: u64 = 256 * 1024;
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &std::path::Path) -> (Serve, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gentgt"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gentgt");
-    let portal = common::wait_for_portal(&mut child, Duration::from_secs(30)).expect("no portal");
-    (Serve(child), portal)
-}
 
 /// (VmRSS, VmHWM) in KiB.
 fn mem(pid: u32) -> (u64, u64) {
@@ -141,8 +121,8 @@ async fn open_all(addr: SocketAddr) -> Conns {
 fn rss_with_1000_hostile_connections() {
     raise_fd_limit();
     let dir = tempfile::tempdir().unwrap();
-    let (serve, addr) = start(dir.path());
-    let pid = serve.0.id();
+    let serve = ServeProcess::start(dir.path(), None, Stdio::null());
+    let (addr, pid) = (serve.addr, serve.pid());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -10,7 +10,7 @@ use gentgt::scsi::{DeviceServer, LogicalUnit, LunIdentity};
 use gentgt::target::{Registry, Server, ServerStats, TargetEntry, TargetSettings};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
@@ -217,6 +217,74 @@ pub fn run(cmd: &mut Command, secs: u64) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A `gentgt serve` child process on 127.0.0.1:0 and the portal it
+/// printed; killed (SIGKILL) and reaped when dropped.
+pub struct ServeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServeProcess {
+    /// `gentgt serve --listen 127.0.0.1:0 --data-dir DATA_DIR`, with
+    /// `--config CONFIG` when given, its stderr to `stderr`; returns once
+    /// the portal line is printed (panics after 30 s without one).
+    pub fn start(data_dir: &Path, config: Option<&Path>, stderr: Stdio) -> ServeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gentgt"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn gentgt");
+        let addr = wait_for_portal(&mut child, std::time::Duration::from_secs(30));
+        let addr = addr.unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no portal line from gentgt serve (data dir {})",
+                data_dir.display()
+            )
+        });
+        ServeProcess { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `sig` to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory involved.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Wait (bounded) for the process to end.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "gentgt did not exit within {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The portal a spawned `gentgt serve` (stdout piped) prints once it is
