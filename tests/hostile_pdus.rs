@@ -221,6 +221,15 @@ fn assert_reject(p: &Pdu, reason: u8, rejected: &Pdu) {
 }
 
 /// A SCSI Response for `itt` with CHECK CONDITION and this sense.
+/// The target closes the connection soon.
+async fn assert_closed(s: &Session) {
+    let t0 = Instant::now();
+    while !s.is_closed() {
+        assert!(t0.elapsed() < SOON, "connection left open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn assert_check(p: &Pdu, itt: u32, sense: (u8, u8, u8)) {
     assert_eq!(p.opcode(), Opcode::ScsiResponse, "{:?}", p.bhs);
     assert_eq!(p.bhs.itt(), itt);
@@ -264,11 +273,7 @@ async fn data_segment_beyond_max_recv_dsl() {
     s.send_raw_bytes(&p.bhs.0).await.unwrap();
     assert_reject(&recv(&s).await, PROTOCOL_ERROR, &p);
     // Framing is lost: the connection is closed.
-    let t0 = Instant::now();
-    while !s.is_closed() {
-        assert!(t0.elapsed() < SOON, "connection left open");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_closed(&s).await;
     drop(s);
     finish(&t, by, before).await;
 }
@@ -288,11 +293,7 @@ async fn ahs_length_past_the_pdu() {
     assert_eq!(bytes[4], 1, "TotalAHSLength");
     s.send_raw_bytes(&bytes).await.unwrap();
     assert_reject(&recv(&s).await, PROTOCOL_ERROR, &p);
-    let t0 = Instant::now();
-    while !s.is_closed() {
-        assert!(t0.elapsed() < SOON, "connection left open");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_closed(&s).await;
     drop(s);
     finish(&t, by, before).await;
 }

@@ -6,7 +6,7 @@ use super::input::Input;
 use crate::backend::{Backend, MemoryBackend};
 use crate::cbt::Tracker;
 use crate::scsi::cdb::TABLE;
-use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity, Nexus, OwnedCommand, ScsiCommand};
+use crate::scsi::{DeviceServer, LogicalUnit, Nexus, OwnedCommand, ScsiCommand};
 use crate::scsi::{ScsiResult, status};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,13 +22,7 @@ const INITIATORS: [&str; 2] = [
 
 fn lu(n: u8, read_only: bool, tracked: bool) -> Arc<LogicalUnit> {
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new(BLOCKS * u64::from(BS)));
-    let mut naa = [0u8; 16];
-    naa[0] = 0x60;
-    naa[15] = n;
-    let id = LunIdentity {
-        serial: format!("FUZZ{n:04}"),
-        naa,
-    };
+    let id = crate::config::identity::derived_identity("fuzz-scsi", u64::from(n));
     let mut lu = LogicalUnit::new(backend, BS, id, read_only);
     if tracked {
         let t = Tracker::volatile(BLOCKS, EXTENT).expect("volatile tracker");

@@ -6,7 +6,7 @@ use crate::backend::{Backend, MemoryBackend};
 use crate::cbt::Tracker;
 use crate::proto::pdu::{self, Bhs, Framing, Opcode, Pdu};
 use crate::proto::text::TextPairs;
-use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity};
+use crate::scsi::{DeviceServer, LogicalUnit};
 use crate::target::{Registry, Server, TargetEntry};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -33,13 +33,7 @@ pub fn server_panicked() -> bool {
 
 fn lun(size: u64, bs: u32, n: u8, tracked: bool) -> Arc<LogicalUnit> {
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new(size));
-    let mut naa = [0u8; 16];
-    naa[0] = 0x60;
-    naa[15] = n;
-    let id = LunIdentity {
-        serial: format!("FUZZS{n:03}"),
-        naa,
-    };
+    let id = crate::config::identity::derived_identity("fuzz-session", u64::from(n));
     let mut lu = LogicalUnit::new(backend, bs, id, !tracked);
     if tracked {
         let blocks = size / u64::from(bs);
