@@ -4,43 +4,16 @@
 
 mod common;
 
-use common::{require_tool, run};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use common::{ServeProcess, require_tool, run};
+use std::process::{Command, Stdio};
 
-struct Serve {
-    child: Child,
-    portal: String,
+fn start(data_dir: &std::path::Path) -> ServeProcess {
+    ServeProcess::start(data_dir, None, Stdio::null())
 }
 
-fn start(data_dir: &std::path::Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gentgt"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gentgt");
-    let out = child.stdout.take().unwrap();
-    let mut portal = None;
-    for line in BufReader::new(out).lines() {
-        let line = line.unwrap();
-        if let Some(p) = line.trim().strip_prefix("portal") {
-            portal = Some(p.trim().to_string());
-        }
-        if line.trim_start().starts_with("LUN 0") {
-            break;
-        }
-    }
-    Serve {
-        child,
-        portal: portal.expect("no portal line in the ready summary"),
-    }
-}
-
-fn sigterm(mut s: Serve) -> std::process::ExitStatus {
-    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
-    s.child.wait().unwrap()
+fn sigterm(mut s: ServeProcess) -> std::process::ExitStatus {
+    s.signal(libc::SIGTERM);
+    s.wait_exit(std::time::Duration::from_secs(30))
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -50,9 +23,9 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn session(portal: &str) -> gentgt::initiator::Session {
+async fn session(portal: std::net::SocketAddr) -> gentgt::initiator::Session {
     let o = gentgt::initiator::ConnectOptions::new(
-        portal.parse().unwrap(),
+        portal,
         common::INITIATOR,
         Some("iqn.2026-11.dev.gentgt:default"),
     );
@@ -68,7 +41,7 @@ fn default_serve_sigterm_and_restart() {
     require_tool("iscsi-inq");
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
-    let url = format!("iscsi://{}/{URL_TAIL}", s.portal);
+    let url = format!("iscsi://{}/{URL_TAIL}", s.addr);
     let (ok, first, err) = run(
         Command::new("iscsi-inq")
             .args(["-e", "1", "-c", "128"])
@@ -80,7 +53,7 @@ fn default_serve_sigterm_and_restart() {
     assert_eq!(std::fs::metadata(&lun).unwrap().len(), 1 << 30);
     let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
     rt().block_on(async {
-        let s = session(&s.portal).await;
+        let s = session(s.addr).await;
         s.write16(0, 2048, &pattern, 512, false).await.unwrap();
         s.logout().await.unwrap();
     });
@@ -91,7 +64,7 @@ fn default_serve_sigterm_and_restart() {
     );
     // Restart: same serial number (identity stored beside the data).
     let s = start(dir.path());
-    let url = format!("iscsi://{}/{URL_TAIL}", s.portal);
+    let url = format!("iscsi://{}/{URL_TAIL}", s.addr);
     let (ok, second, err) = run(
         Command::new("iscsi-inq")
             .args(["-e", "1", "-c", "128"])
@@ -102,7 +75,7 @@ fn default_serve_sigterm_and_restart() {
     assert!(first.contains("Unit Serial Number"), "{first}");
     assert_eq!(first, second, "identity changed across restart");
     let back = rt().block_on(async {
-        let s = session(&s.portal).await;
+        let s = session(s.addr).await;
         let d = s.read16(0, 2048, 8, 512).await.unwrap();
         s.logout().await.unwrap();
         d
