@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gentgt::config::{Config, needs_restart, rebuild_registry};
+use gentgt::config::{Config, keep_restart_settings, needs_restart, rebuild_registry};
 use gentgt::target::{Registry, ReloadRequest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,16 +111,8 @@ async fn reload_once(state: &mut Running, tx: &mpsc::Sender<ReloadRequest>) -> R
     .await
     .context("the server is stopping")?;
     let summary = answer.await.context("the server is stopping")?;
-    // Keep the settings that need a restart as they run now, so the next
-    // reload still compares against what is really in effect.
     let mut applied = next;
-    applied.listen = state.config.listen.clone();
-    applied.data_dir = state.config.data_dir.clone();
-    applied.pid_file = state.config.pid_file.clone();
-    applied.busy_poll_us = state.config.busy_poll_us;
-    applied.login_timeout_ms = state.config.login_timeout_ms;
-    applied.nop_interval_ms = state.config.nop_interval_ms;
-    applied.nop_timeout_ms = state.config.nop_timeout_ms;
+    keep_restart_settings(&mut applied, &state.config);
     state.config = applied;
     state.registry = registry;
     let mut text = summary.to_string();

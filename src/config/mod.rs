@@ -14,7 +14,7 @@ mod schema;
 mod validate;
 
 pub use build::build_registry;
-pub use reload::{needs_restart, rebuild_registry};
+pub use reload::{keep_restart_settings, needs_restart, rebuild_registry};
 pub use schema::{
     AdminConfig, BackendKind, ChapConfig, Config, DiscoveryConfig, IoEngine, LunConfig, Size,
     TargetConfig, TrackingMode, format_size, parse_size,

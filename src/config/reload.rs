@@ -69,41 +69,44 @@ pub fn rebuild_registry(
     Ok(assemble(running, next, units))
 }
 
+/// Applies `$each!(field)` to every top-level setting read only at start
+/// (a reload reports a change to it and keeps the running value): the one
+/// list both functions below use.
+macro_rules! restart_settings {
+    ($each:ident) => {
+        $each!(listen);
+        $each!(data_dir);
+        $each!(pid_file);
+        $each!(busy_poll_us);
+        $each!(login_timeout_ms);
+        $each!(nop_interval_ms);
+        $each!(nop_timeout_ms);
+    };
+}
+
 /// Settings a reload cannot change in place (they need a restart).
 pub fn needs_restart(current: &Config, next: &Config) -> Vec<String> {
     let mut v = Vec::new();
-    if current.listen != next.listen {
-        v.push("listen".to_string());
+    macro_rules! compare {
+        ($k:ident) => {
+            if current.$k != next.$k {
+                v.push(stringify!($k).to_string());
+            }
+        };
     }
-    if current.data_dir != next.data_dir {
-        v.push("data_dir".to_string());
-    }
-    if current.pid_file != next.pid_file {
-        v.push("pid_file".to_string());
-    }
-    for (key, now, then) in [
-        ("busy_poll_us", current.busy_poll_us, next.busy_poll_us),
-        (
-            "login_timeout_ms",
-            current.login_timeout_ms,
-            next.login_timeout_ms,
-        ),
-        (
-            "nop_interval_ms",
-            current.nop_interval_ms,
-            next.nop_interval_ms,
-        ),
-        (
-            "nop_timeout_ms",
-            current.nop_timeout_ms,
-            next.nop_timeout_ms,
-        ),
-    ] {
-        if now != then {
-            v.push(key.to_string());
-        }
-    }
+    restart_settings!(compare);
     v
+}
+
+/// Put the running values of the restart-only settings back into `next`,
+/// so the next reload compares against what is really in effect.
+pub fn keep_restart_settings(next: &mut Config, current: &Config) {
+    macro_rules! keep {
+        ($k:ident) => {
+            next.$k = current.$k.clone();
+        };
+    }
+    restart_settings!(keep);
 }
 
 /// Split `next`'s LUNs into those reused from `running` and those to open.
