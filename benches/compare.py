@@ -317,8 +317,6 @@ def fio_cmd(binary, case, target, seconds):
     # fio's file names use ':' as a separator: escape the URL's colons.
     url = target.url.replace(":", "\\:")
     rw = ("rand" if case.random else "") + ("write" if case.write else "read")
-    if not case.random:
-        rw = "write" if case.write else "read"
     return [binary, "--name=bench", "--ioengine=libiscsi", f"--filename={url}",
             f"--initiator={INITIATOR}", f"--rw={rw}", f"--bs={case.size}",
             f"--iodepth={case.depth}", "--time_based", f"--runtime={seconds:g}",
@@ -351,13 +349,13 @@ def fio_result(out, case):
         job = json.loads(out[out.index("{"):])["jobs"][0]
     except (ValueError, KeyError, IndexError) as e:
         raise SetupError(f"no JSON in fio output ({e}):\n{out[-800:]}")
+    if job.get("error"):
+        raise SetupError(f"fio job error {job['error']}:\n{out[-800:]}")
     d = job["write" if case.write else "read"]
     pct = d.get("clat_ns", {}).get("percentile", {})
     extra = {}
     if pct:
         extra = {"p50_us": pct["50.000000"] / 1000, "p99_us": pct["99.000000"] / 1000}
-    if job.get("error"):
-        raise SetupError(f"fio job error {job['error']}:\n{out[-800:]}")
     return d["total_ios"], d["iops"], extra
 
 

@@ -504,8 +504,7 @@ impl Session {
         // The rest of a PDU already begun says nothing about how densely
         // commands come.
         let between_pdus = reader.buffered() == 0;
-        let shared = self.shared.clone();
-        match poll::busy_poll(reader, done_rx, budget, &shared.pollers).await? {
+        match poll::busy_poll(reader, done_rx, budget, &self.shared.pollers).await? {
             poll::Polled::Bytes(waited) => {
                 if between_pdus {
                     self.poll_policy.bytes_after(waited);

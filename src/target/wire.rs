@@ -165,9 +165,7 @@ impl PduReader<tokio::net::tcp::OwnedReadHalf> {
     /// were added, `Some(false)` the peer closed, `None` nothing yet.
     pub fn try_fill(&mut self) -> io::Result<Option<bool>> {
         use std::os::fd::AsRawFd;
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
+        self.make_room();
         let fd = self.rd.as_ref().as_raw_fd();
         let spare = self.buf.spare_capacity_mut();
         // SAFETY: recv writes at most spare.len() bytes into memory the
@@ -211,6 +209,13 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         }
     }
 
+    /// Keep room for one more read of a burst.
+    fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+    }
+
     /// Bytes read but not yet handed out (the start of a PDU).
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -219,9 +224,7 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     /// Wait for more bytes. `Ok(false)`: the peer closed the connection
     /// (cleanly or mid-PDU: either way nothing more will come).
     pub async fn fill(&mut self) -> io::Result<bool> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
+        self.make_room();
         Ok(self.rd.read_buf(&mut self.buf).await? > 0)
     }
 
