@@ -54,6 +54,18 @@ pub fn with_capacity(cap: usize) -> Vec<u8> {
     GLOBAL.with_capacity(cap)
 }
 
+/// `bytes` in a buffer of their own: from the process's pool when they are
+/// large enough to be worth recycling (4 KiB and up), copied exactly
+/// otherwise (text, sense and the like, which may be kept a while).
+pub fn copy_of(bytes: &[u8]) -> Vec<u8> {
+    if bytes.len() < 1 << MIN_SHIFT {
+        return bytes.to_vec();
+    }
+    let mut v = with_capacity(bytes.len());
+    v.extend_from_slice(bytes);
+    v
+}
+
 /// Hand a buffer back to the process's pool: see [`Pool::give`].
 pub fn give(v: Vec<u8>) {
     GLOBAL.give(v)

@@ -93,11 +93,7 @@ impl WriteTransfer {
         let mut t = WriteTransfer {
             edtl,
             limits,
-            buf: {
-                let mut b = crate::buffers::with_capacity(immediate.len());
-                b.extend_from_slice(immediate);
-                b
-            },
+            buf: crate::buffers::copy_of(immediate),
             received: imm,
             unsolicited_open: !cmd_final && unsolicited_cap > imm,
             unsolicited_end: unsolicited_cap,

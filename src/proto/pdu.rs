@@ -412,15 +412,9 @@ pub fn decode_tail(bhs: Bhs, tail: &[u8], framing: &Framing) -> Result<Pdu, PduE
                 return Err(PduError::DataDigest);
             }
         }
-        // Write data passes through here on its way to a command buffer
-        // and the session hands the segment back: recycle those. Small
-        // segments (text, sense) are copied exactly.
-        if dsl >= 4096 {
-            data = crate::buffers::with_capacity(dsl);
-            data.extend_from_slice(&rest[..dsl]);
-        } else {
-            data = rest[..dsl].to_vec();
-        }
+        // Write data passes through here on its way to a command buffer,
+        // and the session hands the segment back to the pool.
+        data = crate::buffers::copy_of(&rest[..dsl]);
     }
     Ok(Pdu {
         bhs,
