@@ -284,7 +284,7 @@ fn print_summary(portals: &[SocketAddr], registry: &Registry, data_dir: &std::pa
             .map(|a| format!(" ({a})"))
             .unwrap_or_default();
         println!("  target   {}{alias}: {acl}, {auth}", t.name);
-        for (id, lun) in &t.device.luns {
+        for (id, lun) in t.device.luns.iter().filter(|(_, l)| l.view_of.is_none()) {
             println!(
                 "    LUN {id:<4} {}  {}  {}-byte blocks  {}",
                 lun.backend.describe(),
@@ -292,6 +292,13 @@ fn print_summary(portals: &[SocketAddr], registry: &Registry, data_dir: &std::pa
                 lun.block_size,
                 if lun.read_only { "ro" } else { "rw" }
             );
+            if let Some(v) = &lun.cbt.view {
+                println!(
+                    "    LUN {:<4} CBT view of LUN {id} (read-only, CBT initiators only), view space {}",
+                    v.lun,
+                    format_size(v.space)
+                );
+            }
         }
     }
 }

@@ -52,7 +52,10 @@ mod map;
 mod persist;
 mod query;
 mod recovery;
+mod store;
 mod tracker;
+pub mod view;
+mod views;
 
 #[cfg(test)]
 mod crash_tests;
@@ -61,7 +64,10 @@ mod stress_tests;
 #[cfg(test)]
 mod tests;
 
+pub use store::ViewStore;
 pub use tracker::{ChangeGuard, Tracker};
+pub use view::{View, ViewSource, ViewUnavailable};
+pub use views::{OpenRequest, ViewError};
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::intent::Durable;
 use super::map::{CHUNK_EXTENTS, CHUNK_SHIFT, ExtentMap, REGION_SHIFT};
+use super::views::ViewSlot;
 use super::{CbtError, ChangeKind, Status};
 
 /// Largest capacity the CDB can address (STARTING LBA is a u40).
@@ -18,9 +19,10 @@ pub struct Tracker {
     pub(crate) extent_shift: u32,
     pub(crate) capacity: AtomicU64,
     pub(crate) open: AtomicU64,
-    /// Bumped by every close and checkpoint; its parity picks the slot.
-    phase: AtomicU64,
-    inflight: [AtomicU64; 2],
+    /// Bumped by every close, checkpoint and view open; its parity picks
+    /// the slot.
+    pub(crate) phase: AtomicU64,
+    pub(crate) inflight: [AtomicU64; 2],
     /// Serialises phase bumps (close, checkpoint, shutdown).
     pub(crate) phase_lock: Mutex<()>,
     pub(crate) shut: AtomicBool,
@@ -28,6 +30,8 @@ pub struct Tracker {
     pub(crate) recovery_gen: u64,
     pub(crate) recovered: bool,
     pub(crate) durable: Option<Durable>,
+    /// The point-in-time view, if one is open (views.rs).
+    pub(crate) views: ViewSlot,
 }
 
 impl Tracker {
@@ -65,6 +69,7 @@ impl Tracker {
             recovery_gen: 0,
             recovered: false,
             durable,
+            views: ViewSlot::default(),
         })
     }
 
@@ -100,14 +105,15 @@ impl Tracker {
         (first, end + 1)
     }
 
-    /// Register a change under the current phase; returns its slot.
-    fn register(&self) -> usize {
+    /// Register a change under the current phase; returns its slot and
+    /// the phase.
+    fn register(&self) -> (usize, u64) {
         loop {
             let p = self.phase.load(SeqCst);
             let slot = (p & 1) as usize;
             self.inflight[slot].fetch_add(1, SeqCst);
             if self.phase.load(SeqCst) == p {
-                return slot;
+                return (slot, p);
             }
             // A close/checkpoint bumped the phase meanwhile: it may already
             // be waiting on this slot, so leave it and retry in the new one.
@@ -144,14 +150,17 @@ impl Tracker {
     /// the disk (no intent record to make durable first)? A hint for
     /// callers choosing a thread; `begin_change` stays correct either way.
     pub fn change_is_quick(&self, lba: u64, blocks: u64) -> bool {
-        let Some(durable) = &self.durable else {
-            return true;
-        };
         let capacity = self.capacity_blocks();
         if blocks == 0 || lba.checked_add(blocks).is_none_or(|end| end > capacity) {
             return true; // refused without touching the log
         }
         let (first, end) = self.extent_range(lba, blocks);
+        if self.view_needs_copy(first, end) {
+            return false; // old data to copy first
+        }
+        let Some(durable) = &self.durable else {
+            return true;
+        };
         durable.all_logged(&self.map, first >> REGION_SHIFT, (end - 1) >> REGION_SHIFT)
     }
 
@@ -168,16 +177,20 @@ impl Tracker {
         if blocks == 0 {
             return Ok(());
         }
-        rec.slot = Some(self.register());
+        let (slot, phase) = self.register();
+        rec.slot = Some(slot);
         // Checked after registering, so shutdown's drain sees this change.
         if self.shut.load(SeqCst) {
             return Err(CbtError::ShutDown);
         }
+        self.wait_for_opening_view(phase);
         let g = self.open.load(SeqCst);
         let (first, end) = self.extent_range(lba, blocks);
         if let Some(durable) = &self.durable {
             durable.log_regions(&self.map, first >> REGION_SHIFT, (end - 1) >> REGION_SHIFT)?;
         }
+        // Old data goes to the view before the stamp and the data write.
+        self.keep_for_view(g, first, end);
         self.map.stamp(first, end, g);
         match rec.kind {
             ChangeKind::Write => self.clear_dealloc(first, end, true),

@@ -250,10 +250,11 @@ fn reserved(what: &'static str, d: &[u8], ranges: &[(usize, usize)]) -> Result<(
 pub fn parse_report(d: &[u8]) -> Result<TrackingReport, CbtWireError> {
     const W: &str = "REPORT TRACKING";
     exact(W, d, REPORT_LEN)?;
-    if d[0] != VERSION {
+    if !(1..=2).contains(&d[0]) {
         return Err(CbtWireError::Version { what: W, got: d[0] });
     }
-    reserved(W, d, &[(2, 4), (12, 16), (60, 96)])?;
+    let tail = if d[0] == 1 { (60, 96) } else { (90, 96) };
+    reserved(W, d, &[(2, 4), (12, 16), tail])?;
     let r = TrackingReport {
         flags: TrackingFlags::parse(W, d[1])?,
         extent_blocks: u32_at(d, 4),
@@ -395,7 +396,7 @@ pub fn parse_vpd(d: &[u8]) -> Result<TrackingVpd, CbtWireError> {
             &d[..4]
         )));
     }
-    if d[4] != VERSION {
+    if !(1..=2).contains(&d[4]) {
         return Err(CbtWireError::Version { what: W, got: d[4] });
     }
     reserved(W, d, &[(6, 8), (36, 64)])?;

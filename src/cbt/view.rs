@@ -1,0 +1,363 @@
+//! One point-in-time view: copy-before-write of whole extents into a
+//! [`ViewStore`], and reads of the LUN as it was at the open.
+//!
+//! # Per-extent states
+//!
+//! `untouched` → `touched` (a change claimed it and is copying its old
+//! content) → `kept` (the old content and its generation are in the view).
+//! Two bitmaps hold the states; claims happen under `inner`'s mutex, so
+//! exactly one change copies an extent, and others wanting it wait on `cv`.
+//! A change stamps and writes an extent only once it is `kept`.
+//!
+//! # Why a view read never sees data written after the open
+//!
+//! A read takes an extent from the store if it is kept. Otherwise it reads
+//! the LUN, *then* loads `touched` (SeqCst). A change sets `touched` before
+//! it copies, and writes new data only after `kept` — so if the load after
+//! the read still sees `untouched`, the change's data write comes later
+//! than the read in real time and the read saw old data. If it sees
+//! `touched`, the read waits for `kept` and takes the extent from the store.
+//!
+//! # Why copying cannot deadlock
+//!
+//! A change claims runs of extents in increasing order and only waits for
+//! an extent claimed by someone else after finishing every copy it claimed
+//! itself; a copy waits for nothing but I/O.
+//!
+//! # Space and loss
+//!
+//! Space is reserved before a copy (whole extents, given back for extents
+//! that held only zeros). A reservation over the limit, or any I/O error
+//! while keeping, *loses* the view: the change goes on, every waiter wakes,
+//! reads fail from then on, and the store is emptied.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::map::ExtentMap;
+use super::store::ViewStore;
+
+/// Reads the LUN's current data (its backend).
+pub trait ViewSource: Send + Sync {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// Largest run copied with one read (bounds the buffer of one change).
+const MAX_COPY_BYTES: u64 = 4 << 20;
+
+/// Why a view read cannot be served; carried inside `io::Error` through
+/// the backend interface so the SCSI layer can pick the spec's sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ViewUnavailable {
+    #[error("no view is open")]
+    NoView,
+    #[error("the view was lost")]
+    Lost,
+}
+
+impl ViewUnavailable {
+    pub fn into_io(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    /// The reason inside an `io::Error` made by [`into_io`](Self::into_io).
+    pub fn of(e: &io::Error) -> Option<ViewUnavailable> {
+        e.get_ref()?.downcast_ref::<ViewUnavailable>().copied()
+    }
+}
+
+/// What the view needs to know about the LUN when it opens.
+pub struct ViewGeometry {
+    pub block_len: u32,
+    pub capacity_blocks: u64,
+    pub extent_shift: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Generation and deallocated hint at the open, of every claimed extent.
+    at_open: HashMap<u64, (u64, bool)>,
+}
+
+pub struct View {
+    pub generation: u64,
+    pub token: u64,
+    /// The nexus that opened it (only it may re-open to renew).
+    pub owner: u64,
+    pub capacity_blocks: u64,
+    block_len: u64,
+    extent_shift: u32,
+    extents: u64,
+    touched: Vec<AtomicU64>,
+    kept: Vec<AtomicU64>,
+    lost: AtomicBool,
+    used: AtomicU64,
+    limit: u64,
+    expires: Mutex<Instant>,
+    inner: Mutex<Inner>,
+    cv: Condvar,
+    source: Arc<dyn ViewSource>,
+    store: ViewStore,
+    lost_total: Arc<AtomicU64>,
+}
+
+fn bit(v: &[AtomicU64], x: u64) -> bool {
+    v[(x >> 6) as usize].load(SeqCst) & (1 << (x & 63)) != 0
+}
+
+fn set_bit(v: &[AtomicU64], x: u64) {
+    v[(x >> 6) as usize].fetch_or(1 << (x & 63), SeqCst);
+}
+
+fn bitmap(n: u64) -> Vec<AtomicU64> {
+    (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
+}
+
+pub(crate) struct ViewParts {
+    pub generation: u64,
+    pub token: u64,
+    pub owner: u64,
+    pub geometry: ViewGeometry,
+    pub limit: u64,
+    pub lease: Duration,
+    pub source: Arc<dyn ViewSource>,
+    pub store: ViewStore,
+    pub lost_total: Arc<AtomicU64>,
+}
+
+impl View {
+    pub(crate) fn new(p: ViewParts) -> View {
+        let g = p.geometry;
+        let eb = 1u64 << g.extent_shift;
+        let extents = g.capacity_blocks.div_ceil(eb);
+        View {
+            generation: p.generation,
+            token: p.token,
+            owner: p.owner,
+            capacity_blocks: g.capacity_blocks,
+            block_len: u64::from(g.block_len),
+            extent_shift: g.extent_shift,
+            extents,
+            touched: bitmap(extents),
+            kept: bitmap(extents),
+            lost: AtomicBool::new(false),
+            used: AtomicU64::new(0),
+            limit: p.limit,
+            expires: Mutex::new(Instant::now() + p.lease),
+            inner: Mutex::new(Inner::default()),
+            cv: Condvar::new(),
+            source: p.source,
+            store: p.store,
+            lost_total: p.lost_total,
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lost(&self) -> bool {
+        self.lost.load(SeqCst)
+    }
+
+    /// Kept data bytes (VIEW SPACE USED).
+    pub fn used(&self) -> u64 {
+        self.used.load(SeqCst).min(self.limit)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub(crate) fn expires(&self) -> Instant {
+        *self.expires.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn renew(&self, lease: Duration) {
+        *self.expires.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now() + lease;
+    }
+
+    /// Lease left, at least 1 ms while not expired (REPORT TRACKING).
+    pub fn lease_left(&self, now: Instant) -> Duration {
+        self.expires()
+            .checked_duration_since(now)
+            .unwrap_or_default()
+            .max(Duration::from_millis(1))
+    }
+
+    /// Every extent of `[first, end)` is kept (or nothing needs keeping).
+    pub(crate) fn all_kept(&self, first: u64, end: u64) -> bool {
+        self.lost() || (first..end.min(self.extents)).all(|x| bit(&self.kept, x))
+    }
+
+    fn extent_bytes_of(&self, x: u64) -> (u64, u64) {
+        let eb = 1u64 << self.extent_shift;
+        let lba = x * eb;
+        let blocks = eb.min(self.capacity_blocks - lba);
+        (lba * self.block_len, blocks * self.block_len)
+    }
+
+    /// Lose the view (idempotent): wake every waiter, free the store.
+    pub(crate) fn lose(&self, why: &str) {
+        let _st = self.inner();
+        if self.lost.swap(true, SeqCst) {
+            return;
+        }
+        tracing::warn!(generation = self.generation, "view lost: {why}");
+        self.lost_total.fetch_add(1, SeqCst);
+        self.store.discard();
+        self.cv.notify_all();
+    }
+
+    /// Before a change alters extents `[first, end)`: keep the old content
+    /// and generation of each not kept yet. Never fails: trouble loses the
+    /// view instead. Returns once every extent is kept (or the view lost).
+    pub(crate) fn keep(&self, map: &ExtentMap, first: u64, end: u64) {
+        let end = end.min(self.extents);
+        let mut x = first;
+        while x < end && !self.lost() {
+            if bit(&self.kept, x) {
+                x += 1;
+                continue;
+            }
+            let mut st = self.inner();
+            if self.lost() || bit(&self.kept, x) {
+                continue;
+            }
+            if bit(&self.touched, x) {
+                // Another change is copying it: wait, then look again.
+                drop(self.cv.wait(st).unwrap_or_else(|e| e.into_inner()));
+                continue;
+            }
+            let run_end = self.claim(&mut st, map, x, end);
+            drop(st);
+            self.copy(x, run_end);
+            x = run_end;
+        }
+    }
+
+    /// Claim untouched extents from `x` (under the mutex), recording their
+    /// generation and hint at the open. Returns the end of the run.
+    fn claim(&self, st: &mut Inner, map: &ExtentMap, x: u64, end: u64) -> u64 {
+        let max_run = (MAX_COPY_BYTES >> self.extent_shift) / self.block_len.max(1);
+        let mut e = x;
+        while e < end && e - x < max_run.max(1) && !bit(&self.touched, e) {
+            st.at_open.insert(e, map.get(e));
+            set_bit(&self.touched, e);
+            e += 1;
+        }
+        e
+    }
+
+    /// Copy claimed extents `[x, end)` into the store and mark them kept.
+    fn copy(&self, x: u64, end: u64) {
+        let (off, _) = self.extent_bytes_of(x);
+        let (last_off, last_len) = self.extent_bytes_of(end - 1);
+        let len = last_off + last_len - off;
+        let before = self.used.fetch_add(len, SeqCst);
+        if before.saturating_add(len) > self.limit {
+            return self.lose("view space limit reached");
+        }
+        let mut buf = crate::buffers::take(len as usize);
+        if let Err(e) = self.source.read_at(off, &mut buf) {
+            crate::buffers::give(buf);
+            return self.lose(&format!("reading old data: {e}"));
+        }
+        let mut zero_bytes = 0;
+        for e in x..end {
+            let (eo, el) = self.extent_bytes_of(e);
+            let piece = &buf[(eo - off) as usize..(eo - off + el) as usize];
+            if piece.iter().all(|&b| b == 0) {
+                zero_bytes += el; // stays a hole
+                continue;
+            }
+            if self.lost() {
+                break;
+            }
+            if let Err(err) = self.store.write_at(eo, piece) {
+                crate::buffers::give(buf);
+                return self.lose(&format!("writing kept data: {err}"));
+            }
+        }
+        crate::buffers::give(buf);
+        self.used.fetch_sub(zero_bytes, SeqCst);
+        let _st = self.inner();
+        for e in x..end {
+            set_bit(&self.kept, e);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Wait until claimed extent `x` is kept; false if the view was lost.
+    fn wait_kept(&self, x: u64) -> bool {
+        let mut st = self.inner();
+        while !bit(&self.kept, x) && !self.lost() {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        !self.lost()
+    }
+
+    /// Generation and hint extent `x` had at the open, given its current
+    /// generation `now`: a generation above the view's means a change
+    /// after the open, which claimed (and recorded) the extent first.
+    pub(crate) fn at_open(&self, x: u64, now: (u64, bool)) -> (u64, bool) {
+        if now.0 <= self.generation {
+            return now;
+        }
+        let st = self.inner();
+        st.at_open.get(&x).copied().unwrap_or((0, false))
+    }
+
+    /// Read `buf.len()` bytes at `offset` of the LUN as it was at the open.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let lost = || Err(ViewUnavailable::Lost.into_io());
+        if self.lost() {
+            return lost();
+        }
+        let ebytes = (1u64 << self.extent_shift) * self.block_len;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let x = pos / ebytes;
+            let from_store = bit(&self.kept, x);
+            // A run of extents in the same state at the start.
+            let mut run_end = ((x + 1) * ebytes).min(end);
+            while run_end < end && bit(&self.kept, run_end / ebytes) == from_store {
+                run_end = (run_end + ebytes).min(end);
+            }
+            let piece = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            if from_store {
+                self.store.read_at(pos, piece)?;
+            } else {
+                self.source.read_at(pos, piece)?;
+                self.fix_up(pos, piece, ebytes)?;
+            }
+            pos = run_end;
+        }
+        // The store is emptied when a view is lost: nothing read may count.
+        if self.lost() { lost() } else { Ok(()) }
+    }
+
+    /// After reading `piece` (at `pos`) from the LUN: extents a change
+    /// claimed meanwhile come from the store instead.
+    fn fix_up(&self, pos: u64, piece: &mut [u8], ebytes: u64) -> io::Result<()> {
+        let end = pos + piece.len() as u64;
+        let mut at = pos;
+        while at < end {
+            let x = at / ebytes;
+            let stop = ((x + 1) * ebytes).min(end);
+            if bit(&self.touched, x) {
+                if !self.wait_kept(x) {
+                    return Err(ViewUnavailable::Lost.into_io());
+                }
+                let seg = &mut piece[(at - pos) as usize..(stop - pos) as usize];
+                self.store.read_at(at, seg)?;
+            }
+            at = stop;
+        }
+        Ok(())
+    }
+}
