@@ -63,6 +63,8 @@ mod crash_tests;
 mod stress_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod view_tests;
 
 pub use store::ViewStore;
 pub use tracker::{ChangeGuard, Tracker};

@@ -19,9 +19,8 @@ pub struct Tracker {
     pub(crate) extent_shift: u32,
     pub(crate) capacity: AtomicU64,
     pub(crate) open: AtomicU64,
-    /// Bumped by every close, checkpoint and view open; its parity picks
-    /// the slot.
-    pub(crate) phase: AtomicU64,
+    /// Bumped by every close and checkpoint; its parity picks the slot.
+    phase: AtomicU64,
     pub(crate) inflight: [AtomicU64; 2],
     /// Serialises phase bumps (close, checkpoint, shutdown).
     pub(crate) phase_lock: Mutex<()>,
@@ -105,15 +104,27 @@ impl Tracker {
         (first, end + 1)
     }
 
-    /// Register a change under the current phase; returns its slot and
-    /// the phase.
-    fn register(&self) -> (usize, u64) {
+    /// Register a change, staying out of a view OPEN's drain (views.rs):
+    /// one that sees the OPEN after registering steps back and waits.
+    fn register_outside_view_open(&self) -> usize {
+        loop {
+            let slot = self.register();
+            if !self.view_opening() {
+                return slot;
+            }
+            self.inflight[slot].fetch_sub(1, SeqCst);
+            self.wait_view_opened();
+        }
+    }
+
+    /// Register a change under the current phase; returns its slot.
+    fn register(&self) -> usize {
         loop {
             let p = self.phase.load(SeqCst);
             let slot = (p & 1) as usize;
             self.inflight[slot].fetch_add(1, SeqCst);
             if self.phase.load(SeqCst) == p {
-                return (slot, p);
+                return slot;
             }
             // A close/checkpoint bumped the phase meanwhile: it may already
             // be waiting on this slot, so leave it and retry in the new one.
@@ -177,13 +188,11 @@ impl Tracker {
         if blocks == 0 {
             return Ok(());
         }
-        let (slot, phase) = self.register();
-        rec.slot = Some(slot);
+        rec.slot = Some(self.register_outside_view_open());
         // Checked after registering, so shutdown's drain sees this change.
         if self.shut.load(SeqCst) {
             return Err(CbtError::ShutDown);
         }
-        self.wait_for_opening_view(phase);
         let g = self.open.load(SeqCst);
         let (first, end) = self.extent_range(lba, blocks);
         if let Some(durable) = &self.durable {

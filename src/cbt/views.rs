@@ -4,16 +4,20 @@
 //! # Why a view holds exactly the LUN at its open
 //!
 //! OPEN (holding `phase_lock`, so no close or checkpoint interleaves) marks
-//! the slot `OPENING` with the current phase `p`, bumps the phase and waits
-//! for the changes registered under `p` — the changes in flight. A change
-//! that registered under a later phase finds the slot `OPENING` and waits
-//! (at most the drain) before it reads the open generation. When the drain
-//! is done, OPEN installs the view with `Gv = O`, then stores `O = Gv + 1`,
-//! then marks the slot `OPEN`: every waiting or later change reads a
-//! generation `> Gv` and keeps old data before it stamps. Changes
-//! registered under `p` read `O = Gv` (it is raised only after they all
-//! finished) and keep nothing: their data is part of the view. On a drain
-//! timeout the slot goes back to `NONE` and `O` was never changed.
+//! the slot `OPENING`, then waits until no change is in flight. A change
+//! registers, *then* loads the slot state (both SeqCst); if it sees
+//! `OPENING` it deregisters, waits for the open to finish and retries. So
+//! either the change's load came first — then OPEN's wait sees it
+//! registered and waits for it, and it reads `O = Gv` (raised only after
+//! the wait) and keeps nothing: its data is part of the view — or it sees
+//! `OPENING` and stays out of the drain. When the drain is done OPEN
+//! installs the view with `Gv = O`, stores `O = Gv + 1`, then marks the
+//! slot `OPEN`: every later change reads a generation `> Gv` and keeps old
+//! data before it stamps. On a drain timeout the slot goes back to `NONE`;
+//! `O` and the phase were never touched, so no generation was closed.
+//!
+//! (Why not the phase protocol of `close`: a drain that may time out would
+//! leave a change behind in a parity slot that a later phase reuses.)
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::SeqCst};
@@ -32,8 +36,6 @@ const OPEN: u8 = 2;
 #[derive(Default)]
 pub(crate) struct ViewSlot {
     state: AtomicU8,
-    /// The phase OPEN drains while `OPENING`.
-    opening_phase: AtomicU64,
     current: RwLock<Option<Arc<View>>>,
     /// Views lost since the tracker started (metrics).
     pub(crate) lost_total: Arc<AtomicU64>,
@@ -84,15 +86,16 @@ pub enum ViewError {
 }
 
 impl Tracker {
-    /// The write-path hook, after registering under phase `p` and before
-    /// reading the open generation: wait while an OPEN drains (only for
-    /// changes that came after the OPEN started).
-    pub(crate) fn wait_for_opening_view(&self, p: u64) {
-        let views = &self.views;
-        if views.state.load(SeqCst) != OPENING || p <= views.opening_phase.load(SeqCst) {
-            return;
-        }
-        wait_until(None, || views.state.load(SeqCst) != OPENING);
+    /// The write-path hook, right after registering: true if an OPEN is
+    /// draining, in which case the caller must deregister and call
+    /// [`wait_view_opened`](Self::wait_view_opened) before retrying.
+    pub(crate) fn view_opening(&self) -> bool {
+        self.views.state.load(SeqCst) == OPENING
+    }
+
+    /// Wait (at most OPEN's drain) until no OPEN is draining.
+    pub(crate) fn wait_view_opened(&self) {
+        wait_until(None, || self.views.state.load(SeqCst) != OPENING);
     }
 
     /// The write-path hook, after reading generation `g` and before
@@ -161,11 +164,8 @@ impl Tracker {
             durable.ensure_high_water(g + 1).map_err(CbtError::Io)?;
         }
         let views = &self.views;
-        views.opening_phase.store(self.phase.load(SeqCst), SeqCst);
         views.state.store(OPENING, SeqCst);
-        let p = self.phase.fetch_add(1, SeqCst);
-        let slot = &self.inflight[(p & 1) as usize];
-        if !wait_until(Some(req.drain), || slot.load(SeqCst) == 0) {
+        if !wait_until(Some(req.drain), || self.in_flight() == 0) {
             views.state.store(NONE, SeqCst);
             return Err(ViewError::DrainTimeout);
         }
