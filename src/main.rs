@@ -30,7 +30,8 @@ struct Cli {
 enum Command {
     /// Serve the configured targets until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Changed-block tracking client: status, close, changes, lock, renew, unlock.
+    /// Changed-block tracking client: status, close, changes, lock, renew,
+    /// unlock, view open/renew/release.
     Cbt(cli::cbt::CbtArgs),
     /// Back up a LUN into a repository (full, then incremental via CBT).
     Backup(cli::backup::BackupArgs),
