@@ -51,6 +51,10 @@ pub enum ViewPhase {
         generation: u64,
         view_lun: u16,
     },
+    /// The view's list is known (`extents` to copy) and its slots marked;
+    /// the copy from the view LUN starts after this returns. (A test can
+    /// make the view be lost here to drive the fallback that keeps them.)
+    Listed { extents: u64 },
     /// OPEN VIEW gave no view (the run falls back or fails).
     NotOpened,
 }
@@ -272,7 +276,9 @@ impl Run {
             .await;
         if self.view_todo.is_none() {
             let list = self.view_list(g, base).await.map_err(gone)?;
+            let extents = list.len() as u64;
             self.start_todo(g.generation, list)?;
+            self.hook(ViewPhase::Listed { extents }).await;
         }
         let todo: Vec<(u64, bool)> = self
             .view_todo
