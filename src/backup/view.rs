@@ -298,7 +298,13 @@ impl Run {
         let (s, lun) = (self.ctx.session.clone(), self.ctx.lun);
         let lease = self.opts.view_lease_ms;
         let renew = async { Ok(s.cbt_renew_view(lun, g.token, lease).await?) };
-        cancellable(&self.opts.cancel, renew).await.map_err(gone)?;
+        let now = cancellable(&self.opts.cancel, renew).await.map_err(gone)?;
+        if now.generation != g.generation {
+            return Err(BackupError::ViewGone(format!(
+                "RENEW VIEW names generation {}, the view opened as {}",
+                now.generation, g.generation
+            )));
+        }
         Ok(g.generation)
     }
 
