@@ -288,7 +288,16 @@ impl Run {
             .into_iter()
             .filter(|&(i, _)| self.image[i as usize].is_none())
             .collect();
-        let r = self.copy_renewing(g, &todo).await.map_err(gone)?;
+        let r = match self.copy_renewing(g, &todo).await {
+            Ok(r) => r,
+            Err(e) => {
+                // What a failed copy did read still counts (and is kept).
+                let r = self.copied_of(&todo);
+                self.stats.extents_copied += r.extents;
+                self.stats.bytes_read += r.bytes_read;
+                return Err(gone(e));
+            }
+        };
         self.stats.passes = self.stats.passes.max(1);
         self.stats.extents_copied += r.extents;
         self.stats.bytes_read += r.bytes_read;
@@ -326,6 +335,21 @@ impl Run {
         mark_todo(&mut self.image, &list)?;
         self.view_todo = Some(ViewTodo { generation, list });
         Ok(())
+    }
+
+    /// The extents of `todo` that are in the image now, and the bytes
+    /// read for them (deallocated ones take no read).
+    fn copied_of(&self, todo: &[(u64, bool)]) -> PassResult {
+        let mut r = PassResult::default();
+        for &(i, dealloc) in todo {
+            if self.image[i as usize].is_some() {
+                r.extents += 1;
+                if !dealloc {
+                    r.bytes_read += self.ctx.id.extent_bytes(i) as u64;
+                }
+            }
+        }
+        r
     }
 
     /// Copy `todo` from the view LUN, renewing the lease meanwhile.
