@@ -268,12 +268,7 @@ impl Run {
     /// List (once), copy what is left from the view LUN, then prove the
     /// view outlived the copy. Safe to run again after a reconnect.
     async fn view_pass(&mut self, g: ViewGrant, base: Option<u64>) -> Result<u64> {
-        // The view LUN is a new LU to this session: take its unit attention.
-        let _ = self
-            .ctx
-            .session
-            .test_unit_ready(u64::from(g.view_lun))
-            .await;
+        take_unit_attentions(&self.ctx.session, u64::from(g.view_lun)).await;
         if self.view_todo.is_none() {
             let list = self.view_list(g, base).await.map_err(gone)?;
             let extents = list.len() as u64;
@@ -394,6 +389,18 @@ impl Run {
                 "RELEASE VIEW failed; the view ends when its lease ({} ms) runs out",
                 g.lease_ms
             );
+        }
+    }
+}
+
+/// The view LUN is a new LU to this session: its unit attentions (power
+/// on, LUN inventory changed...) would fail the first READs. TEST UNIT
+/// READY takes one per call; anything but UNIT ATTENTION ends the loop.
+async fn take_unit_attentions(s: &Session, lun: u64) {
+    for _ in 0..4 {
+        match s.test_unit_ready(lun).await {
+            Err(e) if e.sense_code().is_some_and(|(k, _, _)| k == 0x06) => continue,
+            _ => return,
         }
     }
 }
