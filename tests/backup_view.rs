@@ -435,3 +435,81 @@ async fn a_lost_view_falls_back_to_the_lock_and_stays_exact() {
     assert!(matches!(e, backup::BackupError::ViewGone(_)), "{e}");
     assert_no_view_open(addr).await;
 }
+
+/// A TCP relay in front of the server that cuts every connection once
+/// `cut_after` bytes went from the server to the client (once).
+async fn cutting_relay(upstream: SocketAddr, cut_after: u64) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = l.accept().await {
+            let up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let _ = (up.set_nodelay(true), down.set_nodelay(true));
+            let (mut dr, mut dw) = down.into_split();
+            let (mut ur, mut uw) = up.into_split();
+            let (sent, c2) = (sent.clone(), conns.clone());
+            let a = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut dr, &mut uw).await;
+            });
+            let b = tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = ur.read(&mut buf).await {
+                    if n == 0 || dw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    let before = sent.fetch_add(n as u64, Ordering::SeqCst);
+                    if before < cut_after && before + n as u64 >= cut_after {
+                        for h in c2.lock().unwrap().drain(..) {
+                            h.abort();
+                        }
+                        return;
+                    }
+                }
+            });
+            conns
+                .lock()
+                .unwrap()
+                .extend([a.abort_handle(), b.abort_handle()]);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_outlives_a_dropped_connection() {
+    const MIB: u64 = 32;
+    let blocks = (MIB << 20) / u64::from(BS);
+    let dir = tempfile::tempdir().unwrap();
+    // Default view LUN and view space.
+    let srv = start_server(dir.path(), MIB, "");
+    let addr = srv.addr;
+    let w = login(addr, WRITER).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for lba in (0..blocks).step_by(2048) {
+        let mut data = vec![0u8; 2048 * BS as usize];
+        rng.fill(&mut data[..]);
+        w.write16(0, lba, &data, BS, false).await.unwrap();
+    }
+    let repo = Arc::new(Repo::open(&dir.path().join("repo")).unwrap());
+    let writers = Writers::start(addr, 1, 8, blocks).await;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let mut opts = options(cutting_relay(addr, 8 << 20).await);
+    opts.parallel = 2;
+    opts.view_hook = Some(capture_hook(addr, &writers, &seen, blocks));
+    let s = backup::backup(repo.clone(), &opts).await.unwrap();
+    writers.stop().await;
+    println!("{:?}", s.stats);
+    assert_eq!(s.method, Method::View, "{:?}", s.fallback_reason);
+    assert!(
+        s.stats.reconnects >= 1 && s.stats.passes == 1,
+        "{:?}",
+        s.stats
+    );
+    assert_eq!(s.stats.bytes_read, MIB << 20, "each extent read once");
+    let want = seen.lock().unwrap().at_open.remove(&s.generation).unwrap();
+    assert_restores_to(&repo, &s, &want, dir.path());
+    assert_no_view_open(addr).await;
+}
