@@ -53,7 +53,8 @@ pub enum ViewPhase {
     },
     /// The view's list is known (`extents` to copy) and its slots marked;
     /// the copy from the view LUN starts after this returns. (A test can
-    /// make the view be lost here to drive the fallback that keeps them.)
+    /// make the view be lost here to drive the fallback that keeps them.
+    /// No renewal runs while a hook is awaited: stay well inside the lease.)
     Listed { extents: u64 },
     /// OPEN VIEW gave no view (the run falls back or fails).
     NotOpened,
@@ -220,13 +221,13 @@ impl Run {
                 return Err(e);
             }
         };
+        let guard = ReleaseOnDrop(Some((self.ctx.session.clone(), self.ctx.lun, grant.token)));
         self.hook(ViewPhase::Opened {
             token: grant.token,
             generation: grant.generation,
             view_lun: grant.view_lun,
         })
         .await;
-        let guard = ReleaseOnDrop(Some((self.ctx.session.clone(), self.ctx.lun, grant.token)));
         let copied = self
             .retrying(move |r| Box::pin(r.view_pass(grant, base)))
             .await;
