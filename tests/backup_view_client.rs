@@ -429,3 +429,36 @@ async fn a_cancelled_view_backup_releases_the_view() {
     assert_eq!((st.opens, st.releases), (1, 1));
     assert!(repo.list().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_view_backup_still_releases_the_view() {
+    let t = target();
+    let p = Proxy::start(t.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Arc::new(Repo::open(&dir.path().join("repo")).unwrap());
+    let phases = Arc::default();
+    let mut opts = options(&p, &phases);
+    // The caller gives up on the whole run while it holds the view.
+    let listed = Arc::new(tokio::sync::Notify::new());
+    let l2 = listed.clone();
+    opts.view_hook = Some(Arc::new(move |ph| {
+        let l2 = l2.clone();
+        Box::pin(async move {
+            if let ViewPhase::Listed { .. } = ph {
+                l2.notify_one();
+                std::future::pending::<()>().await;
+            }
+        })
+    }));
+    tokio::select! {
+        r = backup::backup(repo.clone(), &opts) => panic!("finished: {r:?}"),
+        _ = listed.notified() => {}
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    // Counted when the command passes, closed when its reply does.
+    while p.state.lock().unwrap().view_open {
+        assert!(std::time::Instant::now() < until, "no RELEASE VIEW");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(p.state.lock().unwrap().releases, 1);
+}
