@@ -154,7 +154,7 @@ async fn act(s: &Session, action: &Action, c: &Common) -> Result<()> {
                 .cbt_all_changes_as_of(lun, *since, *start_lba, *as_of_view)
                 .await
                 .map_err(readable("GET CHANGED EXTENTS"))?;
-            print_changes(&report, *since, &list, c.json);
+            print_changes(&report, (*since, *as_of_view), &list, c.json);
         }
         Action::Lock {
             lease_ms, drain_ms, ..
@@ -294,7 +294,9 @@ fn print_close(g: &ClosedGeneration, json: bool) {
     }
 }
 
-fn print_changes(r: &TrackingReport, since: u64, list: &[ExtentDescriptor], json: bool) {
+/// `query` is (SINCE, AS OF VIEW).
+fn print_changes(r: &TrackingReport, query: (u64, bool), list: &[ExtentDescriptor], json: bool) {
+    let (since, as_of_view) = query;
     if json {
         let items: Vec<String> = list
             .iter()
@@ -306,7 +308,7 @@ fn print_changes(r: &TrackingReport, since: u64, list: &[ExtentDescriptor], json
             })
             .collect();
         println!(
-            "{{\"uuid\":\"{}\",\"since\":{since},\"extents\":[{}]}}",
+            "{{\"uuid\":\"{}\",\"since\":{since},\"as_of_view\":{as_of_view},\"extents\":[{}]}}",
             uuid(&r.uuid),
             items.join(",")
         );
@@ -323,10 +325,15 @@ fn print_changes(r: &TrackingReport, since: u64, list: &[ExtentDescriptor], json
         total += u64::from(x.blocks);
     }
     println!(
-        "{} extents, {} blocks ({} bytes) changed since generation {since}",
+        "{} extents, {} blocks ({} bytes) changed since generation {since}{}",
         list.len(),
         total,
-        total * u64::from(r.block_len)
+        total * u64::from(r.block_len),
+        if as_of_view {
+            ", as of the open view"
+        } else {
+            ""
+        }
     );
 }
 
