@@ -30,9 +30,11 @@ struct Cli {
 enum Command {
     /// Serve the configured targets until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Changed-block tracking client: status, close, changes, lock, renew, unlock.
+    /// Changed-block tracking client: status, close, changes, lock, renew,
+    /// unlock, view open/renew/release.
     Cbt(cli::cbt::CbtArgs),
-    /// Back up a LUN into a repository (full, then incremental via CBT).
+    /// Back up a LUN into a repository (full, then incremental via CBT;
+    /// through a point-in-time view where the target has them).
     Backup(cli::backup::BackupArgs),
     /// Restore a backup to a file or onto a LUN.
     Restore(cli::backup::RestoreArgs),

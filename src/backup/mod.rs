@@ -5,6 +5,8 @@
 //! - [`repo`]: chunks and manifests on disk, atomic appearance of a backup.
 //! - [`manifest`]: what one backup records.
 //! - [`run`] / [`pass`]: the loop (close, copy, converge, lock, copy, release).
+//! - [`view`]: the version-2 way: one pass over a point-in-time view, and
+//!   the fallback to the loop above.
 //! - [`restore`], [`verify`]: reading the repository back.
 
 pub mod manifest;
@@ -13,6 +15,7 @@ pub mod repo;
 pub mod restore;
 pub mod run;
 pub mod verify;
+pub mod view;
 
 #[cfg(test)]
 mod tests;
@@ -22,11 +25,12 @@ use crate::initiator::cbt::CbtClientError;
 use std::path::PathBuf;
 use thiserror::Error;
 
-pub use manifest::{ExtentRef, LunId, Manifest, Stats};
+pub use manifest::{ExtentRef, LunId, Manifest, Method, Stats};
 pub use repo::Repo;
 pub use restore::{restore_to_file, restore_to_lun};
 pub use run::{BackupOptions, BackupSummary, LockHook, LockInfo, backup};
 pub use verify::{VerifyReport, verify};
+pub use view::{MethodChoice, ViewHook, ViewPhase};
 
 /// Errors of the appliance, by reach: one file of the repository (`Io`,
 /// `Json`), the connection (`Initiator`/`Cbt` when fatal: reconnect), or
@@ -55,6 +59,12 @@ pub enum BackupError {
     UuidChanged,
     #[error("interrupted")]
     Interrupted,
+    /// The view ended before the copy from it was proven complete (lost:
+    /// view space exhausted; lease ran out; target restarted; another
+    /// appliance holds one). The run falls back to the lock method unless
+    /// `--method view` forced it.
+    #[error("the point-in-time view ended: {0}")]
+    ViewGone(String),
 }
 
 impl BackupError {

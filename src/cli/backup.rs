@@ -2,8 +2,8 @@
 //! (`gentgt::backup`) from the command line.
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::Args;
-use gentgt::backup::{self, BackupOptions, Repo};
+use clap::{Args, ValueEnum};
+use gentgt::backup::{self, BackupOptions, MethodChoice, Repo};
 use gentgt::initiator::ConnectOptions;
 use gentgt::scsi::lun::DEFAULT_CBT_INITIATOR;
 use std::collections::HashSet;
@@ -34,6 +34,14 @@ pub struct BackupArgs {
     /// Write-lock lease (renewed while the final pass runs).
     #[arg(long, value_name = "L", default_value_t = 20_000)]
     lease_ms: u32,
+    /// Force a method [default: a view where the target offers one
+    /// (contract version 2, views on), else the lock loop].
+    #[arg(long, value_enum, value_name = "M")]
+    method: Option<MethodArg>,
+    /// View lease (renewed at a third while the copy runs; a crashed run's
+    /// view holds the target's view space this long).
+    #[arg(long, value_name = "L", default_value_t = 60_000)]
+    view_lease_ms: u32,
     /// READs in flight.
     #[arg(long, value_name = "Q", default_value_t = 8)]
     parallel: usize,
@@ -43,6 +51,15 @@ pub struct BackupArgs {
     /// Print a machine-readable summary.
     #[arg(long)]
     json: bool,
+}
+
+/// `--method`.
+#[derive(Clone, Copy, ValueEnum)]
+enum MethodArg {
+    /// One pass over a point-in-time view; fail where there is none.
+    View,
+    /// Converge passes, then a pass under the write lock.
+    Lock,
 }
 
 #[derive(Args)]
@@ -86,6 +103,12 @@ pub fn run_backup(a: BackupArgs) -> Result<()> {
     opts.threshold_extents = a.threshold_extents;
     opts.max_passes = a.max_passes;
     opts.lease_ms = a.lease_ms;
+    opts.view_lease_ms = a.view_lease_ms;
+    opts.method = match a.method {
+        None => MethodChoice::Auto,
+        Some(MethodArg::View) => MethodChoice::View,
+        Some(MethodArg::Lock) => MethodChoice::Lock,
+    };
     opts.parallel = a.parallel;
     opts.progress = !a.quiet && !a.json;
     let summary = runtime()?.block_on(async move {
@@ -106,11 +129,15 @@ pub fn run_backup(a: BackupArgs) -> Result<()> {
     if let Some(r) = &s.full_reason {
         println!("full backup: {r}");
     }
+    if let Some(r) = &s.fallback_reason {
+        println!("no view: {r}");
+    }
     println!(
-        "backup {} (parent {}), lock generation {}: read {} of {} ({:.2} %), {} extents, {} passes, lock held {} ms, {:.1} MiB/s",
+        "backup {} (parent {}), method {}, generation {}: read {} of {} ({:.2} %), {} extents, {} passes, lock held {} ms, {:.1} MiB/s",
         s.id,
         s.parent.as_deref().unwrap_or("none"),
-        s.lock_generation,
+        s.method.name(),
+        s.generation,
         s.stats.bytes_read,
         s.logical_bytes,
         s.read_ratio * 100.0,
@@ -170,6 +197,7 @@ struct Listed {
     parent: Option<String>,
     created_ms: u64,
     lock_generation: u64,
+    method: backup::Method,
     logical_bytes: u64,
     /// Bytes of chunks this backup added over its parent.
     stored_bytes: u64,
@@ -202,6 +230,7 @@ pub fn run_list(a: RepoArgs) -> Result<()> {
             parent: m.parent.clone(),
             created_ms: m.created_ms,
             lock_generation: m.lock_generation,
+            method: m.stats.method,
             logical_bytes: m.lun.logical_bytes(),
             stored_bytes: stored,
             full: m.parent.is_none(),
@@ -212,15 +241,16 @@ pub fn run_list(a: RepoArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<20} {:>8} {:>14} {:>14}  created (unix ms)",
-        "ID", "PARENT", "GEN", "LOGICAL", "STORED"
+        "{:<20} {:<20} {:>8} {:>6} {:>14} {:>14}  created (unix ms)",
+        "ID", "PARENT", "GEN", "METHOD", "LOGICAL", "STORED"
     );
     for r in rows {
         println!(
-            "{:<20} {:<20} {:>8} {:>14} {:>14}  {}",
+            "{:<20} {:<20} {:>8} {:>6} {:>14} {:>14}  {}",
             r.id,
             r.parent.as_deref().unwrap_or("-"),
             r.lock_generation,
+            r.method.name(),
             r.logical_bytes,
             r.stored_bytes,
             r.created_ms
