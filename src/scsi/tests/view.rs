@@ -406,3 +406,26 @@ fn a_view_ends_with_its_lease_not_with_the_session() {
     assert_eq!(codes(&read_view(&h, 0, 1)), Some(NOT_READY));
     h.check(&view_cdb(7, token, 0), &[], 32, INVALID_FIELD);
 }
+
+#[test]
+fn extended_copy_cannot_reach_a_view_lun_the_sender_does_not_see() {
+    let (h, _, _) = harness(u64::MAX);
+    open(&h);
+    let mut view_naa = identity(1).naa;
+    view_naa[15] ^= 0x80;
+    let mut from_view = cscd(1);
+    from_view[8..24].copy_from_slice(&view_naa);
+    // LUN 1 is identity(1) too in this harness (mem_lu): copy into LUN 0
+    // from the view, as a nexus that is not a CBT initiator.
+    let p = list(2, 0, &[from_view, cscd(1)], &[b2b(0, 1, 8, 0, 0)]);
+    let nx = nexus(2);
+    let cdb = xcopy_cdb(p.len());
+    let r = h.srv.execute(&ScsiCommand {
+        lun: 0,
+        cdb: &cdb,
+        data_out: &p,
+        expected_len: p.len() as u32,
+        nexus: &nx,
+    });
+    assert_eq!(codes(&r), Some((key::COPY_ABORTED, 0x0d, 0x02)));
+}
