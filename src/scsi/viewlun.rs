@@ -76,7 +76,7 @@ pub fn attach(source: &mut LogicalUnit) {
         tracker: tracker.clone(),
         size: source.backend.size(),
     });
-    let mut unit = LogicalUnit::new(backend, source.block_size, view_identity(&source), true);
+    let mut unit = LogicalUnit::new(backend, source.block_size, view_identity(source), true);
     unit.view_of = Some(tracker.clone());
     unit.visible_to = Some(source.cbt.allowed_initiators.clone());
     source.view_unit = Some((settings.lun, Arc::new(unit)));
