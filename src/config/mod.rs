@@ -12,6 +12,8 @@ mod io_tests;
 mod reload;
 mod schema;
 mod validate;
+#[cfg(test)]
+mod view_tests;
 
 pub use build::build_registry;
 pub use reload::{keep_restart_settings, needs_restart, rebuild_registry};
