@@ -166,7 +166,7 @@ impl Tracker {
             return true; // refused without touching the log
         }
         let (first, end) = self.extent_range(lba, blocks);
-        if self.view_needs_copy(first, end) {
+        if self.view_needs_copy(lba, blocks) {
             return false; // old data to copy first
         }
         let Some(durable) = &self.durable else {
@@ -199,7 +199,7 @@ impl Tracker {
             durable.log_regions(&self.map, first >> REGION_SHIFT, (end - 1) >> REGION_SHIFT)?;
         }
         // Old data goes to the view before the stamp and the data write.
-        self.keep_for_view(g, first, end);
+        self.keep_for_view(g, lba, blocks);
         self.map.stamp(first, end, g);
         match rec.kind {
             ChangeKind::Write => self.clear_dealloc(first, end, true),

@@ -1,32 +1,41 @@
-//! One point-in-time view: copy-before-write of whole extents into a
-//! [`ViewStore`], and reads of the LUN as it was at the open.
+//! One point-in-time view: copy-before-write into a [`ViewStore`], and
+//! reads of the LUN as it was at the open.
 //!
-//! # Per-extent states
+//! # Pieces
+//!
+//! Old data is kept in *pieces* of 4 KiB (one block if blocks are larger;
+//! coarser, up to an extent, only for LUNs so large that the bitmaps below
+//! would pass 2 MiB each), not whole extents: a 4 KiB first write then
+//! copies 4 KiB, not 64. Generations are kept per extent: the first claim
+//! of any piece of an extent records the extent's generation and hint at
+//! the open, before any change after the open could stamp it.
+//!
+//! # Per-piece states
 //!
 //! `untouched` → `touched` (a change claimed it and is copying its old
-//! content) → `kept` (the old content and its generation are in the view).
-//! Two bitmaps hold the states; claims happen under `inner`'s mutex, so
-//! exactly one change copies an extent, and others wanting it wait on `cv`.
-//! A change stamps and writes an extent only once it is `kept`.
+//! content) → `kept` (the old content is in the view). Two bitmaps hold the
+//! states; claims happen under `inner`'s mutex, so exactly one change
+//! copies a piece, and others wanting it wait on `cv`. A change stamps and
+//! writes its range only once every piece of it is `kept`.
 //!
 //! # Why a view read never sees data written after the open
 //!
-//! A read takes an extent from the store if it is kept. Otherwise it reads
+//! A read takes a piece from the store if it is kept. Otherwise it reads
 //! the LUN, *then* loads `touched` (SeqCst). A change sets `touched` before
 //! it copies, and writes new data only after `kept` — so if the load after
 //! the read still sees `untouched`, the change's data write comes later
 //! than the read in real time and the read saw old data. If it sees
-//! `touched`, the read waits for `kept` and takes the extent from the store.
+//! `touched`, the read waits for `kept` and takes the piece from the store.
 //!
 //! # Why copying cannot deadlock
 //!
-//! A change claims runs of extents in increasing order and only waits for
-//! an extent claimed by someone else after finishing every copy it claimed
+//! A change claims runs of pieces in increasing order and only waits for a
+//! piece claimed by someone else after finishing every copy it claimed
 //! itself; a copy waits for nothing but I/O.
 //!
 //! # Space and loss
 //!
-//! Space is reserved before a copy (whole extents, given back for extents
+//! Space is reserved before a copy (whole pieces, given back for pieces
 //! that held only zeros). A reservation over the limit, or any I/O error
 //! while keeping, *loses* the view: the change goes on, every waiter wakes,
 //! reads fail from then on, and the store is emptied.
@@ -47,6 +56,10 @@ pub trait ViewSource: Send + Sync {
 
 /// Largest run copied with one read (bounds the buffer of one change).
 const MAX_COPY_BYTES: u64 = 4 << 20;
+/// Piece size aimed at (bytes).
+const PIECE_BYTES: u64 = 4096;
+/// Pieces per view at most: each state bitmap stays within 2 MiB.
+const MAX_PIECES: u64 = 1 << 24;
 
 /// Why a view read cannot be served; carried inside `io::Error` through
 /// the backend interface so the SCSI layer can pick the spec's sense.
@@ -76,9 +89,21 @@ pub struct ViewGeometry {
     pub extent_shift: u32,
 }
 
+/// Blocks per piece, as a shift: 4 KiB worth (at least one block), doubled
+/// while the LUN would have more than `MAX_PIECES`, at most an extent.
+pub(crate) fn piece_shift(g: &ViewGeometry) -> u32 {
+    let per_4k = (PIECE_BYTES / u64::from(g.block_len.max(1))).max(1);
+    let mut shift = per_4k.next_power_of_two().trailing_zeros();
+    while shift < g.extent_shift && g.capacity_blocks >> shift > MAX_PIECES {
+        shift += 1;
+    }
+    shift.min(g.extent_shift)
+}
+
 #[derive(Default)]
 struct Inner {
-    /// Generation and deallocated hint at the open, of every claimed extent.
+    /// Generation and deallocated hint at the open, of every extent a
+    /// change claimed a piece of.
     at_open: HashMap<u64, (u64, bool)>,
 }
 
@@ -89,8 +114,9 @@ pub struct View {
     pub owner: u64,
     pub capacity_blocks: u64,
     block_len: u64,
+    /// Blocks per extent / per piece, as shifts.
     extent_shift: u32,
-    extents: u64,
+    piece_shift: u32,
     touched: Vec<AtomicU64>,
     kept: Vec<AtomicU64>,
     lost: AtomicBool,
@@ -131,8 +157,8 @@ pub(crate) struct ViewParts {
 impl View {
     pub(crate) fn new(p: ViewParts) -> View {
         let g = p.geometry;
-        let eb = 1u64 << g.extent_shift;
-        let extents = g.capacity_blocks.div_ceil(eb);
+        let piece_shift = piece_shift(&g);
+        let pieces = g.capacity_blocks.div_ceil(1 << piece_shift);
         View {
             generation: p.generation,
             token: p.token,
@@ -140,9 +166,9 @@ impl View {
             capacity_blocks: g.capacity_blocks,
             block_len: u64::from(g.block_len),
             extent_shift: g.extent_shift,
-            extents,
-            touched: bitmap(extents),
-            kept: bitmap(extents),
+            piece_shift,
+            touched: bitmap(pieces),
+            kept: bitmap(pieces),
             lost: AtomicBool::new(false),
             used: AtomicU64::new(0),
             limit: p.limit,
@@ -172,6 +198,11 @@ impl View {
         self.limit
     }
 
+    /// Bytes of one piece (the unit old data is kept in).
+    pub fn piece_bytes(&self) -> u64 {
+        (1u64 << self.piece_shift) * self.block_len
+    }
+
     pub(crate) fn expires(&self) -> Instant {
         *self.expires.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -188,15 +219,29 @@ impl View {
             .max(Duration::from_millis(1))
     }
 
-    /// Every extent of `[first, end)` is kept (or nothing needs keeping).
-    pub(crate) fn all_kept(&self, first: u64, end: u64) -> bool {
-        self.lost() || (first..end.min(self.extents)).all(|x| bit(&self.kept, x))
+    /// Pieces `[first, end)` of blocks `[lba, lba + blocks)`, clipped to
+    /// the view's capacity (a LUN grown after the open is not in it).
+    fn pieces_of(&self, lba: u64, blocks: u64) -> (u64, u64) {
+        let end_lba = (lba + blocks).min(self.capacity_blocks);
+        if blocks == 0 || lba >= end_lba {
+            return (0, 0);
+        }
+        (
+            lba >> self.piece_shift,
+            ((end_lba - 1) >> self.piece_shift) + 1,
+        )
     }
 
-    fn extent_bytes_of(&self, x: u64) -> (u64, u64) {
-        let eb = 1u64 << self.extent_shift;
-        let lba = x * eb;
-        let blocks = eb.min(self.capacity_blocks - lba);
+    /// Every piece of the range is kept (or nothing needs keeping).
+    pub(crate) fn all_kept(&self, lba: u64, blocks: u64) -> bool {
+        let (first, end) = self.pieces_of(lba, blocks);
+        self.lost() || (first..end).all(|x| bit(&self.kept, x))
+    }
+
+    /// Byte offset and length of piece `x` (the last one may be short).
+    fn piece_span(&self, x: u64) -> (u64, u64) {
+        let lba = x << self.piece_shift;
+        let blocks = (1u64 << self.piece_shift).min(self.capacity_blocks - lba);
         (lba * self.block_len, blocks * self.block_len)
     }
 
@@ -212,11 +257,12 @@ impl View {
         self.cv.notify_all();
     }
 
-    /// Before a change alters extents `[first, end)`: keep the old content
-    /// and generation of each not kept yet. Never fails: trouble loses the
-    /// view instead. Returns once every extent is kept (or the view lost).
-    pub(crate) fn keep(&self, map: &ExtentMap, first: u64, end: u64) {
-        let end = end.min(self.extents);
+    /// Before a change alters blocks `[lba, lba + blocks)`: keep the old
+    /// content of each piece not kept yet (and the generation of its
+    /// extent). Never fails: trouble loses the view instead. Returns once
+    /// every piece is kept (or the view lost).
+    pub(crate) fn keep(&self, map: &ExtentMap, lba: u64, blocks: u64) {
+        let (first, end) = self.pieces_of(lba, blocks);
         let mut x = first;
         while x < end && !self.lost() {
             if bit(&self.kept, x) {
@@ -239,23 +285,24 @@ impl View {
         }
     }
 
-    /// Claim untouched extents from `x` (under the mutex), recording their
-    /// generation and hint at the open. Returns the end of the run.
+    /// Claim untouched pieces from `x` (under the mutex), recording their
+    /// extents' generation and hint at the open. Returns the end of the run.
     fn claim(&self, st: &mut Inner, map: &ExtentMap, x: u64, end: u64) -> u64 {
-        let max_run = (MAX_COPY_BYTES >> self.extent_shift) / self.block_len.max(1);
-        let mut e = x;
-        while e < end && e - x < max_run.max(1) && !bit(&self.touched, e) {
-            st.at_open.insert(e, map.get(e));
-            set_bit(&self.touched, e);
-            e += 1;
+        let max_run = (MAX_COPY_BYTES / self.piece_bytes().max(1)).max(1);
+        let mut p = x;
+        while p < end && p - x < max_run && !bit(&self.touched, p) {
+            let extent = p >> (self.extent_shift - self.piece_shift);
+            st.at_open.entry(extent).or_insert_with(|| map.get(extent));
+            set_bit(&self.touched, p);
+            p += 1;
         }
-        e
+        p
     }
 
-    /// Copy claimed extents `[x, end)` into the store and mark them kept.
+    /// Copy claimed pieces `[x, end)` into the store and mark them kept.
     fn copy(&self, x: u64, end: u64) {
-        let (off, _) = self.extent_bytes_of(x);
-        let (last_off, last_len) = self.extent_bytes_of(end - 1);
+        let (off, _) = self.piece_span(x);
+        let (last_off, last_len) = self.piece_span(end - 1);
         let len = last_off + last_len - off;
         let before = self.used.fetch_add(len, SeqCst);
         if before.saturating_add(len) > self.limit {
@@ -267,17 +314,17 @@ impl View {
             return self.lose(&format!("reading old data: {e}"));
         }
         let mut zero_bytes = 0;
-        for e in x..end {
-            let (eo, el) = self.extent_bytes_of(e);
-            let piece = &buf[(eo - off) as usize..(eo - off + el) as usize];
+        for p in x..end {
+            let (po, pl) = self.piece_span(p);
+            let piece = &buf[(po - off) as usize..(po - off + pl) as usize];
             if piece.iter().all(|&b| b == 0) {
-                zero_bytes += el; // stays a hole
+                zero_bytes += pl; // stays a hole
                 continue;
             }
             if self.lost() {
                 break;
             }
-            if let Err(err) = self.store.write_at(eo, piece) {
+            if let Err(err) = self.store.write_at(po, piece) {
                 crate::buffers::give(buf);
                 return self.lose(&format!("writing kept data: {err}"));
             }
@@ -285,13 +332,13 @@ impl View {
         crate::buffers::give(buf);
         self.used.fetch_sub(zero_bytes, SeqCst);
         let _st = self.inner();
-        for e in x..end {
-            set_bit(&self.kept, e);
+        for p in x..end {
+            set_bit(&self.kept, p);
         }
         self.cv.notify_all();
     }
 
-    /// Wait until claimed extent `x` is kept; false if the view was lost.
+    /// Wait until claimed piece `x` is kept; false if the view was lost.
     fn wait_kept(&self, x: u64) -> bool {
         let mut st = self.inner();
         while !bit(&self.kept, x) && !self.lost() {
@@ -302,7 +349,7 @@ impl View {
 
     /// Generation and hint extent `x` had at the open, given its current
     /// generation `now`: a generation above the view's means a change
-    /// after the open, which claimed (and recorded) the extent first.
+    /// after the open, which claimed a piece of it (and recorded) first.
     pub(crate) fn at_open(&self, x: u64, now: (u64, bool)) -> (u64, bool) {
         if now.0 <= self.generation {
             return now;
@@ -317,23 +364,23 @@ impl View {
         if self.lost() {
             return lost();
         }
-        let ebytes = (1u64 << self.extent_shift) * self.block_len;
+        let pbytes = self.piece_bytes();
         let end = offset + buf.len() as u64;
         let mut pos = offset;
         while pos < end {
-            let x = pos / ebytes;
+            let x = pos / pbytes;
             let from_store = bit(&self.kept, x);
-            // A run of extents in the same state at the start.
-            let mut run_end = ((x + 1) * ebytes).min(end);
-            while run_end < end && bit(&self.kept, run_end / ebytes) == from_store {
-                run_end = (run_end + ebytes).min(end);
+            // A run of pieces in the same state at the start.
+            let mut run_end = ((x + 1) * pbytes).min(end);
+            while run_end < end && bit(&self.kept, run_end / pbytes) == from_store {
+                run_end = (run_end + pbytes).min(end);
             }
             let piece = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
             if from_store {
                 self.store.read_at(pos, piece)?;
             } else {
                 self.source.read_at(pos, piece)?;
-                self.fix_up(pos, piece, ebytes)?;
+                self.fix_up(pos, piece, pbytes)?;
             }
             pos = run_end;
         }
@@ -341,14 +388,14 @@ impl View {
         if self.lost() { lost() } else { Ok(()) }
     }
 
-    /// After reading `piece` (at `pos`) from the LUN: extents a change
+    /// After reading `piece` (at `pos`) from the LUN: pieces a change
     /// claimed meanwhile come from the store instead.
-    fn fix_up(&self, pos: u64, piece: &mut [u8], ebytes: u64) -> io::Result<()> {
+    fn fix_up(&self, pos: u64, piece: &mut [u8], pbytes: u64) -> io::Result<()> {
         let end = pos + piece.len() as u64;
         let mut at = pos;
         while at < end {
-            let x = at / ebytes;
-            let stop = ((x + 1) * ebytes).min(end);
+            let x = at / pbytes;
+            let stop = ((x + 1) * pbytes).min(end);
             if bit(&self.touched, x) {
                 if !self.wait_kept(x) {
                     return Err(ViewUnavailable::Lost.into_io());

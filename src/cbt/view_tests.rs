@@ -15,9 +15,10 @@ use super::view::{ViewSource, ViewUnavailable};
 use super::{ChangeGuard, ChangeKind, OpenRequest, Tracker, ViewError};
 
 const BS: u32 = 512;
-const EB: u32 = 8; // blocks per extent
-const EXTENT: usize = (BS * EB) as usize;
-const BLOCKS: u64 = 8 * 8 + 3; // 9 extents, the last one short
+const EB: u32 = 16; // blocks per extent: 8 KiB, two 4 KiB pieces
+const PB: u64 = 8; // blocks per piece (4 KiB: the view keeps pieces)
+const PIECE: usize = (BS as u64 * PB) as usize;
+const BLOCKS: u64 = 9 * 16 + 3; // 10 extents, the last one short
 
 /// The LUN's data, shared by the test's "backend" and the view's source.
 #[derive(Clone)]
@@ -84,14 +85,14 @@ fn extents() -> usize {
     BLOCKS.div_ceil(u64::from(EB)) as usize
 }
 
-fn extent_len(x: usize) -> usize {
-    let end = ((x + 1) * EXTENT).min(BLOCKS as usize * BS as usize);
-    end - x * EXTENT
+fn piece_len(x: usize) -> usize {
+    let end = ((x + 1) * PIECE).min(BLOCKS as usize * BS as usize);
+    end - x * PIECE
 }
 
 impl Model {
-    /// What `keep` does at a change's begin: runs of extents not kept yet
-    /// reserve their bytes, over the limit the view is lost, extents that
+    /// What `keep` does at a change's begin: runs of pieces not kept yet
+    /// reserve their bytes, over the limit the view is lost, pieces that
     /// held only zeros give their bytes back.
     fn keep(&mut self, first: usize, end: usize) {
         let Some(v) = self.view.as_mut().filter(|v| !v.lost) else {
@@ -104,15 +105,15 @@ impl Model {
                 continue;
             }
             let run_end = (x..end).find(|e| v.kept.contains(e)).unwrap_or(end);
-            let len: u64 = (x..run_end).map(|e| extent_len(e) as u64).sum();
+            let len: u64 = (x..run_end).map(|e| piece_len(e) as u64).sum();
             if v.used + len > v.limit {
                 v.lost = true;
                 return;
             }
             for e in x..run_end {
-                let piece = &self.data[e * EXTENT..e * EXTENT + extent_len(e)];
+                let piece = &self.data[e * PIECE..e * PIECE + piece_len(e)];
                 if piece.iter().any(|&b| b != 0) {
-                    v.used += extent_len(e) as u64;
+                    v.used += piece_len(e) as u64;
                 }
                 v.kept.insert(e);
             }
@@ -124,7 +125,7 @@ impl Model {
         let first = (lba / u64::from(EB)) as usize;
         let end = ((lba + blocks - 1) / u64::from(EB)) as usize + 1;
         if self.view.as_ref().is_some_and(|v| self.open > v.generation) {
-            self.keep(first, end);
+            self.keep((lba / PB) as usize, ((lba + blocks - 1) / PB) as usize + 1);
         }
         for g in &mut self.gens[first..end] {
             *g = (*g).max(self.open);
@@ -206,7 +207,7 @@ fn run_model(seed: u64) {
                 drop(p.guard);
             }
             55..62 => {
-                let limit = [3, 6, 100][rng.gen_range(0..3)] * EXTENT as u64;
+                let limit = [3, 6, 100][rng.gen_range(0..3)] * PIECE as u64;
                 match t.open_view(request(&disk, 1, limit, 1)) {
                     Ok(v) if m.view.is_some() => {
                         assert_eq!(v.generation, m.view.as_ref().unwrap().generation);
@@ -446,4 +447,28 @@ fn open_drain_timeout_closes_nothing() {
     drop(stuck);
     drop(t.begin_change(8, 1, ChangeKind::Write).unwrap());
     assert_eq!(t.close().unwrap(), 1);
+}
+
+#[test]
+fn pieces_are_4k_unless_the_lun_is_huge() {
+    use super::view::{ViewGeometry, piece_shift};
+    let g = |block_len, capacity_blocks, extent_shift| ViewGeometry {
+        block_len,
+        capacity_blocks,
+        extent_shift,
+    };
+    assert_eq!(
+        piece_shift(&g(512, 2 << 20, 7)),
+        3,
+        "1 GiB, 512-byte blocks: 4 KiB"
+    );
+    assert_eq!(
+        piece_shift(&g(4096, 1 << 18, 4)),
+        0,
+        "4 KiB blocks: one block"
+    );
+    // 16 TiB of 512-byte blocks (2^35): at most 2^24 pieces wants 2^11
+    // blocks (1 MiB) per piece, but a piece is never more than an extent.
+    assert_eq!(piece_shift(&g(512, 1 << 35, 7)), 7);
+    assert_eq!(piece_shift(&g(512, 1 << 35, 12)), 11);
 }

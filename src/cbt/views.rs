@@ -99,8 +99,8 @@ impl Tracker {
     }
 
     /// The write-path hook, after reading generation `g` and before
-    /// stamping extents `[first, end)`: keep their old data for the view.
-    pub(crate) fn keep_for_view(&self, g: u64, first: u64, end: u64) {
+    /// stamping: keep the old data of blocks `[lba, lba + blocks)`.
+    pub(crate) fn keep_for_view(&self, g: u64, lba: u64, blocks: u64) {
         if self.views.state.load(SeqCst) == NONE {
             return;
         }
@@ -108,14 +108,14 @@ impl Tracker {
             && g > v.generation
             && !v.lost()
         {
-            v.keep(&self.map, first, end);
+            v.keep(&self.map, lba, blocks);
         }
     }
 
-    /// Would a change to these extents have old data to copy first?
-    pub(crate) fn view_needs_copy(&self, first: u64, end: u64) -> bool {
+    /// Would a change to these blocks have old data to copy first?
+    pub(crate) fn view_needs_copy(&self, lba: u64, blocks: u64) -> bool {
         self.views.state.load(SeqCst) != NONE
-            && self.views.get().is_none_or(|v| !v.all_kept(first, end))
+            && self.views.get().is_none_or(|v| !v.all_kept(lba, blocks))
     }
 
     /// The open view, after ending it if its lease ran out.
