@@ -33,6 +33,14 @@ struct Sample {
     open_generation: u64,
     locked: bool,
     held_writes: u64,
+    /// A point-in-time view is open (lost or not).
+    view_open: bool,
+    /// Bytes the open view keeps (VIEW SPACE USED).
+    view_kept: u64,
+    /// VIEW SPACE LIMIT (0 with views off).
+    view_limit: u64,
+    /// Views lost since the tracker started.
+    views_lost: u64,
 }
 
 impl CbtCollector {
@@ -47,7 +55,10 @@ impl CbtCollector {
         };
         let mut out = Vec::new();
         for t in reg.targets.values() {
-            for (id, lu) in &t.device.luns {
+            // A view LUN is not a tracked LUN: its view is reported under
+            // the LUN it is a view of.
+            for (id, lu) in t.device.luns.iter().filter(|(_, l)| l.view_of.is_none()) {
+                let view = lu.tracker.as_ref().and_then(|t| t.view());
                 out.push(Sample {
                     labels: LunLabels {
                         target: t.name.clone(),
@@ -57,6 +68,14 @@ impl CbtCollector {
                     open_generation: lu.tracker.as_ref().map_or(0, |t| t.open_generation()),
                     locked: lu.cbt_lock.status().is_some(),
                     held_writes: lu.cbt_lock.held_count() as u64,
+                    view_open: view.is_some(),
+                    view_kept: view.as_ref().map_or(0, |v| v.used()),
+                    view_limit: match (&view, &lu.cbt.view) {
+                        (Some(v), _) => v.limit(),
+                        (None, Some(s)) if lu.tracker.is_some() => s.space,
+                        _ => 0,
+                    },
+                    views_lost: lu.tracker.as_ref().map_or(0, |t| t.views_lost()),
                 });
             }
         }
@@ -67,7 +86,7 @@ impl CbtCollector {
 /// (name, help, value of a sample)
 type Gauge = (&'static str, &'static str, fn(&Sample) -> u64);
 
-const GAUGES: [Gauge; 4] = [
+const GAUGES: [Gauge; 7] = [
     (
         "cbt_tracking_enabled",
         "1 if changed-block tracking is on for the LUN",
@@ -88,7 +107,29 @@ const GAUGES: [Gauge; 4] = [
         "Changes queued behind the CBT write lock",
         |s| s.held_writes,
     ),
+    (
+        "cbt_view_open",
+        "1 while a CBT point-in-time view of the LUN is open (also once lost)",
+        |s| u64::from(s.view_open),
+    ),
+    (
+        "cbt_view_kept_bytes",
+        "Old data the open view keeps (VIEW SPACE USED; 0 without a view)",
+        |s| s.view_kept,
+    ),
+    (
+        "cbt_view_space_limit_bytes",
+        "Most data a view of the LUN may keep (0 with views off)",
+        |s| s.view_limit,
+    ),
 ];
+
+/// (name without `_total`, help, value of a sample)
+const COUNTERS: [Gauge; 1] = [(
+    "cbt_views_lost",
+    "CBT views of the LUN lost (view space exhausted or I/O error) since start",
+    |s| s.views_lost,
+)];
 
 impl Collector for CbtCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -100,6 +141,17 @@ impl Collector for CbtCollector {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for s in &samples {
                 metric.encode_family(&s.labels)?.encode_gauge(&value(s))?;
+            }
+        }
+        for (name, help, value) in COUNTERS {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &samples {
+                metric
+                    .encode_family(&s.labels)?
+                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                        &value(s),
+                        None,
+                    )?;
             }
         }
         Ok(())

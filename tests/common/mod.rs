@@ -116,11 +116,36 @@ impl TestTarget {
                 device: Arc::new(DeviceServer::new(TARGET, list)),
             },
         );
+        let settings = opts.settings.clone().unwrap_or_default();
+        Self::serve(registry, settings, opts.admin, TARGET)
+    }
+
+    /// A target built from configuration TOML the way `gentgt serve` builds
+    /// it (views, per-initiator LUN lists and all), LUN paths relative to
+    /// `data_dir`; served in-process on 127.0.0.1:0 (the TOML's `listen` is
+    /// ignored), with the admin endpoint when `admin`. `name` is the first
+    /// target's name.
+    pub fn from_toml(toml: &str, data_dir: &Path, admin: bool) -> TestTarget {
+        let cfg = gentgt::config::Config::from_toml(toml, "test config").unwrap();
+        let registry = gentgt::config::build_registry(&cfg, data_dir).unwrap();
+        let name = cfg
+            .targets
+            .first()
+            .map(|t| t.name.clone())
+            .unwrap_or_else(|| gentgt::config::DEFAULT_TARGET.to_string());
+        Self::serve(registry, cfg.transport_settings(), admin, &name)
+    }
+
+    /// Serve `registry` in-process on 127.0.0.1:0 on its own runtime thread.
+    pub fn serve(
+        registry: Registry,
+        settings: TargetSettings,
+        admin: bool,
+        name: &str,
+    ) -> TestTarget {
         let registry = Arc::new(registry);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let settings = opts.settings.clone().unwrap_or_default();
-        let admin = opts.admin;
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -155,7 +180,7 @@ impl TestTarget {
             addr,
             admin_addr,
             stats,
-            name: TARGET.to_string(),
+            name: name.to_string(),
             stop: Some(stop_tx),
             thread: Some(thread),
         }
