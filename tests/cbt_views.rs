@@ -1013,6 +1013,50 @@ async fn view_survives_the_openers_logout() {
     logout(c).await;
 }
 
+/// `views = false`: the LUN behaves as on a version-1 target as far as
+/// views go: no view LUN, SAs 06h-08h and AS OF VIEW unknown, VIEW LUN
+/// FFFFh and VIEW SPACE LIMIT 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_off_means_no_view_lun_and_unknown_service_actions() {
+    let (t, _dir) = small_target("", "views = false");
+    let b = login(&t, BACKUP).await;
+    assert_eq!(b.report_luns().await.unwrap(), vec![0]);
+    let r = report(&b).await;
+    assert_eq!(
+        (r.view_lun, r.limit, r.flags & FLAG_VIEW_OPEN),
+        (0xffff, 0, 0)
+    );
+    check(
+        &c0(&b, open_cdb(1000, 0), 32).await,
+        INVALID_FIELD,
+        "OPEN, views off",
+    );
+    check(
+        &c0(&b, renew_cdb(1, 1000), 32).await,
+        INVALID_FIELD,
+        "RENEW, views off",
+    );
+    check(
+        &c0(&b, release_cdb(1), 32).await,
+        INVALID_FIELD,
+        "RELEASE, views off",
+    );
+    check(
+        &c0(&b, as_of_view_cdb(0, 0), 4096).await,
+        INVALID_FIELD,
+        "AS OF VIEW, views off",
+    );
+    check(
+        &read_raw(&b, VIEW_LUN, 0, 8).await,
+        LUN_NOT_SUPPORTED,
+        "READ of LUN 128, views off",
+    );
+    // Version-1 service actions still work.
+    let out = c0(&b, wire::close_generation_cdb(), 32).await;
+    assert_eq!(out.status, 0, "{:?}", out.sense_code());
+    logout(b).await;
+}
+
 // ------------------------------------------------------------ metrics
 
 async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
