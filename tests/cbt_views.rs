@@ -1013,6 +1013,145 @@ async fn view_survives_the_openers_logout() {
     logout(c).await;
 }
 
+/// Every kind of change the view LUN must not see, each on its own
+/// extents (two of them spanning extent boundaries at odd offsets): the
+/// view still reads the capture taken at the open, the LUN the changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_kind_keeps_the_old_data() {
+    const SIZE: u64 = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTarget::from_toml(
+        &toml("", &[&file_lun("lun0.img", "4MiB")]),
+        dir.path(),
+        false,
+    );
+    let b = login(&t, BACKUP).await;
+    let blocks = SIZE / u64::from(BS);
+    let mut fill = Vec::with_capacity(SIZE as usize);
+    for lba in 0..blocks {
+        let mut blk = vec![(lba as u8) ^ 0xa5; BS as usize];
+        blk[..8].copy_from_slice(&lba.to_be_bytes());
+        fill.extend_from_slice(&blk);
+    }
+    for (i, piece) in fill.chunks(1 << 20).enumerate() {
+        let lba = (i << 20) as u64 / u64::from(BS);
+        assert_eq!(write_raw(&b, 0, lba, piece).await.status, 0);
+    }
+    let capture = read_all(&b, 0, SIZE).await;
+    assert!(capture == fill);
+    let g = open(&b, 30_000).await;
+    let eb = EXTENT / u64::from(BS);
+    let good = |out: ScsiOutcome, what: &str| {
+        assert_eq!(out.status, 0, "{what}: {:?}", out.sense_code());
+    };
+    let mut cdb10 = [0u8; 10];
+    // WRITE (10), across an extent boundary at an odd offset.
+    cdb10[0] = 0x2a;
+    cdb10[2..6].copy_from_slice(&((eb - 3) as u32).to_be_bytes());
+    cdb10[7..9].copy_from_slice(&130u16.to_be_bytes());
+    good(
+        b.scsi(0, &cdb10, Some(&pattern(0x01, 130 * u64::from(BS))), 0)
+            .await
+            .unwrap(),
+        "WRITE (10)",
+    );
+    // WRITE AND VERIFY (16).
+    good(
+        b.scsi(
+            0,
+            &rw16(0x8e, 3 * eb + 5, 9),
+            Some(&pattern(0x02, 9 * u64::from(BS))),
+            0,
+        )
+        .await
+        .unwrap(),
+        "WRITE AND VERIFY (16)",
+    );
+    // WRITE SAME (16) with data, across two extents.
+    let mut ws = rw16(0x93, 5 * eb - 7, 40);
+    good(
+        b.scsi(0, &ws, Some(&pattern(0x03, u64::from(BS))), 0)
+            .await
+            .unwrap(),
+        "WRITE SAME (16)",
+    );
+    // WRITE SAME (16) with UNMAP, a whole extent.
+    ws = rw16(0x93, 7 * eb, eb as u32);
+    ws[1] = 0x08;
+    good(
+        b.scsi(0, &ws, Some(&vec![0u8; BS as usize]), 0)
+            .await
+            .unwrap(),
+        "WRITE SAME (16) UNMAP",
+    );
+    // UNMAP, one and a half extents.
+    let mut list = vec![0u8; 24];
+    list[0..2].copy_from_slice(&22u16.to_be_bytes());
+    list[2..4].copy_from_slice(&16u16.to_be_bytes());
+    list[8..16].copy_from_slice(&(9 * eb).to_be_bytes());
+    list[16..20].copy_from_slice(&((eb + eb / 2) as u32).to_be_bytes());
+    let mut unmap = [0u8; 10];
+    unmap[0] = 0x42;
+    unmap[7..9].copy_from_slice(&24u16.to_be_bytes());
+    good(b.scsi(0, &unmap, Some(&list), 0).await.unwrap(), "UNMAP");
+    // COMPARE AND WRITE of one block: compare with what is there.
+    let lba = 12 * eb + 1;
+    let at = (lba * u64::from(BS)) as usize;
+    let mut caw_data = fill[at..at + BS as usize].to_vec();
+    caw_data.extend_from_slice(&pattern(0x04, u64::from(BS)));
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[2..10].copy_from_slice(&lba.to_be_bytes());
+    caw[13] = 1;
+    good(
+        b.scsi(0, &caw, Some(&caw_data), 0).await.unwrap(),
+        "COMPARE AND WRITE",
+    );
+    // ORWRITE (16).
+    good(
+        b.scsi(
+            0,
+            &rw16(0x8b, 14 * eb + 2, 4),
+            Some(&pattern(0x40, 4 * u64::from(BS))),
+            0,
+        )
+        .await
+        .unwrap(),
+        "ORWRITE (16)",
+    );
+    let now = read_all(&b, 0, SIZE).await;
+    let changed = (0..blocks as usize)
+        .filter(|&i| {
+            now[i * BS as usize..(i + 1) * BS as usize]
+                != capture[i * BS as usize..(i + 1) * BS as usize]
+        })
+        .count();
+    assert!(
+        changed >= 130 + 9 + 40 + 128 + 192 + 1 + 4,
+        "only {changed} blocks changed"
+    );
+    let view = read_all(&b, VIEW_LUN, SIZE).await;
+    let differ: Vec<u64> = (0..blocks)
+        .filter(|&i| {
+            let r = (i * u64::from(BS)) as usize..((i + 1) * u64::from(BS)) as usize;
+            view[r.clone()] != capture[r]
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} blocks of the view are not the capture at open, first {:?}",
+        differ.len(),
+        &differ[..differ.len().min(16)]
+    );
+    // AS OF VIEW lists the fill (made before the open), not these changes.
+    let out = c0(&b, as_of_view_cdb(0, 0), 1 << 16).await;
+    assert_eq!(out.status, 0, "{:?}", out.sense_code());
+    let p = wire::parse_changes(&out.data, 0, 0).unwrap();
+    assert!(p.complete && p.descriptors.iter().all(|d| d.generation <= g.generation));
+    release(&b, g.token).await;
+    logout(b).await;
+}
+
 /// `views = false`: the LUN behaves as on a version-1 target as far as
 /// views go: no view LUN, SAs 06h-08h and AS OF VIEW unknown, VIEW LUN
 /// FFFFh and VIEW SPACE LIMIT 0.
