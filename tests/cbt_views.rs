@@ -1035,8 +1035,9 @@ async fn view_survives_the_openers_logout() {
 }
 
 /// Every kind of change the view LUN must not see, each on its own
-/// extents (two of them spanning extent boundaries at odd offsets): the
-/// view still reads the capture taken at the open, the LUN the changes.
+/// extents (two of them spanning extent boundaries at odd offsets), then a
+/// SANITIZE of the whole LUN: the view still reads the capture taken at
+/// the open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_kind_keeps_the_old_data() {
     const SIZE: u64 = 4 << 20;
@@ -1151,6 +1152,14 @@ async fn every_change_kind_keeps_the_old_data() {
         changed >= 130 + 9 + 40 + 128 + 192 + 1 + 4,
         "only {changed} blocks changed"
     );
+    // And SANITIZE (BLOCK ERASE): every block of the LUN changes at once.
+    let mut sanitize = [0u8; 10];
+    sanitize[0] = 0x48;
+    sanitize[1] = 0x02;
+    good(b.scsi(0, &sanitize, None, 0).await.unwrap(), "SANITIZE");
+    settle(&b, 0).await;
+    let erased = read_all(&b, 0, SIZE).await;
+    assert!(erased.iter().all(|&x| x == 0), "SANITIZE left data");
     let view = read_all(&b, VIEW_LUN, SIZE).await;
     let differ: Vec<u64> = (0..blocks)
         .filter(|&i| {
