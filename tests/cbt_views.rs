@@ -696,6 +696,38 @@ async fn view_lun_not_ready_and_write_protected() {
         NOT_READY,
         "READ without a view",
     );
+    // VERIFY (16), PRE-FETCH (16), GET LBA STATUS read the medium too.
+    let mut gls = [0u8; 16];
+    gls[0] = 0x9e;
+    gls[1] = 0x12;
+    gls[10..14].copy_from_slice(&64u32.to_be_bytes());
+    for (cdb, alloc, what) in [
+        (rw16(0x8f, 0, 8), 0, "VERIFY (16)"),
+        (rw16(0x90, 0, 8), 0, "PRE-FETCH (16)"),
+        (gls, 64, "GET LBA STATUS"),
+    ] {
+        let out = b.scsi(VIEW_LUN, &cdb, None, alloc).await.unwrap();
+        check(&out, NOT_READY, &format!("{what} without a view"));
+    }
+    // What does not read the medium works: MODE SENSE (6), REQUEST SENSE,
+    // REPORT SUPPORTED OPERATION CODES.
+    for (cdb, alloc, what) in [
+        (vec![0x1a, 0, 0x3f, 0, 255, 0], 255, "MODE SENSE (6)"),
+        (vec![0x03, 0, 0, 0, 252, 0], 252, "REQUEST SENSE"),
+        (
+            vec![0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0],
+            4096,
+            "REPORT SUPPORTED OPERATION CODES",
+        ),
+    ] {
+        let out = b.scsi(VIEW_LUN, &cdb, None, alloc).await.unwrap();
+        assert_eq!(
+            out.status,
+            0,
+            "{what} without a view: {:?}",
+            out.sense_code()
+        );
+    }
     assert_eq!(b.inquiry(VIEW_LUN).await.unwrap()[0] & 0x1f, 0);
     assert_eq!(
         b.read_capacity16(VIEW_LUN).await.unwrap(),
