@@ -769,6 +769,8 @@ async fn view_lun_not_ready_and_write_protected() {
         b.scsi(VIEW_LUN, &[0u8; 6], None, 0).await.unwrap().status,
         0
     );
+    let out = b.scsi(VIEW_LUN, &rw16(0x8f, 0, 8), None, 0).await.unwrap();
+    assert_eq!(out.status, 0, "VERIFY with a view: {:?}", out.sense_code());
     // AS OF VIEW lists what changed up to the open, not after it.
     let out = c0(&b, as_of_view_cdb(0, 0), 4096).await;
     assert_eq!(out.status, 0, "{:?}", out.sense_code());
