@@ -390,7 +390,7 @@ async fn a_lost_view_falls_back_to_the_lock_and_stays_exact() {
     const MIB: u64 = 16;
     let blocks = (MIB << 20) / u64::from(BS);
     let dir = tempfile::tempdir().unwrap();
-    // Room for 16 kept extents: the writers exceed it in milliseconds.
+    // Room for 256 kept 4 KiB pieces: the writers exceed it in milliseconds.
     let srv = start_server(
         dir.path(),
         MIB,
@@ -398,6 +398,16 @@ async fn a_lost_view_falls_back_to_the_lock_and_stays_exact() {
     );
     let addr = srv.addr;
     let repo = Arc::new(Repo::open(&dir.path().join("repo")).unwrap());
+    // Data everywhere first: the view keeps 4 KiB pieces and a piece that
+    // held only zeros costs no view space, so overwriting an empty LUN
+    // would never lose the view.
+    let filler = login(addr, BACKUP).await;
+    for lba in (0..blocks).step_by(2048) {
+        filler
+            .write16(0, lba, &vec![0x5a; 2048 * BS as usize], BS, false)
+            .await
+            .unwrap();
+    }
     let writers = Writers::start(addr, 2, 16, blocks).await;
     let at_lock: AtLock = Arc::default();
     let mut opts = options(addr);
