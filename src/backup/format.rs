@@ -163,7 +163,7 @@ impl Codec {
     pub fn encode_chunk(&self, id: &blake3::Hash, data: &[u8]) -> Vec<u8> {
         let mut framed = Vec::with_capacity(data.len() + 1);
         let compressed = (self.zstd_level != 0)
-            .then(|| zstd::bulk::compress(data, self.zstd_level).ok())
+            .then(|| compress(data, self.zstd_level))
             .flatten()
             .filter(|c| c.len() < data.len() - (data.len() >> MIN_SAVING_SHIFT));
         match compressed {
@@ -208,6 +208,23 @@ impl Codec {
         }
         Ok(data)
     }
+}
+
+thread_local! {
+    /// One zstd context per thread and level: making one per chunk costs
+    /// a few percent of the compression time.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        c.as_mut()?.1.compress(data).ok()
+    })
 }
 
 fn plain_digest(aad: &[u8], payload: &[u8]) -> blake3::Hash {
