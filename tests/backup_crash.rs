@@ -214,4 +214,22 @@ async fn sigkill_during_backup_prune_and_gc_loses_nothing() {
         known.len()
     );
     assert_eq!(n, 2);
+    // The listing, as an operator's script reads it.
+    let out = gentgt(&["backups", "--repo", r, "--json"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row["method"], "lock");
+        assert_eq!(row["logical_bytes"], SIZE);
+        let created = row["created"].as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+            "{created}"
+        );
+    }
+    run(&["verify", "--repo", r, "--read-data"]);
 }

@@ -320,6 +320,27 @@ impl Repo {
         Ok(())
     }
 
+    /// Every chunk `m` names is in the index (before a restore writes).
+    pub fn check_indexed(&self, m: &Manifest) -> Result<()> {
+        let idx = self.index();
+        let missing = m
+            .extents
+            .iter()
+            .filter_map(|e| match e {
+                ExtentRef::Blake3(h) => Some(h),
+                ExtentRef::Zero => None,
+            })
+            .filter(|h| !parse_id(h).is_ok_and(|id| idx.chunks.contains_key(&id)))
+            .count();
+        if missing > 0 {
+            return Err(BackupError::Corrupt {
+                what: format!("backup {}", m.id),
+                why: format!("{missing} of its chunks are not in the repository index; run verify"),
+            });
+        }
+        Ok(())
+    }
+
     pub(super) fn manifest_path(&self, id: &str) -> Result<PathBuf> {
         let ok = !id.is_empty()
             && id

@@ -415,3 +415,44 @@ fn a_format_1_repository_is_refused_then_upgraded() {
     assert!(read_data(&repo).ok());
     assert_restores(&repo, "old1", &img, dir.path());
 }
+
+#[test]
+fn a_backup_does_not_publish_chunks_a_concurrent_gc_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let img = random_image(8);
+    {
+        let repo = Repo::open_with(&root, &opts(Some(small(None)), None)).unwrap();
+        store(&repo, "b1", None, 1, &img);
+        store(&repo, "b2", Some("b1"), 2, &random_image(9));
+    }
+    // A backup that reuses b1's chunks, and (its lock broken) a prune and
+    // gc that drop b1 meanwhile.
+    let nolock = RepoOptions::default();
+    let running = Repo::open_with(&root, &nolock).unwrap();
+    let extents: Vec<_> = img.iter().map(|d| running.put_extent(d).unwrap()).collect();
+    let other = Repo::open_with(&root, &nolock).unwrap();
+    super::prune::remove_backup(&other, "b1").unwrap();
+    gc(
+        &other,
+        &GcOptions {
+            grace_secs: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let m = Manifest {
+        version: MANIFEST_VERSION,
+        id: "b3".into(),
+        parent: Some("b2".into()),
+        created_ms: 3,
+        lun: lun(),
+        lock_generation: 3,
+        extents,
+        stats: Stats::default(),
+    };
+    let e = running.commit(&m).unwrap_err().to_string();
+    assert!(e.contains("vanished"), "{e}");
+    assert!(running.list().unwrap().iter().all(|m| m.id != "b3"));
+    assert!(verify(&running).unwrap().ok());
+}
