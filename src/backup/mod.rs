@@ -26,6 +26,7 @@ pub mod restore;
 pub mod run;
 pub mod upgrade;
 pub mod verify;
+mod writer;
 
 #[cfg(test)]
 mod tests;

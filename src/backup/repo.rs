@@ -22,13 +22,14 @@ use super::format::{Codec, Config, DEFAULT_PACK_BYTES, DEFAULT_ZSTD_LEVEL, Kind}
 use super::index::{self, Index, Loc};
 use super::lock::{self, LockMode, RepoLock};
 use super::manifest::{ExtentRef, Manifest};
-use super::pack::{self, PackId, PackWriter};
+use super::pack::{self, PackId};
+use super::writer::{Pipeline, Store, locked};
 use super::{BackupError, Result, fsio};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 /// How a repository is created when it does not exist yet.
 #[derive(Debug, Clone)]
@@ -68,20 +69,13 @@ pub struct RepoOptions {
     pub upgrading: bool,
 }
 
-/// Chunks written by this process and not yet named by an index segment.
-#[derive(Default)]
-struct WriteState {
-    pack: Option<PackWriter>,
-    pending: HashMap<blake3::Hash, Loc>,
-    dirty_dirs: BTreeSet<PathBuf>,
-}
-
 pub struct Repo {
     root: PathBuf,
     pub(super) cfg: Config,
-    pub(super) codec: Codec,
+    pub(super) codec: Arc<Codec>,
     pub(super) index: RwLock<Index>,
-    write: Mutex<WriteState>,
+    store: Arc<Store>,
+    pipeline: Pipeline,
     read_cache: Mutex<Option<(PackId, Arc<File>)>>,
     tmp_seq: AtomicU64,
     _lock: Option<RepoLock>,
@@ -91,10 +85,6 @@ impl std::fmt::Debug for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Repo({})", self.root.display())
     }
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Format-1 data (one file per chunk, `backups/<id>/manifest.json`) is
@@ -159,17 +149,25 @@ impl Repo {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(BackupError::io(&p))?;
         }
-        let codec = Codec {
+        let codec = Arc::new(Codec {
             keys,
             zstd_level: o.zstd_level.unwrap_or(cfg.zstd_level),
-        };
+        });
         let index = index::load(&codec, &root.join("index"))?;
+        let store = Arc::new(Store {
+            codec: codec.clone(),
+            state: Mutex::default(),
+            tmp: root.join("tmp"),
+            packs: root.join("packs"),
+            pack_bytes: cfg.pack_bytes,
+        });
         Ok(Repo {
             root: root.to_path_buf(),
             cfg,
             codec,
             index: RwLock::new(index),
-            write: Mutex::default(),
+            store,
+            pipeline: Pipeline::default(),
             read_cache: Mutex::default(),
             tmp_seq: AtomicU64::new(0),
             _lock: lock,
@@ -203,60 +201,42 @@ impl Repo {
         if let Some(l) = self.index().chunks.get(id) {
             return Some(*l);
         }
-        locked(&self.write).pending.get(id).copied()
+        locked(&self.store.state).pending.get(id).copied()
     }
 
     /// Store one extent's data: zeros become a marker, anything else a
-    /// chunk named by its (keyed) BLAKE3 id, appended to the open pack
-    /// unless the repository has it already. Called from several blocking
-    /// threads at once: hashing and compression run outside the lock.
+    /// chunk named by its (keyed) BLAKE3 id, queued for the writer threads
+    /// (writer.rs) unless the repository has it already. Called from
+    /// several blocking threads at once.
     pub fn put_extent(&self, data: &[u8]) -> Result<ExtentRef> {
         if data.iter().all(|&b| b == 0) {
             return Ok(ExtentRef::Zero);
         }
         let id = self.codec.chunk_id(data);
         let r = ExtentRef::Blake3(id.to_hex().to_string());
-        if self.chunk_loc(&id).is_some() {
+        if self.index().chunks.contains_key(&id) {
             return Ok(r);
         }
-        let blob = self.codec.encode_chunk(&id, data);
-        let full = {
-            let mut w = locked(&self.write);
-            if w.pending.contains_key(&id) {
+        {
+            let mut w = locked(&self.store.state);
+            if w.pending.contains_key(&id) || !w.queued.insert(id) {
                 return Ok(r);
             }
-            if w.pack.is_none() {
-                w.pack = Some(PackWriter::create(&self.dir("tmp"))?);
-            }
-            let p = w.pack.as_mut().expect("just made");
-            let e = p.append(id, &blob, data.len())?;
-            let (pid, full) = (p.id, p.bytes() >= self.cfg.pack_bytes);
-            w.pending.insert(id, loc_of(pid, &e));
-            if full { w.pack.take() } else { None }
-        };
-        // The fsync of a full pack runs outside the lock: the other
-        // threads go on filling the next pack meanwhile.
-        if let Some(p) = full {
-            self.finish_pack(p)?;
         }
+        self.pipeline.submit(&self.store, (id, data.to_vec()))?;
         Ok(r)
-    }
-
-    fn finish_pack(&self, p: PackWriter) -> Result<()> {
-        let (_, _, dir) = p.finish(&self.codec, &self.dir("packs"))?;
-        locked(&self.write).dirty_dirs.insert(dir);
-        Ok(())
     }
 
     /// Make every chunk written so far durable and indexed: close the open
     /// pack, fsync the pack directories, publish one index segment.
     pub fn flush(&self) -> Result<()> {
-        let open = locked(&self.write).pack.take();
+        self.pipeline.wait()?;
+        let open = locked(&self.store.state).pack.take();
         if let Some(p) = open.filter(|p| !p.is_empty()) {
-            self.finish_pack(p)?;
+            self.store.finish_pack(p)?;
         }
         let (pending, dirs) = {
-            let mut w = locked(&self.write);
+            let mut w = locked(&self.store.state);
             (
                 std::mem::take(&mut w.pending),
                 std::mem::take(&mut w.dirty_dirs),
@@ -457,12 +437,13 @@ impl Repo {
             .iter()
             .map(|(h, l)| (h.to_hex().to_string(), u64::from(l.len)))
             .collect();
-        let w = locked(&self.write);
+        let w = locked(&self.store.state);
         out.extend(
             w.pending
                 .iter()
                 .map(|(h, l)| (h.to_hex().to_string(), u64::from(l.len))),
         );
+        out.extend(w.queued.iter().map(|h| (h.to_hex().to_string(), 0)));
         Ok(out)
     }
 
@@ -490,8 +471,9 @@ impl Repo {
 
 impl Drop for Repo {
     fn drop(&mut self) {
+        self.pipeline.shutdown();
         // An open pack nothing indexes is of no use to anyone.
-        if let Some(p) = locked(&self.write).pack.take() {
+        if let Some(p) = locked(&self.store.state).pack.take() {
             p.abandon();
         }
     }
