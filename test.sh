@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: build, run every cargo test, then libiscsi's
+# The project's test command: install what the tests need (apt-get, when
+# missing), build, run every cargo test, then libiscsi's
 # iscsi-test-cu against the release binary (conformance/expectations.txt
 # says what must pass). Extra arguments go to conformance/run,
 # e.g. ./test.sh --filter Read10
@@ -13,6 +14,7 @@ timed() {
     echo "==> $1 took $((SECONDS - t)) s"
 }
 
+timed scripts/install-test-deps.sh
 timed cargo build --release
 timed cargo test --release
 timed conformance/run --bin target/release/gentgt \

@@ -30,9 +30,11 @@ struct Cli {
 enum Command {
     /// Serve the configured targets until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Changed-block tracking client: status, close, changes, lock, renew, unlock.
+    /// Changed-block tracking client: status, close, changes, lock, renew,
+    /// unlock, view open/renew/release.
     Cbt(cli::cbt::CbtArgs),
-    /// Back up a LUN into a repository (full, then incremental via CBT).
+    /// Back up a LUN into a repository (full, then incremental via CBT;
+    /// through a point-in-time view where the target has them).
     Backup(cli::backup::BackupArgs),
     /// Restore a backup to a file or onto a LUN.
     Restore(cli::backup::RestoreArgs),
@@ -302,7 +304,7 @@ fn print_summary(portals: &[SocketAddr], registry: &Registry, data_dir: &std::pa
             .map(|a| format!(" ({a})"))
             .unwrap_or_default();
         println!("  target   {}{alias}: {acl}, {auth}", t.name);
-        for (id, lun) in &t.device.luns {
+        for (id, lun) in t.device.luns.iter().filter(|(_, l)| l.view_of.is_none()) {
             println!(
                 "    LUN {id:<4} {}  {}  {}-byte blocks  {}",
                 lun.backend.describe(),
@@ -310,6 +312,13 @@ fn print_summary(portals: &[SocketAddr], registry: &Registry, data_dir: &std::pa
                 lun.block_size,
                 if lun.read_only { "ro" } else { "rw" }
             );
+            if let Some(v) = &lun.cbt.view {
+                println!(
+                    "    LUN {:<4} CBT view of LUN {id} (read-only, CBT initiators only), view space {}",
+                    v.lun,
+                    format_size(v.space)
+                );
+            }
         }
     }
 }

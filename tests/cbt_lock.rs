@@ -113,6 +113,7 @@ fn sense(e: CbtClientError) -> Option<(u8, u8, u8)> {
     match e {
         CbtClientError::Initiator(e) => e.sense_code(),
         CbtClientError::Wire(_) => None,
+        CbtClientError::ViewLost => Some(wire::VIEW_LOST_SENSE),
     }
 }
 

@@ -65,7 +65,14 @@ fn every_shipped_config_loads_and_builds() {
         assert_eq!(reg.targets.len(), cfg.targets.len(), "{}", path.display());
         for t in &cfg.targets {
             let entry = reg.target(&t.name).unwrap();
-            assert_eq!(entry.device.luns.len(), t.luns.len());
+            // Each LUN with views has its view LUN beside it.
+            let views = t.luns.iter().filter(|l| l.views_on()).count();
+            assert_eq!(entry.device.luns.len(), t.luns.len() + views);
+            for lun in t.luns.iter().filter(|l| l.views_on()) {
+                let view = &entry.device.luns[&lun.view_lun_id()];
+                assert!(view.read_only && view.view_of.is_some());
+                assert_eq!(view.backend.size(), lun.size.0);
+            }
             for lun in &t.luns {
                 let unit = &entry.device.luns[&lun.id];
                 assert_eq!(unit.backend.size(), lun.size.0);

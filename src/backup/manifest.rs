@@ -51,10 +51,38 @@ pub enum ExtentRef {
     Blake3(String),
 }
 
-/// What the run did.
+/// How a backup got a consistent image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// One pass over a point-in-time view (contract version 2).
+    View,
+    /// Converge passes, then a pass under the write lock. The default, so
+    /// manifests written before views existed read as what they were.
+    #[default]
+    Lock,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::View => "view",
+            Method::Lock => "lock",
+        }
+    }
+}
+
+/// What the run did. Fields added after the first release carry
+/// `serde(default)` so older manifests still load.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub full: bool,
+    #[serde(default)]
+    pub method: Method,
+    /// Why the lock method was used where a view was wanted (version-1
+    /// target, views off, the view lost or taken), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
     pub bytes_read: u64,
     pub extents_copied: u64,
     /// Passes including the final one under the lock.
@@ -72,9 +100,10 @@ pub struct Manifest {
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
     pub lun: LunId,
-    /// LOCK GENERATION of the final pass: the image equals the LUN as it
-    /// was when that lock was taken; the next backup asks for changes
-    /// since it.
+    /// The generation the image equals: LOCK GENERATION of the final
+    /// locked pass, or VIEW GENERATION for a view backup (the name is the
+    /// version-1 one, kept for the format). The next backup asks for
+    /// changes since it.
     pub lock_generation: u64,
     pub extents: Vec<ExtentRef>,
     pub stats: Stats,

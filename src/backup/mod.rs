@@ -9,6 +9,8 @@
 //!   converts a format-1 repository.
 //! - [`manifest`]: what one backup records.
 //! - [`run`] / [`pass`]: the loop (close, copy, converge, lock, copy, release).
+//! - [`view`]: the version-2 way: one pass over a point-in-time view, and
+//!   the fallback to the loop above.
 //! - [`restore`], [`verify`]: reading the repository back.
 
 pub mod crypto;
@@ -26,6 +28,7 @@ pub mod restore;
 pub mod run;
 pub mod upgrade;
 pub mod verify;
+pub mod view;
 mod writer;
 
 #[cfg(test)]
@@ -38,11 +41,12 @@ use crate::initiator::cbt::CbtClientError;
 use std::path::PathBuf;
 use thiserror::Error;
 
-pub use manifest::{ExtentRef, LunId, Manifest, Stats};
+pub use manifest::{ExtentRef, LunId, Manifest, Method, Stats};
 pub use repo::{CreateOptions, Repo, RepoOptions};
 pub use restore::{restore_to_file, restore_to_lun};
 pub use run::{BackupOptions, BackupSummary, LockHook, LockInfo, backup};
 pub use verify::{VerifyOptions, VerifyReport, verify, verify_with};
+pub use view::{MethodChoice, ViewHook, ViewPhase};
 
 /// Errors of the appliance, by reach: one file of the repository (`Io`,
 /// `Json`), the connection (`Initiator`/`Cbt` when fatal: reconnect), or
@@ -83,6 +87,12 @@ pub enum BackupError {
         "{0} is a format-1 repository (one file per chunk); convert it with `gentgt repo-upgrade --repo DIR`"
     )]
     OldFormat(PathBuf),
+    /// The view ended before the copy from it was proven complete (lost:
+    /// view space exhausted; lease ran out; target restarted; another
+    /// appliance holds one). The run falls back to the lock method unless
+    /// `--method view` forced it.
+    #[error("the point-in-time view ended: {0}")]
+    ViewGone(String),
 }
 
 impl BackupError {

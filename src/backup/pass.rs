@@ -37,17 +37,44 @@ const PAGE_DESCRIPTORS: u32 = 4096;
 /// the end of the LUN. A page from another tracking UUID ends the run:
 /// its generations mean nothing against ours.
 pub async fn changed_extents(ctx: &PassCtx, since: u64) -> Result<Vec<(u64, bool)>> {
+    changed_extents_with(ctx, since, None).await
+}
+
+/// [`changed_extents`] AS OF VIEW for the open view of generation `view`:
+/// what changed between `since` and the open. A generation above the
+/// view's would mean the target mixed in later changes: refused.
+pub async fn changed_extents_as_of_view(
+    ctx: &PassCtx,
+    since: u64,
+    view: u64,
+) -> Result<Vec<(u64, bool)>> {
+    changed_extents_with(ctx, since, Some(view)).await
+}
+
+async fn changed_extents_with(
+    ctx: &PassCtx,
+    since: u64,
+    view: Option<u64>,
+) -> Result<Vec<(u64, bool)>> {
     let mut out = BTreeMap::new();
     let mut at = 0u64;
     loop {
         let page = ctx
             .session
-            .cbt_changes(ctx.lun, since, at, PAGE_DESCRIPTORS)
+            .cbt_changes_as_of(ctx.lun, since, at, PAGE_DESCRIPTORS, view.is_some())
             .await?;
         if hex::encode(page.uuid) != ctx.id.uuid {
             return Err(BackupError::UuidChanged);
         }
         for d in &page.descriptors {
+            if let Some(gv) = view
+                && d.generation > gv
+            {
+                return Err(BackupError::Invalid(format!(
+                    "GET CHANGED EXTENTS AS OF VIEW: generation {} above the view's {gv}",
+                    d.generation
+                )));
+            }
             add_descriptor(&mut out, &ctx.id, d);
         }
         if page.complete || page.next_lba >= ctx.id.capacity_blocks {

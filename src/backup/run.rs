@@ -8,7 +8,9 @@
 //! ACQUIRE WRITE LOCK (Gf); copy changes since `since`; RELEASE
 //! ```
 //!
-//! The image then equals the LUN at lock time. Retrying a pass after a
+//! The image then equals the LUN at lock time. With a version-2 target
+//! the run uses a point-in-time view instead ([`super::view`]) and comes
+//! back to this loop only when it cannot. Retrying a pass after a
 //! dropped connection is always safe: `since` only advances once a pass
 //! completed, so a retried pass lists a superset of what is missing.
 //! The lock is released on every path out of the locked pass (errors and
@@ -18,8 +20,9 @@
 use super::manifest::{ExtentRef, LunId, MANIFEST_VERSION, Manifest, Stats};
 use super::pass::{self, PassCtx};
 use super::repo::{Repo, new_id, now_ms};
+use super::view::{MethodChoice, ViewHook};
 use super::{BackupError, Result};
-use crate::initiator::cbt::LockGrant;
+use crate::initiator::cbt::{LockGrant, TrackingReport};
 use crate::initiator::{ConnectOptions, Initiator, Session};
 use serde::Serialize;
 use std::future::Future;
@@ -53,6 +56,13 @@ pub struct BackupOptions {
     pub progress: bool,
     pub max_reconnects: u32,
     pub lock_hook: Option<LockHook>,
+    /// View or lock (default: a view where the target offers one).
+    pub method: MethodChoice,
+    /// View lease asked for (0 = the target's default); renewed at a
+    /// third. A crashed appliance's view holds view space this long.
+    pub view_lease_ms: u32,
+    /// Called around OPEN VIEW (tests capture the LUN there).
+    pub view_hook: Option<ViewHook>,
     /// Cancelled by Ctrl-C (the CLI) or a test: the run stops, releasing
     /// the lock if it holds it, and publishes nothing.
     pub cancel: CancellationToken,
@@ -70,6 +80,9 @@ impl BackupOptions {
             progress: false,
             max_reconnects: 5,
             lock_hook: None,
+            method: MethodChoice::Auto,
+            view_lease_ms: 60_000,
+            view_hook: None,
             cancel: CancellationToken::new(),
         }
     }
@@ -82,6 +95,13 @@ pub struct BackupSummary {
     pub parent: Option<String>,
     /// Why a full pass was done, if it was.
     pub full_reason: Option<String>,
+    /// "view" or "lock".
+    pub method: super::Method,
+    /// Why the lock method was used where a view was wanted.
+    pub fallback_reason: Option<String>,
+    /// The generation the image equals (VIEW or LOCK GENERATION); the
+    /// same as `lock_generation`, which keeps its version-1 name.
+    pub generation: u64,
     pub lock_generation: u64,
     pub logical_bytes: u64,
     /// bytes_read / logical_bytes.
@@ -90,22 +110,25 @@ pub struct BackupSummary {
     pub stats: Stats,
 }
 
-struct Run {
-    opts: BackupOptions,
-    ctx: PassCtx,
-    image: Vec<Option<ExtentRef>>,
-    stats: Stats,
-    /// G0 of the full pass once closed (a retried full pass keeps it).
-    full_g0: Option<u64>,
-    last_pass_extents: u64,
+pub(super) struct Run {
+    pub(super) opts: BackupOptions,
+    pub(super) ctx: PassCtx,
+    pub(super) image: Vec<Option<ExtentRef>>,
+    pub(super) stats: Stats,
+    /// G0 of the full pass once closed (a retried full pass keeps it); a
+    /// fallback from a view sets it to the view's generation.
+    pub(super) full_g0: Option<u64>,
+    pub(super) last_pass_extents: u64,
+    /// The view pass's list of (extent, deallocated), once known.
+    pub(super) view_todo: Option<super::view::ViewTodo>,
 }
 
 pub async fn backup(repo: Arc<Repo>, opts: &BackupOptions) -> Result<BackupSummary> {
     let started = Instant::now();
     let session = cancellable(&opts.cancel, connect(opts)).await?;
-    let (id, open_gen) = cancellable(&opts.cancel, identify(&session, opts.lun)).await?;
+    let (id, report) = cancellable(&opts.cancel, identify(&session, opts.lun)).await?;
     let parent = repo.latest_for(&id.naa)?;
-    let (base, full_reason) = choose_base(parent, &id, open_gen);
+    let (base, full_reason) = choose_base(parent, &id, report.open_generation);
     let image = match &base {
         Some(p) => p.extents.iter().cloned().map(Some).collect(),
         None => vec![None; id.extent_count() as usize],
@@ -128,11 +151,13 @@ pub async fn backup(repo: Arc<Repo>, opts: &BackupOptions) -> Result<BackupSumma
         },
         full_g0: None,
         last_pass_extents: 0,
+        view_todo: None,
     };
     if let Some(r) = &full_reason {
         tracing::info!("full pass: {r}");
     }
-    let result = run.drive(base.as_ref().map(|p| p.lock_generation)).await;
+    let base_gen = base.as_ref().map(|p| p.lock_generation);
+    let result = run.drive_any(base_gen, &report).await;
     let session = run.ctx.session.clone();
     drop(run.ctx.session);
     if let Ok(s) = Arc::try_unwrap(session) {
@@ -166,6 +191,9 @@ fn summary(m: Manifest, full_reason: Option<String>) -> BackupSummary {
         id: m.id,
         parent: m.parent,
         full_reason,
+        method: m.stats.method,
+        fallback_reason: m.stats.fallback.clone(),
+        generation: m.lock_generation,
         lock_generation: m.lock_generation,
         logical_bytes: logical,
         read_ratio: m.stats.bytes_read as f64 / (logical.max(1)) as f64,
@@ -203,7 +231,7 @@ fn choose_base(
     (None, Some(why))
 }
 
-async fn cancellable<T>(
+pub(super) async fn cancellable<T>(
     cancel: &CancellationToken,
     f: impl Future<Output = Result<T>>,
 ) -> Result<T> {
@@ -213,16 +241,16 @@ async fn cancellable<T>(
     }
 }
 
-async fn connect(opts: &BackupOptions) -> Result<Arc<Session>> {
+pub(super) async fn connect(opts: &BackupOptions) -> Result<Arc<Session>> {
     let s = Initiator::connect(&opts.connect).await?;
     // A new session first sees a unit attention (power on / reset): take it.
     let _ = s.test_unit_ready(opts.lun).await;
     Ok(Arc::new(s))
 }
 
-/// The LUN's identity from VPD 83h and REPORT TRACKING, and the open
-/// generation.
-async fn identify(s: &Session, lun: u64) -> Result<(LunId, u64)> {
+/// The LUN's identity from VPD 83h, and its REPORT TRACKING (open
+/// generation, whether views are on).
+async fn identify(s: &Session, lun: u64) -> Result<(LunId, TrackingReport)> {
     let vpd = s.inquiry_vpd(lun, 0x83).await?;
     let naa = pass::naa_from_vpd83(&vpd).unwrap_or_default();
     let r = s.cbt_report(lun).await?;
@@ -238,12 +266,12 @@ async fn identify(s: &Session, lun: u64) -> Result<(LunId, u64)> {
         block_size: r.block_len,
         extent_blocks: r.extent_blocks,
     };
-    Ok((id, r.open_generation))
+    Ok((id, r))
 }
 
 impl Run {
     /// Every pass, the lock, and retries; returns the lock generation.
-    async fn drive(&mut self, base: Option<u64>) -> Result<u64> {
+    pub(super) async fn drive(&mut self, base: Option<u64>) -> Result<u64> {
         let mut since = match base {
             Some(g) => g,
             None => self.retrying(|r| Box::pin(r.full_pass())).await?,
@@ -265,7 +293,7 @@ impl Run {
 
     /// Run a step; on a dropped connection reconnect with back-off and run
     /// it again.
-    async fn retrying<'a, F>(&'a mut self, step: F) -> Result<u64>
+    pub(super) async fn retrying<'a, F>(&'a mut self, step: F) -> Result<u64>
     where
         F: for<'b> Fn(&'b mut Run) -> Pin<Box<dyn Future<Output = Result<u64>> + Send + 'b>>,
     {
@@ -282,7 +310,7 @@ impl Run {
         }
     }
 
-    async fn reconnect(&mut self, attempt: u32) -> Result<()> {
+    pub(super) async fn reconnect(&mut self, attempt: u32) -> Result<()> {
         let delay = Duration::from_millis(250u64 << attempt.min(5)).min(Duration::from_secs(5));
         cancellable(&self.opts.cancel, async {
             tokio::time::sleep(delay).await;

@@ -350,3 +350,18 @@ fn chunks_node(node: &Node, level: u32, base: u64, f: &mut dyn FnMut(u64, &Chunk
         }
     }
 }
+
+impl ExtentMap {
+    /// Generation and deallocated hint of one extent (0, false if it was
+    /// never changed). Never allocates.
+    pub(crate) fn get(&self, extent: u64) -> (u64, bool) {
+        let Some(chunk) = self.chunk_if_present(extent >> CHUNK_SHIFT) else {
+            return (0, false);
+        };
+        let i = (extent & (CHUNK_EXTENTS - 1)) as usize;
+        (
+            chunk.gens[i].load(SeqCst),
+            chunk.dealloc.load(SeqCst) & (1 << i) != 0,
+        )
+    }
+}

@@ -52,7 +52,10 @@ mod map;
 mod persist;
 mod query;
 mod recovery;
+mod store;
 mod tracker;
+pub mod view;
+mod views;
 
 #[cfg(test)]
 mod crash_tests;
@@ -60,8 +63,13 @@ mod crash_tests;
 mod stress_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod view_tests;
 
+pub use store::ViewStore;
 pub use tracker::{ChangeGuard, Tracker};
+pub use view::{View, ViewSource, ViewUnavailable};
+pub use views::{OpenRequest, ViewError};
 
 use std::time::Duration;
 

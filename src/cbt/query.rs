@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering::SeqCst;
 
 use super::map::ExtentInfo;
-use super::{CbtError, ChangedPage, Descriptor, Tracker};
+use super::{CbtError, ChangedPage, Descriptor, Tracker, View};
 
 /// A run of adjacent extents being merged into one descriptor.
 struct Run {
@@ -25,10 +25,54 @@ impl Tracker {
         start_lba: u64,
         max_descriptors: usize,
     ) -> Result<ChangedPage, CbtError> {
-        let capacity = self.capacity_blocks();
         if since >= self.open.load(SeqCst) {
             return Err(CbtError::InvalidField("SINCE >= OPEN GENERATION"));
         }
+        let capacity = self.capacity_blocks();
+        self.page(since, start_lba, capacity, max_descriptors, &|x| Some(x))
+    }
+
+    /// GET CHANGED EXTENTS AS OF VIEW: each extent with the generation it
+    /// had at the open, within the view's capacity. Every extent whose
+    /// generation at the open is `> since` has a current generation
+    /// `> since` too (generations only grow), so the walk for `since`
+    /// visits a superset; extents changed after the open are replaced by
+    /// what the view recorded and dropped if that is not `> since`.
+    pub fn view_changed_extents(
+        &self,
+        view: &View,
+        since: u64,
+        start_lba: u64,
+        max_descriptors: usize,
+    ) -> Result<ChangedPage, CbtError> {
+        if since >= view.generation {
+            return Err(CbtError::InvalidField("SINCE >= VIEW GENERATION"));
+        }
+        let adjust = |x: ExtentInfo| {
+            let (generation, dealloc) = view.at_open(x.extent, (x.generation, x.dealloc));
+            (generation > since).then_some(ExtentInfo {
+                extent: x.extent,
+                generation,
+                dealloc,
+            })
+        };
+        self.page(
+            since,
+            start_lba,
+            view.capacity_blocks,
+            max_descriptors,
+            &adjust,
+        )
+    }
+
+    fn page(
+        &self,
+        since: u64,
+        start_lba: u64,
+        capacity: u64,
+        max_descriptors: usize,
+        adjust: &dyn Fn(ExtentInfo) -> Option<ExtentInfo>,
+    ) -> Result<ChangedPage, CbtError> {
         if start_lba >= capacity {
             return Err(CbtError::InvalidField("STARTING LBA >= CAPACITY"));
         }
@@ -46,6 +90,9 @@ impl Tracker {
             if x.extent >= cap_extents {
                 return false;
             }
+            let Some(x) = adjust(x) else {
+                return true;
+            };
             if let Some(run) = runs.last_mut()
                 && run.end == x.extent
                 && run.dealloc == x.dealloc

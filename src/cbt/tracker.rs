@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::intent::Durable;
 use super::map::{CHUNK_EXTENTS, CHUNK_SHIFT, ExtentMap, REGION_SHIFT};
+use super::views::ViewSlot;
 use super::{CbtError, ChangeKind, Status};
 
 /// Largest capacity the CDB can address (STARTING LBA is a u40).
@@ -20,7 +21,7 @@ pub struct Tracker {
     pub(crate) open: AtomicU64,
     /// Bumped by every close and checkpoint; its parity picks the slot.
     phase: AtomicU64,
-    inflight: [AtomicU64; 2],
+    pub(crate) inflight: [AtomicU64; 2],
     /// Serialises phase bumps (close, checkpoint, shutdown).
     pub(crate) phase_lock: Mutex<()>,
     pub(crate) shut: AtomicBool,
@@ -28,6 +29,8 @@ pub struct Tracker {
     pub(crate) recovery_gen: u64,
     pub(crate) recovered: bool,
     pub(crate) durable: Option<Durable>,
+    /// The point-in-time view, if one is open (views.rs).
+    pub(crate) views: ViewSlot,
 }
 
 impl Tracker {
@@ -65,6 +68,7 @@ impl Tracker {
             recovery_gen: 0,
             recovered: false,
             durable,
+            views: ViewSlot::default(),
         })
     }
 
@@ -98,6 +102,19 @@ impl Tracker {
         let first = lba >> self.extent_shift;
         let end = (lba + blocks - 1) >> self.extent_shift;
         (first, end + 1)
+    }
+
+    /// Register a change, staying out of a view OPEN's drain (views.rs):
+    /// one that sees the OPEN after registering steps back and waits.
+    fn register_outside_view_open(&self) -> usize {
+        loop {
+            let slot = self.register();
+            if !self.view_opening() {
+                return slot;
+            }
+            self.inflight[slot].fetch_sub(1, SeqCst);
+            self.wait_view_opened();
+        }
     }
 
     /// Register a change under the current phase; returns its slot.
@@ -144,14 +161,17 @@ impl Tracker {
     /// the disk (no intent record to make durable first)? A hint for
     /// callers choosing a thread; `begin_change` stays correct either way.
     pub fn change_is_quick(&self, lba: u64, blocks: u64) -> bool {
-        let Some(durable) = &self.durable else {
-            return true;
-        };
         let capacity = self.capacity_blocks();
         if blocks == 0 || lba.checked_add(blocks).is_none_or(|end| end > capacity) {
             return true; // refused without touching the log
         }
         let (first, end) = self.extent_range(lba, blocks);
+        if self.view_needs_copy(lba, blocks) {
+            return false; // old data to copy first
+        }
+        let Some(durable) = &self.durable else {
+            return true;
+        };
         durable.all_logged(&self.map, first >> REGION_SHIFT, (end - 1) >> REGION_SHIFT)
     }
 
@@ -168,7 +188,7 @@ impl Tracker {
         if blocks == 0 {
             return Ok(());
         }
-        rec.slot = Some(self.register());
+        rec.slot = Some(self.register_outside_view_open());
         // Checked after registering, so shutdown's drain sees this change.
         if self.shut.load(SeqCst) {
             return Err(CbtError::ShutDown);
@@ -178,6 +198,8 @@ impl Tracker {
         if let Some(durable) = &self.durable {
             durable.log_regions(&self.map, first >> REGION_SHIFT, (end - 1) >> REGION_SHIFT)?;
         }
+        // Old data goes to the view before the stamp and the data write.
+        self.keep_for_view(g, lba, blocks);
         self.map.stamp(first, end, g);
         match rec.kind {
             ChangeKind::Write => self.clear_dealloc(first, end, true),

@@ -2,9 +2,9 @@
 //! (`gentgt::backup`) from the command line.
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use gentgt::backup::lock::LockMode;
-use gentgt::backup::{self, BackupOptions};
+use gentgt::backup::{self, BackupOptions, MethodChoice};
 use gentgt::initiator::ConnectOptions;
 use gentgt::scsi::lun::DEFAULT_CBT_INITIATOR;
 use std::net::SocketAddr;
@@ -37,6 +37,14 @@ pub struct BackupArgs {
     /// Write-lock lease (renewed while the final pass runs).
     #[arg(long, value_name = "L", default_value_t = 20_000)]
     lease_ms: u32,
+    /// Force a method [default: a view where the target offers one
+    /// (contract version 2, views on), else the lock loop].
+    #[arg(long, value_enum, value_name = "M")]
+    method: Option<MethodArg>,
+    /// View lease (renewed at a third while the copy runs; a crashed run's
+    /// view holds the target's view space this long).
+    #[arg(long, value_name = "L", default_value_t = 60_000)]
+    view_lease_ms: u32,
     /// READs in flight.
     #[arg(long, value_name = "Q", default_value_t = 8)]
     parallel: usize,
@@ -46,6 +54,15 @@ pub struct BackupArgs {
     /// Print a machine-readable summary.
     #[arg(long)]
     json: bool,
+}
+
+/// `--method`.
+#[derive(Clone, Copy, ValueEnum)]
+enum MethodArg {
+    /// One pass over a point-in-time view; fail where there is none.
+    View,
+    /// Converge passes, then a pass under the write lock.
+    Lock,
 }
 
 #[derive(Args)]
@@ -86,6 +103,12 @@ pub fn run_backup(a: BackupArgs) -> Result<()> {
     opts.threshold_extents = a.threshold_extents;
     opts.max_passes = a.max_passes;
     opts.lease_ms = a.lease_ms;
+    opts.view_lease_ms = a.view_lease_ms;
+    opts.method = match a.method {
+        None => MethodChoice::Auto,
+        Some(MethodArg::View) => MethodChoice::View,
+        Some(MethodArg::Lock) => MethodChoice::Lock,
+    };
     opts.parallel = a.parallel;
     opts.progress = !a.quiet && !a.json;
     let summary = runtime()?.block_on(async move {
@@ -106,11 +129,15 @@ pub fn run_backup(a: BackupArgs) -> Result<()> {
     if let Some(r) = &s.full_reason {
         println!("full backup: {r}");
     }
+    if let Some(r) = &s.fallback_reason {
+        println!("no view: {r}");
+    }
     println!(
-        "backup {} (parent {}), lock generation {}: read {} of {} ({:.2} %), {} extents, {} passes, lock held {} ms, {:.1} MiB/s",
+        "backup {} (parent {}), method {}, generation {}: read {} of {} ({:.2} %), {} extents, {} passes, lock held {} ms, {:.1} MiB/s",
         s.id,
         s.parent.as_deref().unwrap_or("none"),
-        s.lock_generation,
+        s.method.name(),
+        s.generation,
         s.stats.bytes_read,
         s.logical_bytes,
         s.read_ratio * 100.0,

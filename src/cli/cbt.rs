@@ -11,6 +11,8 @@ use gentgt::scsi::lun::DEFAULT_CBT_INITIATOR;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod view;
+
 #[derive(Args)]
 pub struct CbtArgs {
     #[command(subcommand)]
@@ -19,22 +21,22 @@ pub struct CbtArgs {
 
 /// Where to connect and as whom (every action takes these).
 #[derive(Args, Clone)]
-struct Common {
+pub(super) struct Common {
     /// Target portal.
     #[arg(long, value_name = "ADDR:PORT")]
-    portal: SocketAddr,
+    pub(super) portal: SocketAddr,
     /// Target name (IQN).
     #[arg(long, value_name = "IQN")]
-    target: String,
+    pub(super) target: String,
     /// Logical unit number.
     #[arg(long, value_name = "N", default_value_t = 0)]
-    lun: u64,
+    pub(super) lun: u64,
     /// Initiator name to log in with (must be in the LUN's cbt_initiators).
     #[arg(long, value_name = "NAME", default_value = DEFAULT_CBT_INITIATOR)]
-    initiator: String,
+    pub(super) initiator: String,
     /// Machine-readable output.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +55,9 @@ enum Action {
         since: u64,
         #[arg(long, value_name = "L", default_value_t = 0)]
         start_lba: u64,
+        /// AS OF VIEW: the LUN as the open view holds it (contract v2).
+        #[arg(long)]
+        as_of_view: bool,
     },
     /// ACQUIRE WRITE LOCK and hold it, renewing, until Ctrl-C or stdin
     /// closes; then release it. (The lock also ends with this session.)
@@ -82,6 +87,11 @@ enum Action {
         #[arg(long, value_name = "T")]
         token: u64,
     },
+    /// Point-in-time views: open, renew, release.
+    View {
+        #[command(subcommand)]
+        action: view::ViewAction,
+    },
 }
 
 impl Action {
@@ -92,6 +102,7 @@ impl Action {
             | Action::Lock { common, .. }
             | Action::Renew { common, .. }
             | Action::Unlock { common, .. } => common,
+            Action::View { action } => action.common(),
         }
     }
 }
@@ -108,7 +119,7 @@ pub fn run(args: CbtArgs) -> Result<()> {
 }
 
 /// Turn a client error into an operator message with sense names.
-fn readable(what: &str) -> impl FnOnce(CbtClientError) -> anyhow::Error + '_ {
+pub(super) fn readable(what: &str) -> impl FnOnce(CbtClientError) -> anyhow::Error + '_ {
     move |e| anyhow!("{what}: {}", e.describe())
 }
 
@@ -130,17 +141,20 @@ async fn act(s: &Session, action: &Action, c: &Common) -> Result<()> {
             print_close(&g, c.json);
         }
         Action::Changes {
-            since, start_lba, ..
+            since,
+            start_lba,
+            as_of_view,
+            ..
         } => {
             let report = s
                 .cbt_report(lun)
                 .await
                 .map_err(readable("REPORT TRACKING"))?;
             let list = s
-                .cbt_all_changes(lun, *since, *start_lba)
+                .cbt_all_changes_as_of(lun, *since, *start_lba, *as_of_view)
                 .await
                 .map_err(readable("GET CHANGED EXTENTS"))?;
-            print_changes(&report, *since, &list, c.json);
+            print_changes(&report, (*since, *as_of_view), &list, c.json);
         }
         Action::Lock {
             lease_ms, drain_ms, ..
@@ -161,6 +175,7 @@ async fn act(s: &Session, action: &Action, c: &Common) -> Result<()> {
                 .map_err(readable("RELEASE WRITE LOCK"))?;
             print_lock("released", &g, c.json);
         }
+        Action::View { action } => view::act(s, action, c).await?,
     }
     Ok(())
 }
@@ -218,7 +233,7 @@ fn print_report(r: &TrackingReport, json: bool) {
             "{{\"uuid\":\"{}\",\"open_generation\":{},\"recovery_generation\":{},\
              \"extent_blocks\":{},\"block_length\":{},\"capacity_blocks\":{},\
              \"tracking_on\":{},\"persistent\":{},\"write_locked\":{},\"recovered\":{},\
-             \"lock_lease_remaining_ms\":{}}}",
+             \"lock_lease_remaining_ms\":{}{}}}",
             uuid(&r.uuid),
             r.open_generation,
             r.recovery_generation,
@@ -229,7 +244,8 @@ fn print_report(r: &TrackingReport, json: bool) {
             f.persistent,
             f.write_locked,
             f.recovered,
-            r.lease_remaining_ms
+            r.lease_remaining_ms,
+            view::report_json(r)
         );
         return;
     }
@@ -259,6 +275,7 @@ fn print_report(r: &TrackingReport, json: bool) {
         r.capacity_blocks, r.block_len
     );
     println!("lock lease left      {} ms", r.lease_remaining_ms);
+    view::print_report_views(r);
 }
 
 fn print_close(g: &ClosedGeneration, json: bool) {
@@ -277,7 +294,9 @@ fn print_close(g: &ClosedGeneration, json: bool) {
     }
 }
 
-fn print_changes(r: &TrackingReport, since: u64, list: &[ExtentDescriptor], json: bool) {
+/// `query` is (SINCE, AS OF VIEW).
+fn print_changes(r: &TrackingReport, query: (u64, bool), list: &[ExtentDescriptor], json: bool) {
+    let (since, as_of_view) = query;
     if json {
         let items: Vec<String> = list
             .iter()
@@ -289,7 +308,7 @@ fn print_changes(r: &TrackingReport, since: u64, list: &[ExtentDescriptor], json
             })
             .collect();
         println!(
-            "{{\"uuid\":\"{}\",\"since\":{since},\"extents\":[{}]}}",
+            "{{\"uuid\":\"{}\",\"since\":{since},\"as_of_view\":{as_of_view},\"extents\":[{}]}}",
             uuid(&r.uuid),
             items.join(",")
         );
@@ -306,10 +325,15 @@ fn print_changes(r: &TrackingReport, since: u64, list: &[ExtentDescriptor], json
         total += u64::from(x.blocks);
     }
     println!(
-        "{} extents, {} blocks ({} bytes) changed since generation {since}",
+        "{} extents, {} blocks ({} bytes) changed since generation {since}{}",
         list.len(),
         total,
-        total * u64::from(r.block_len)
+        total * u64::from(r.block_len),
+        if as_of_view {
+            ", as of the open view"
+        } else {
+            ""
+        }
     );
 }
 

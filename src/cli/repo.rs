@@ -203,7 +203,7 @@ struct Listed {
     /// RFC 3339, local time zone.
     created: String,
     created_ms: u64,
-    /// "lock" or "view" (manifests without the field: "lock").
+    /// "lock" or "view" (`stats.method`; older manifests read as "lock").
     method: String,
     lock_generation: u64,
     full: bool,
@@ -252,8 +252,7 @@ fn listing(repo: &Repo) -> Result<Vec<Listed>> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut prev: std::collections::HashMap<String, backup::Manifest> = Default::default();
     for m in repo.list()? {
-        let (_, json) = repo.load_json(&m.id)?;
-        let method = json["method"].as_str().unwrap_or("lock").to_string();
+        let method = m.stats.method.name().to_string();
         let before = prev.get(&m.lun.naa);
         let (mut changed, mut stored, mut compressed) = (0, 0, 0);
         for (i, e) in m.extents.iter().enumerate() {

@@ -1,11 +1,12 @@
 //! Turn a validated configuration into the registry the target serves.
 
 use super::identity::{self, identity_path};
-use super::schema::{ChapConfig, Config, IoEngine, LunConfig, TrackingMode};
+use super::schema::{ChapConfig, Config, IoEngine, LunConfig, TargetConfig, TrackingMode};
 use super::{ConfigError, validate};
 use crate::backend::{Backend, FileBackend, MemoryBackend, UringOptions, uring};
 use crate::cbt::Tracker;
 use crate::proto::login::ChapSecrets;
+use crate::scsi::lun::{DEFAULT_MAX_VIEW_LEASE, ViewSettings};
 use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity};
 use crate::target::{Registry, TargetEntry};
 use std::collections::BTreeMap;
@@ -32,8 +33,7 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
         let mut luns = Vec::new();
         for lun in &t.luns {
             let mut unit = build_lun(&t.name, lun, data_dir, &stored)?;
-            let lease = t.max_lock_lease_ms.or(cfg.max_lock_lease_ms);
-            setup_tracking(&t.name, lun, data_dir, lease, &mut unit)?;
+            setup_tracking(&t.name, lun, data_dir, Leases::of(cfg, t), &mut unit)?;
             luns.push((lun.id, Arc::new(unit)));
         }
         let entry = TargetEntry {
@@ -102,17 +102,33 @@ pub(super) fn build_lun(
 
 /// Changed-block tracking for one LUN: settings, then the tracker
 /// (persistent ones are opened or recovered from `<path>.cbt/`).
+/// The lease maxima that apply to one target's LUNs (target over global).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Leases {
+    pub lock_ms: Option<u64>,
+    pub view_ms: Option<u64>,
+}
+
+impl Leases {
+    pub(super) fn of(cfg: &Config, t: &TargetConfig) -> Leases {
+        Leases {
+            lock_ms: t.max_lock_lease_ms.or(cfg.max_lock_lease_ms),
+            view_ms: t.max_view_lease_ms.or(cfg.max_view_lease_ms),
+        }
+    }
+}
+
 pub(super) fn setup_tracking(
     target: &str,
     lun: &LunConfig,
     data_dir: &Path,
-    max_lease_ms: Option<u64>,
+    leases: Leases,
     unit: &mut LogicalUnit,
 ) -> Result<(), ConfigError> {
     if let Some(names) = &lun.cbt_initiators {
         unit.cbt.allowed_initiators = names.clone();
     }
-    if let Some(ms) = max_lease_ms {
+    if let Some(ms) = leases.lock_ms {
         unit.cbt.max_lease = Duration::from_millis(ms);
         unit.cbt.default_lease = unit.cbt.default_lease.min(unit.cbt.max_lease);
     }
@@ -133,11 +149,33 @@ pub(super) fn setup_tracking(
             "target {target:?} LUN {}: cannot start changed-block tracking",
             lun.id
         ),
-        path: dir,
+        path: dir.clone(),
         source: io::Error::other(e),
     })?;
     unit.tracker = Some(Arc::new(tracker));
+    if lun.views_on() {
+        unit.cbt.view = Some(view_settings(lun, &dir, leases.view_ms));
+        crate::scsi::viewlun::attach(unit);
+    }
     Ok(())
+}
+
+/// Views of a tracked LUN: kept data goes beside the CBT state (same
+/// filesystem as the LUN's data), or to the temporary directory for LUNs
+/// without one.
+fn view_settings(lun: &LunConfig, cbt_dir: &Path, max_ms: Option<u64>) -> ViewSettings {
+    let max_lease = max_ms.map_or(DEFAULT_MAX_VIEW_LEASE, Duration::from_millis);
+    let store_dir = match cbt_dir.as_os_str().is_empty() {
+        true => std::env::temp_dir(),
+        false => cbt_dir.to_path_buf(),
+    };
+    ViewSettings {
+        lun: lun.view_lun_id(),
+        space: lun.view_space_bytes(),
+        max_lease,
+        default_lease: max_lease,
+        store_dir,
+    }
 }
 
 /// `<data path>.cbt`: the tracking directory beside the LUN's data, like

@@ -12,6 +12,8 @@ mod io_tests;
 mod reload;
 mod schema;
 mod validate;
+#[cfg(test)]
+mod view_tests;
 
 pub use build::build_registry;
 pub use reload::{keep_restart_settings, needs_restart, rebuild_registry};
@@ -119,12 +121,17 @@ impl Config {
                     tracking: None,
                     extent_size: None,
                     cbt_initiators: None,
+                    views: None,
+                    view_lun: None,
+                    view_space: None,
                     io: Default::default(),
                     direct: false,
                 }],
                 max_lock_lease_ms: None,
+                max_view_lease_ms: None,
             }],
             max_lock_lease_ms: None,
+            max_view_lease_ms: None,
             admin: None,
             max_connections: None,
             busy_poll_us: None,

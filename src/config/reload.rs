@@ -9,7 +9,7 @@
 //! stays (or a file moving to another LUN): its old logical unit is closed
 //! just before the new one opens on the same file, after all other checks.
 
-use super::build::{build_lun, chap_secrets, create_dir, preflight, setup_tracking};
+use super::build::{Leases, build_lun, chap_secrets, create_dir, preflight, setup_tracking};
 use super::schema::{Config, LunConfig};
 use super::{ConfigError, validate};
 use crate::scsi::{DeviceServer, LogicalUnit};
@@ -119,11 +119,10 @@ fn classify<'a>(
     let mut fresh = Vec::new();
     for t in &next.targets {
         let old_t = current.targets.iter().find(|o| o.name == t.name);
-        let lease = t.max_lock_lease_ms.or(next.max_lock_lease_ms);
+        let leases = Leases::of(next, t);
         for lun in &t.luns {
             let same = old_t.is_some_and(|o| {
-                o.max_lock_lease_ms.or(current.max_lock_lease_ms) == lease
-                    && o.luns.iter().any(|l| l == lun)
+                Leases::of(current, o) == leases && o.luns.iter().any(|l| l == lun)
             });
             let unit = running
                 .target(&t.name)
@@ -186,13 +185,14 @@ fn open(
     stored: &BTreeMap<(&str, u64), crate::scsi::LunIdentity>,
 ) -> Result<Arc<LogicalUnit>, ConfigError> {
     let mut unit = build_lun(target, lun, data_dir, stored)?;
-    let lease = cfg
-        .targets
-        .iter()
-        .find(|t| t.name == target)
-        .and_then(|t| t.max_lock_lease_ms)
-        .or(cfg.max_lock_lease_ms);
-    setup_tracking(target, lun, data_dir, lease, &mut unit)?;
+    let leases = match cfg.targets.iter().find(|t| t.name == target) {
+        Some(t) => Leases::of(cfg, t),
+        None => Leases {
+            lock_ms: cfg.max_lock_lease_ms,
+            view_ms: cfg.max_view_lease_ms,
+        },
+    };
+    setup_tracking(target, lun, data_dir, leases, &mut unit)?;
     Ok(Arc::new(unit))
 }
 
@@ -230,8 +230,10 @@ fn assemble(running: &Registry, next: &Config, mut units: Units) -> Registry {
     }
 }
 
+/// View LUNs come with their source units, so only sources are compared.
 fn same_units(device: &DeviceServer, luns: &[(u64, Arc<LogicalUnit>)]) -> bool {
-    device.luns.len() == luns.len()
+    let sources = device.luns.values().filter(|u| u.view_of.is_none());
+    sources.count() == luns.len()
         && luns
             .iter()
             .all(|(id, u)| device.luns.get(id).is_some_and(|d| Arc::ptr_eq(d, u)))

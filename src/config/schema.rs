@@ -24,6 +24,10 @@ pub struct Config {
     /// does not set its own. Optional; default 30000.
     #[serde(default)]
     pub max_lock_lease_ms: Option<u64>,
+    /// Longest CBT view lease in milliseconds, for every target that does
+    /// not set its own. Optional; default 300000 (the spec's).
+    #[serde(default)]
+    pub max_view_lease_ms: Option<u64>,
     /// Open connections (logged in or logging in) beyond which logins are
     /// refused with "out of resources". Default 1024; a reload applies it.
     #[serde(default)]
@@ -97,6 +101,10 @@ pub struct TargetConfig {
     /// (overrides the global value).
     #[serde(default)]
     pub max_lock_lease_ms: Option<u64>,
+    /// Longest CBT view lease in milliseconds for this target's LUNs
+    /// (overrides the global value).
+    #[serde(default)]
+    pub max_view_lease_ms: Option<u64>,
 }
 
 /// Changed-block tracking for one LUN.
@@ -165,6 +173,17 @@ pub struct LunConfig {
     /// Default: [DEFAULT_CBT_INITIATOR].
     #[serde(default)]
     pub cbt_initiators: Option<Vec<String>>,
+    /// CBT point-in-time views (OPEN VIEW, the view LUN). Default: on
+    /// wherever tracking is on.
+    #[serde(default)]
+    pub views: Option<bool>,
+    /// The LUN number that reads this LUN's view. Default 128 + id.
+    #[serde(default)]
+    pub view_lun: Option<u64>,
+    /// Most data a view may keep (VIEW SPACE LIMIT). Default: the LUN's
+    /// size, so a view is never lost for space (see README).
+    #[serde(default)]
+    pub view_space: Option<Size>,
     /// File LUNs: "buffered" (default) or "uring".
     #[serde(default)]
     pub io: IoEngine,
@@ -183,12 +202,32 @@ impl LunConfig {
         })
     }
 
+    /// Are views on (after defaults)?
+    pub fn views_on(&self) -> bool {
+        self.tracking_mode() != TrackingMode::Off && self.views.unwrap_or(true)
+    }
+
+    /// The view LUN number after defaults.
+    pub fn view_lun_id(&self) -> u64 {
+        self.view_lun.unwrap_or(DEFAULT_VIEW_LUN_BASE + self.id)
+    }
+
+    /// VIEW SPACE LIMIT in bytes after defaults.
+    pub fn view_space_bytes(&self) -> u64 {
+        self.view_space.map_or(self.size.0, |s| s.0)
+    }
+
     /// Extent size in bytes after defaults.
     pub fn extent_bytes(&self) -> u64 {
         self.extent_size
             .map_or(crate::cbt::DEFAULT_EXTENT_BYTES, |s| s.0)
     }
 }
+
+/// A LUN's view LUN is `128 + id` unless configured: LUNs 0-127 keep their
+/// numbers, and the view stays below 256, which every initiator can
+/// address (libiscsi's URLs only take single-level LUNs below 256).
+pub const DEFAULT_VIEW_LUN_BASE: u64 = 128;
 
 fn default_listen() -> Vec<String> {
     vec!["127.0.0.1:3260".to_string()]

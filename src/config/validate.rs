@@ -34,6 +34,7 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
             .push(format!("[admin] listen {:?}: {e} (want IP:PORT)", a.listen));
     }
     check_lease("max_lock_lease_ms", cfg.max_lock_lease_ms, &mut f);
+    check_view_lease("max_view_lease_ms", cfg.max_view_lease_ms, &mut f);
     if cfg.busy_poll_us.is_some_and(|us| us > 10_000) {
         f.errors
             .push("busy_poll_us must be at most 10000 (10 ms)".into());
@@ -92,6 +93,11 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
             t.max_lock_lease_ms,
             &mut f,
         );
+        check_view_lease(
+            &format!("{what}: max_view_lease_ms"),
+            t.max_view_lease_ms,
+            &mut f,
+        );
         if t.luns.is_empty() {
             f.errors.push(format!("{what} has no [[target.lun]]"));
         }
@@ -103,7 +109,9 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
             }
             check_lun(&what, lun, &mut f);
             check_tracking(&what, lun, &mut f);
+            check_views(&what, lun, &mut f);
         }
+        check_view_luns(&what, t, &mut f);
     }
     check_shared_files(cfg, data_dir, &mut f);
     f
@@ -175,6 +183,57 @@ fn check_lease(what: &str, ms: Option<u64>, f: &mut Findings) {
     if let Some(ms) = ms.filter(|&ms| ms == 0 || ms > MAX_LEASE_MS) {
         f.errors
             .push(format!("{what} = {ms}: must be 1..={MAX_LEASE_MS} ms"));
+    }
+}
+
+/// Views hold a backup window open: up to an hour.
+const MAX_VIEW_LEASE_MS: u64 = 3_600_000;
+
+fn check_view_lease(what: &str, ms: Option<u64>, f: &mut Findings) {
+    if let Some(ms) = ms.filter(|&ms| ms == 0 || ms > MAX_VIEW_LEASE_MS) {
+        f.errors
+            .push(format!("{what} = {ms}: must be 1..={MAX_VIEW_LEASE_MS} ms"));
+    }
+}
+
+fn check_views(what: &str, lun: &LunConfig, f: &mut Findings) {
+    let set = lun.view_lun.is_some() || lun.view_space.is_some();
+    if lun.views == Some(true) && lun.tracking_mode() == TrackingMode::Off {
+        f.errors
+            .push(format!("{what}: views = true needs tracking"));
+    }
+    if !lun.views_on() {
+        if set && lun.tracking_mode() != TrackingMode::Off {
+            f.warnings.push(format!(
+                "{what}: view_lun/view_space ignored, views are off"
+            ));
+        }
+        return;
+    }
+    if lun.view_lun_id() >= MAX_LUN_ID {
+        f.errors.push(format!(
+            "{what}: view_lun {} must be below {MAX_LUN_ID} (set view_lun)",
+            lun.view_lun_id()
+        ));
+    }
+    if lun.view_space_bytes() == 0 {
+        f.errors.push(format!(
+            "{what}: view_space must be more than 0 (or views = false)"
+        ));
+    }
+}
+
+/// A view LUN number must not be any LUN's or another view LUN's.
+fn check_view_luns(what: &str, t: &crate::config::schema::TargetConfig, f: &mut Findings) {
+    let mut taken: BTreeSet<u64> = t.luns.iter().map(|l| l.id).collect();
+    for lun in t.luns.iter().filter(|l| l.views_on()) {
+        if !taken.insert(lun.view_lun_id()) {
+            f.errors.push(format!(
+                "{what} LUN {}: view_lun {} is already a LUN or view LUN of the target (set view_lun)",
+                lun.id,
+                lun.view_lun_id()
+            ));
+        }
     }
 }
 

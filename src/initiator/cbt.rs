@@ -1,6 +1,7 @@
 //! Client side of the CBT wire contract (`shared/specs/cbt-scsi.md`,
-//! version 1): CDB builders, strict reply parsers and `Session` helpers.
-//! The CLI (`gentgt cbt`) and the backup client share it.
+//! versions 1 and 2): CDB builders, strict reply parsers and `Session`
+//! helpers. The CLI (`gentgt cbt`) and the backup client share it. The
+//! version-2 views (SAs 06h-08h, AS OF VIEW) live in [`view`].
 //!
 //! The parsers refuse anything the contract does not allow (wrong length,
 //! nonzero reserved bytes, descriptors out of order or outside the
@@ -11,8 +12,17 @@ use super::error::InitiatorError;
 use super::session::Session;
 use thiserror::Error;
 
+mod view;
+pub use view::*;
+
+#[cfg(test)]
+mod tests;
+
 pub const OPCODE: u8 = 0xc0;
-pub const VERSION: u8 = 1;
+/// The newest version this client speaks; it also accepts [`VERSION_1`]
+/// (a target without views).
+pub const VERSION: u8 = 2;
+pub const VERSION_1: u8 = 1;
 pub const VPD_PAGE: u8 = 0xc0;
 pub const REPORT_LEN: usize = 96;
 pub const CLOSE_LEN: usize = 32;
@@ -31,6 +41,13 @@ pub const SA_CHANGES: u8 = 0x02;
 pub const SA_ACQUIRE: u8 = 0x03;
 pub const SA_RENEW: u8 = 0x04;
 pub const SA_RELEASE: u8 = 0x05;
+pub const SA_OPEN_VIEW: u8 = 0x06;
+pub const SA_RENEW_VIEW: u8 = 0x07;
+pub const SA_RELEASE_VIEW: u8 = 0x08;
+/// Byte 1 bit 5 of GET CHANGED EXTENTS.
+pub const AS_OF_VIEW: u8 = 0x20;
+/// VIEW LUN of a LUN with views off.
+pub const NO_VIEW_LUN: u16 = 0xffff;
 
 /// A reply that does not follow the contract, or a request that cannot be
 /// expressed in it.
@@ -42,7 +59,7 @@ pub enum CbtWireError {
         need: usize,
         got: usize,
     },
-    #[error("{what}: version {0} is not supported (this client speaks {VERSION})", .got)]
+    #[error("{what}: version {0} is not supported (this client speaks {VERSION_1} and {VERSION})", .got)]
     Version { what: &'static str, got: u8 },
     #[error("{what}: reserved byte {at} is {value:#04x}, must be 0")]
     Reserved {
@@ -64,9 +81,33 @@ pub enum CbtClientError {
     Initiator(#[from] InitiatorError),
     #[error(transparent)]
     Wire(#[from] CbtWireError),
+    /// ABORTED COMMAND, 55h/03h: the open view could not be kept (view
+    /// space exhausted). A typed variant so an appliance can release the
+    /// view and fall back to the write-lock loop.
+    #[error("the view was lost: the target could not keep it (ABORTED COMMAND, 55h/03h)")]
+    ViewLost,
 }
 
 impl CbtClientError {
+    /// True for a lost view (see [`CbtClientError::ViewLost`]).
+    pub fn is_view_lost(&self) -> bool {
+        match self {
+            CbtClientError::ViewLost => true,
+            CbtClientError::Initiator(e) => view_lost(e),
+            CbtClientError::Wire(_) => false,
+        }
+    }
+
+    /// (sense key, ASC, ASCQ) when the target answered CHECK CONDITION
+    /// (also for `ViewLost`, which is one).
+    pub fn sense_code(&self) -> Option<(u8, u8, u8)> {
+        match self {
+            CbtClientError::Initiator(e) => e.sense_code(),
+            CbtClientError::ViewLost => Some(VIEW_LOST_SENSE),
+            CbtClientError::Wire(_) => None,
+        }
+    }
+
     /// A human-readable description, with sense key and ASC names.
     pub fn describe(&self) -> String {
         match self {
@@ -75,6 +116,25 @@ impl CbtClientError {
             }
             other => other.to_string(),
         }
+    }
+}
+
+/// Sense of a lost view (ABORTED COMMAND, INSUFFICIENT RESOURCES).
+pub const VIEW_LOST_SENSE: (u8, u8, u8) = (0x0b, 0x55, 0x03);
+
+/// True when a command (an AS OF VIEW query, or a READ of the view LUN)
+/// failed because the view was lost.
+pub fn view_lost(e: &InitiatorError) -> bool {
+    e.sense_code() == Some(VIEW_LOST_SENSE)
+}
+
+/// The helpers that can meet a lost view (AS OF VIEW queries) report it
+/// as [`CbtClientError::ViewLost`]; `cbt_raw` keeps the raw sense.
+fn typed_loss(e: CbtClientError) -> CbtClientError {
+    if e.is_view_lost() {
+        CbtClientError::ViewLost
+    } else {
+        e
     }
 }
 
@@ -94,10 +154,23 @@ pub fn close_generation_cdb() -> [u8; 16] {
 }
 
 pub fn get_changed_extents_cdb(since: u64, start_lba: u64) -> Result<[u8; 16], CbtWireError> {
+    get_changed_extents_cdb_as_of(since, start_lba, false)
+}
+
+/// GET CHANGED EXTENTS; with `as_of_view` (byte 1 bit 5) the reply
+/// describes the LUN as the open view holds it (version 2).
+pub fn get_changed_extents_cdb_as_of(
+    since: u64,
+    start_lba: u64,
+    as_of_view: bool,
+) -> Result<[u8; 16], CbtWireError> {
     if start_lba > MAX_START_LBA {
         return Err(CbtWireError::LbaTooLarge(start_lba));
     }
     let mut c = cdb(SA_CHANGES);
+    if as_of_view {
+        c[1] |= AS_OF_VIEW;
+    }
     c[2..10].copy_from_slice(&since.to_be_bytes());
     c[10..15].copy_from_slice(&start_lba.to_be_bytes()[3..]);
     Ok(c)
@@ -123,20 +196,29 @@ pub fn release_cdb(token: u64) -> [u8; 16] {
     c
 }
 
-/// FLAGS of REPORT TRACKING and VPD C0h.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// FLAGS of REPORT TRACKING and VPD C0h. The view bits exist from
+/// version 2 on; a version-1 reply must have them clear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrackingFlags {
     pub tracking_on: bool,
     pub persistent: bool,
     pub write_locked: bool,
     pub recovered: bool,
+    pub view_open: bool,
+    pub view_lost: bool,
 }
 
 impl TrackingFlags {
-    fn parse(what: &'static str, b: u8) -> Result<TrackingFlags, CbtWireError> {
-        if b & 0xf0 != 0 {
+    fn parse(what: &'static str, version: u8, b: u8) -> Result<TrackingFlags, CbtWireError> {
+        let known = if version >= VERSION { 0x3f } else { 0x0f };
+        if b & !known != 0 {
             return Err(CbtWireError::Layout(format!(
-                "{what}: FLAGS {b:#04x} has reserved bits set"
+                "{what}: FLAGS {b:#04x} has reserved bits set (version {version})"
+            )));
+        }
+        if b & 0x20 != 0 && b & 0x10 == 0 {
+            return Err(CbtWireError::Layout(format!(
+                "{what}: VIEW LOST without VIEW OPEN"
             )));
         }
         Ok(TrackingFlags {
@@ -144,13 +226,25 @@ impl TrackingFlags {
             persistent: b & 2 != 0,
             write_locked: b & 4 != 0,
             recovered: b & 8 != 0,
+            view_open: b & 0x10 != 0,
+            view_lost: b & 0x20 != 0,
         })
+    }
+}
+
+/// A reply's VERSION: 1 or 2.
+fn version(what: &'static str, v: u8) -> Result<u8, CbtWireError> {
+    match v {
+        VERSION_1 | VERSION => Ok(v),
+        got => Err(CbtWireError::Version { what, got }),
     }
 }
 
 /// SA 00h REPORT TRACKING.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackingReport {
+    /// VERSION of the reply (1: no views).
+    pub version: u8,
     pub flags: TrackingFlags,
     pub extent_blocks: u32,
     pub block_len: u32,
@@ -159,6 +253,16 @@ pub struct TrackingReport {
     pub open_generation: u64,
     pub recovery_generation: u64,
     pub lease_remaining_ms: u32,
+    /// Bytes 60-89 of a version-2 reply when views are on for the LUN;
+    /// `None` when the target is version 1 or views are off.
+    pub views: Option<ViewStatus>,
+}
+
+impl TrackingReport {
+    /// The LUN can open views (version 2 and views on).
+    pub fn views_supported(&self) -> bool {
+        self.views.is_some()
+    }
 }
 
 /// SA 01h CLOSE GENERATION.
@@ -198,6 +302,8 @@ pub struct LockGrant {
 /// INQUIRY VPD page C0h.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackingVpd {
+    /// VERSION (1: the target has no views).
+    pub version: u8,
     pub flags: TrackingFlags,
     pub extent_blocks: u32,
     pub uuid: [u8; 16],
@@ -250,12 +356,14 @@ fn reserved(what: &'static str, d: &[u8], ranges: &[(usize, usize)]) -> Result<(
 pub fn parse_report(d: &[u8]) -> Result<TrackingReport, CbtWireError> {
     const W: &str = "REPORT TRACKING";
     exact(W, d, REPORT_LEN)?;
-    if d[0] != VERSION {
-        return Err(CbtWireError::Version { what: W, got: d[0] });
-    }
-    reserved(W, d, &[(2, 4), (12, 16), (60, 96)])?;
+    let v = version(W, d[0])?;
+    // Version 1 reserved everything from byte 60 on.
+    let tail = if v == VERSION_1 { 60 } else { 90 };
+    reserved(W, d, &[(2, 4), (12, 16), (tail, 96)])?;
+    let flags = TrackingFlags::parse(W, v, d[1])?;
     let r = TrackingReport {
-        flags: TrackingFlags::parse(W, d[1])?,
+        version: v,
+        flags,
         extent_blocks: u32_at(d, 4),
         block_len: u32_at(d, 8),
         capacity_blocks: u64_at(d, 16),
@@ -263,6 +371,10 @@ pub fn parse_report(d: &[u8]) -> Result<TrackingReport, CbtWireError> {
         open_generation: u64_at(d, 40),
         recovery_generation: u64_at(d, 48),
         lease_remaining_ms: u32_at(d, 56),
+        views: match v {
+            VERSION_1 => None,
+            _ => parse_view_status(d, &flags, u64_at(d, 40))?,
+        },
     };
     if !r.extent_blocks.is_power_of_two() || r.open_generation == 0 {
         return Err(CbtWireError::Layout(format!(
@@ -395,12 +507,11 @@ pub fn parse_vpd(d: &[u8]) -> Result<TrackingVpd, CbtWireError> {
             &d[..4]
         )));
     }
-    if d[4] != VERSION {
-        return Err(CbtWireError::Version { what: W, got: d[4] });
-    }
+    let v = version(W, d[4])?;
     reserved(W, d, &[(6, 8), (36, 64)])?;
     Ok(TrackingVpd {
-        flags: TrackingFlags::parse(W, d[5])?,
+        version: v,
+        flags: TrackingFlags::parse(W, v, d[5])?,
         extent_blocks: u32_at(d, 8),
         uuid: uuid_at(d, 12),
         open_generation: u64_at(d, 28),
@@ -427,6 +538,9 @@ pub fn sense_name(key: u8, asc: u8, ascq: u8) -> String {
         (0x25, 0x00) => "LOGICAL UNIT NOT SUPPORTED",
         (0x29, _) => "POWER ON, RESET, OR BUS DEVICE RESET OCCURRED",
         (0x44, 0x00) => "INTERNAL TARGET FAILURE",
+        (0x04, 0x00) => "LOGICAL UNIT NOT READY (no open view?)",
+        (0x27, 0x00) => "WRITE PROTECTED",
+        (0x55, 0x03) => "INSUFFICIENT RESOURCES (the view was lost)",
         _ => "",
     };
     format!("{key_name} ({key:#x}), ASC/ASCQ {asc:02X}h/{ascq:02X}h {asc_name}")
@@ -437,7 +551,7 @@ pub fn sense_name(key: u8, asc: u8, ascq: u8) -> String {
 /// Describe a non-GOOD SCSI status with its sense.
 pub fn describe_status(status: u8, sense: &[u8]) -> String {
     match status {
-        0x18 => "RESERVATION CONFLICT (another session holds the write lock)".into(),
+        0x18 => "RESERVATION CONFLICT (another session holds the write lock or the view)".into(),
         0x08 => "BUSY".into(),
         0x28 => "TASK SET FULL".into(),
         _ => match super::command::parse_sense(sense) {
@@ -448,7 +562,8 @@ pub fn describe_status(status: u8, sense: &[u8]) -> String {
 }
 
 impl Session {
-    /// Run one C0h command and require GOOD.
+    /// Run one C0h command and require GOOD (the raw status and sense in
+    /// the error: tests check them byte for byte).
     pub async fn cbt_raw(
         &self,
         lun: u64,
@@ -480,11 +595,24 @@ impl Session {
         start_lba: u64,
         max_descriptors: u32,
     ) -> Result<ExtentsPage, CbtClientError> {
-        let cdb = get_changed_extents_cdb(since, start_lba)?;
+        self.cbt_changes_as_of(lun, since, start_lba, max_descriptors, false)
+            .await
+    }
+
+    /// [`Session::cbt_changes`], with AS OF VIEW when `as_of_view`.
+    pub async fn cbt_changes_as_of(
+        &self,
+        lun: u64,
+        since: u64,
+        start_lba: u64,
+        max_descriptors: u32,
+        as_of_view: bool,
+    ) -> Result<ExtentsPage, CbtClientError> {
+        let cdb = get_changed_extents_cdb_as_of(since, start_lba, as_of_view)?;
         let alloc = max_descriptors
             .saturating_mul(DESCRIPTOR_LEN as u32)
             .saturating_add(HEADER_LEN as u32);
-        let d = self.cbt_raw(lun, &cdb, alloc).await?;
+        let d = self.cbt_raw(lun, &cdb, alloc).await.map_err(typed_loss)?;
         Ok(parse_changes(&d, since, start_lba)?)
     }
 
@@ -496,11 +624,25 @@ impl Session {
         since: u64,
         start_lba: u64,
     ) -> Result<Vec<ExtentDescriptor>, CbtClientError> {
+        self.cbt_all_changes_as_of(lun, since, start_lba, false)
+            .await
+    }
+
+    /// [`Session::cbt_all_changes`], with AS OF VIEW when `as_of_view`.
+    pub async fn cbt_all_changes_as_of(
+        &self,
+        lun: u64,
+        since: u64,
+        start_lba: u64,
+        as_of_view: bool,
+    ) -> Result<Vec<ExtentDescriptor>, CbtClientError> {
         let mut out = Vec::new();
         let mut at = start_lba;
         let mut uuid = None;
         loop {
-            let page = self.cbt_changes(lun, since, at, 4096).await?;
+            let page = self
+                .cbt_changes_as_of(lun, since, at, 4096, as_of_view)
+                .await?;
             if *uuid.get_or_insert(page.uuid) != page.uuid {
                 return Err(
                     CbtWireError::Layout("tracking UUID changed while paging".into()).into(),
@@ -555,70 +697,5 @@ impl Session {
     pub async fn cbt_vpd(&self, lun: u64) -> Result<TrackingVpd, CbtClientError> {
         let d = self.inquiry_vpd(lun, VPD_PAGE).await?;
         Ok(parse_vpd(&d)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cdbs_follow_the_layout() {
-        let c = get_changed_extents_cdb(0x0102030405060708, 0xaa_bbcc_ddee).unwrap();
-        assert_eq!(c[0..2], [0xc0, 0x02]);
-        assert_eq!(c[2..10], [1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(c[10..15], [0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
-        assert_eq!(c[15], 0);
-        assert!(get_changed_extents_cdb(0, 1 << 40).is_err());
-        let r = renew_cdb(7, 9);
-        assert_eq!((r[1], r[9], r[13], r[14]), (4, 7, 9, 0));
-        let a = acquire_cdb(1, 2);
-        assert_eq!((a[1], a[5], a[9], a[10]), (3, 1, 2, 0));
-    }
-
-    fn page(descs: &[(u64, u32, u64)], next: u64, complete: bool) -> Vec<u8> {
-        let mut d = vec![0u8; HEADER_LEN];
-        d[0..4].copy_from_slice(&((descs.len() * DESCRIPTOR_LEN) as u32).to_be_bytes());
-        d[4] = complete as u8;
-        d[8..16].copy_from_slice(&5u64.to_be_bytes());
-        d[16..24].copy_from_slice(&next.to_be_bytes());
-        for &(lba, n, g) in descs {
-            d.extend_from_slice(&lba.to_be_bytes());
-            d.extend_from_slice(&n.to_be_bytes());
-            d.extend_from_slice(&0u32.to_be_bytes());
-            d.extend_from_slice(&g.to_be_bytes());
-        }
-        d
-    }
-
-    #[test]
-    fn changes_parser_is_strict() {
-        let ok = parse_changes(&page(&[(0, 8, 3), (16, 8, 5)], 64, true), 2, 0).unwrap();
-        assert_eq!(ok.descriptors.len(), 2);
-        // Overlap, generation outside the window, NEXT LBA inside, length.
-        assert!(parse_changes(&page(&[(0, 8, 3), (4, 8, 5)], 64, true), 2, 0).is_err());
-        assert!(parse_changes(&page(&[(0, 8, 2)], 64, true), 2, 0).is_err());
-        assert!(parse_changes(&page(&[(0, 8, 6)], 64, true), 2, 0).is_err());
-        assert!(parse_changes(&page(&[(0, 8, 3)], 4, false), 2, 0).is_err());
-        assert!(parse_changes(&page(&[(0, 8, 3)], 64, true), 2, 1).is_err());
-        let mut cut = page(&[(0, 8, 3)], 64, true);
-        cut.pop();
-        assert!(matches!(
-            parse_changes(&cut, 2, 0),
-            Err(CbtWireError::Length { .. })
-        ));
-        let mut res = page(&[], 64, true);
-        res[41] = 1;
-        assert!(matches!(
-            parse_changes(&res, 2, 0),
-            Err(CbtWireError::Reserved { at: 41, .. })
-        ));
-    }
-
-    #[test]
-    fn sense_names_are_readable() {
-        let s = describe_status(2, &[0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0x02]);
-        assert!(s.contains("ACCESS DENIED"), "{s}");
-        assert!(describe_status(0x18, &[]).contains("RESERVATION CONFLICT"));
     }
 }

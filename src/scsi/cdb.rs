@@ -5,7 +5,7 @@
 
 use super::sense::{Sense, SenseReason};
 use super::server::DeviceServer;
-use super::vendor::{cbt, lock};
+use super::vendor::{cbt, lock, view};
 use super::{DataDirection, LogicalUnit, Nexus, ScsiCommand, ScsiResult};
 use super::{pr, sbc, spc};
 
@@ -165,10 +165,13 @@ pub static TABLE: &[CommandDesc] = &[
     // Vendor specific: changed-block tracking (shared/specs/cbt-scsi.md).
     row!(0xc0, Some(0x00), "CBT REPORT TRACKING", [0xc0, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CTL], In, cbt::report_tracking, false, false),
     row!(0xc0, Some(0x01), "CBT CLOSE GENERATION", [0xc0, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CTL], In, cbt::close_generation, false, false),
-    row!(0xc0, Some(0x02), "CBT GET CHANGED EXTENTS", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, CTL], In, cbt::get_changed_extents, false, false),
+    row!(0xc0, Some(0x02), "CBT GET CHANGED EXTENTS", [0xc0, 0x3f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, CTL], In, cbt::get_changed_extents, false, false),
     row!(0xc0, Some(0x03), "CBT ACQUIRE WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, 0, 0, CTL], In, lock::acquire, false, false),
     row!(0xc0, Some(0x04), "CBT RENEW WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, lock::renew, false, false),
     row!(0xc0, Some(0x05), "CBT RELEASE WRITE LOCK", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, 0, 0, CTL], In, lock::release, false, false),
+    row!(0xc0, Some(0x06), "CBT OPEN VIEW", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, 0, 0, CTL], In, view::open, false, false),
+    row!(0xc0, Some(0x07), "CBT RENEW VIEW", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, view::renew, false, false),
+    row!(0xc0, Some(0x08), "CBT RELEASE VIEW", [0xc0, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, 0, 0, CTL], In, view::release, false, false),
 ];
 
 /// Does any row for `opcode` carry a service action?

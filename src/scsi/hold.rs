@@ -74,6 +74,10 @@ impl DeviceServer {
             if lu.cbt_lock.tick(now) {
                 self.start_drain(lun);
             }
+            // A view ends by its lease even when nobody asks about it.
+            if let Some(t) = &lu.tracker {
+                t.expire_view(now);
+            }
         }
     }
 

@@ -18,7 +18,27 @@ pub struct CbtSettings {
     pub default_lease: Duration,
     /// Drain timeout when ACQUIRE asks for 0.
     pub default_drain: Duration,
+    /// Point-in-time views (OPEN VIEW and the view LUN); `None`: views off.
+    pub view: Option<ViewSettings>,
 }
+
+/// Per-LUN settings of CBT views.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewSettings {
+    /// The LUN number that reads the view.
+    pub lun: u64,
+    /// VIEW SPACE LIMIT in bytes.
+    pub space: u64,
+    /// Longest view lease granted (spec: default 300 s).
+    pub max_lease: Duration,
+    /// Lease when OPEN/RENEW ask for 0.
+    pub default_lease: Duration,
+    /// Where the anonymous store of kept data is created.
+    pub store_dir: PathBuf,
+}
+
+/// Spec default of the longest view lease.
+pub const DEFAULT_MAX_VIEW_LEASE: Duration = Duration::from_secs(300);
 
 /// The initiator the built-in default allows to use CBT.
 pub const DEFAULT_CBT_INITIATOR: &str = "iqn.2026-11.dev.gentgt:backup";
@@ -30,6 +50,7 @@ impl Default for CbtSettings {
             max_lease: Duration::from_secs(30),
             default_lease: Duration::from_secs(30),
             default_drain: Duration::from_secs(10),
+            view: None,
         }
     }
 }
@@ -79,6 +100,14 @@ pub struct LogicalUnit {
     /// Loaded or ejected, and which nexuses prevent removal (only ever
     /// changes on a removable LUN).
     pub medium: super::removable::Medium,
+    /// This LU is a CBT view LUN reading that tracker's view.
+    pub view_of: Option<Arc<Tracker>>,
+    /// Initiators that see this LU (REPORT LUNS, commands); `None`: all.
+    /// Others get LOGICAL UNIT NOT SUPPORTED, as for a LUN that does not
+    /// exist.
+    pub visible_to: Option<Vec<String>>,
+    /// The view LUN of this LU (number, unit), served beside it.
+    pub view_unit: Option<(u64, Arc<LogicalUnit>)>,
 }
 
 impl LogicalUnit {
@@ -103,7 +132,17 @@ impl LogicalUnit {
             sanitizing: AtomicBool::new(false),
             removable: false,
             medium: Default::default(),
+            view_of: None,
+            visible_to: None,
+            view_unit: None,
         }
+    }
+
+    /// Does `initiator` see this LU? iSCSI names compare case-insensitively.
+    pub fn visible(&self, initiator: &str) -> bool {
+        self.visible_to
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n.eq_ignore_ascii_case(initiator)))
     }
 
     /// Keep APTPL persistent reservations in `path`, restoring what an

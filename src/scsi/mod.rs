@@ -20,6 +20,7 @@ mod spc;
 mod tests;
 mod ua;
 pub mod vendor;
+pub mod viewlun;
 
 pub use hold::is_change;
 pub use lun::{LogicalUnit, LunIdentity};

@@ -64,6 +64,9 @@ pub enum SenseReason {
     MediumNotPresent,
     InitializingCommandRequired,
     SanitizeInProgress,
+    /// CBT view LUN without an open view (LOGICAL UNIT NOT READY, CAUSE
+    /// NOT REPORTABLE).
+    NotReadyNoView,
     // MEDIUM ERROR / HARDWARE ERROR
     UnrecoveredReadError,
     WriteError,
@@ -77,6 +80,9 @@ pub enum SenseReason {
     /// CBT ACQUIRE WRITE LOCK: changes in flight did not finish within the
     /// DRAIN TIMEOUT (COMMAND TIMEOUT DURING PROCESSING).
     LockDrainTimeout,
+    /// CBT view lost: its kept data exceeded the view space
+    /// (INSUFFICIENT RESOURCES).
+    ViewLost,
 }
 
 impl SenseReason {
@@ -90,6 +96,7 @@ impl SenseReason {
             InvalidFieldInCdb => (ILLEGAL_REQUEST, 0x24, 0x00),
             DataPhaseError => (ABORTED_COMMAND, 0x4b, 0x00),
             LockDrainTimeout => (ABORTED_COMMAND, 0x2e, 0x02),
+            ViewLost => (ABORTED_COMMAND, 0x55, 0x03),
             InvalidFieldInParameterList => (ILLEGAL_REQUEST, 0x26, 0x00),
             ParameterListLengthError => (ILLEGAL_REQUEST, 0x1a, 0x00),
             LbaOutOfRange => (ILLEGAL_REQUEST, 0x21, 0x00),
@@ -123,6 +130,7 @@ impl SenseReason {
             MediumNotPresent => (NOT_READY, 0x3a, 0x00),
             InitializingCommandRequired => (NOT_READY, 0x04, 0x02),
             SanitizeInProgress => (NOT_READY, 0x04, 0x1b),
+            NotReadyNoView => (NOT_READY, 0x04, 0x00),
             SanitizeFailed => (MEDIUM_ERROR, 0x31, 0x03),
             UnrecoveredReadError => (MEDIUM_ERROR, 0x11, 0x00),
             WriteError => (MEDIUM_ERROR, 0x0c, 0x00),

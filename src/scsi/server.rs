@@ -33,10 +33,16 @@ pub struct DeviceServer {
 }
 
 impl DeviceServer {
+    /// A server for `luns`; each LU's view LUN (if it has one) is served
+    /// beside it under its own number.
     pub fn new(target_name: &str, luns: Vec<(u64, Arc<LogicalUnit>)>) -> DeviceServer {
+        let views: Vec<_> = luns
+            .iter()
+            .filter_map(|(_, u)| u.view_unit.clone())
+            .collect();
         DeviceServer {
             target_name: target_name.to_string(),
-            luns: luns.into_iter().collect(),
+            luns: luns.into_iter().chain(views).collect(),
             ua: UnitAttentions::default(),
             this: OnceLock::new(),
             copies: CopyResults::default(),
@@ -68,13 +74,30 @@ impl DeviceServer {
         }
     }
 
+    /// The LU `nexus` addresses as `lun`: `None` if there is none, or if
+    /// it is not visible to that initiator (then it does not exist for it).
+    pub fn lu_for(&self, nexus: &Nexus, lun: u64) -> Option<&Arc<LogicalUnit>> {
+        self.luns
+            .get(&lun)
+            .filter(|u| u.visible(&nexus.initiator_name))
+    }
+
+    /// The LUN numbers `nexus` sees (REPORT LUNS).
+    pub fn visible_luns(&self, nexus: &Nexus) -> Vec<u64> {
+        self.luns
+            .iter()
+            .filter(|(_, u)| u.visible(&nexus.initiator_name))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     fn dispatch(&self, cmd: &ScsiCommand) -> cdb::CmdResult {
         if cmd.cdb.first() == Some(&cbt::OPCODE) {
             // CBT: access and tracking are checked before any CDB field.
             cbt::gate(self, cmd)?;
         }
         let desc = cdb::lookup(cmd.cdb)?;
-        let lu = self.luns.get(&cmd.lun).map(Arc::as_ref);
+        let lu = self.lu_for(cmd.nexus, cmd.lun).map(Arc::as_ref);
         if !desc.lun_optional {
             if lu.is_none() {
                 return Err(SenseReason::LunNotSupported.into());
@@ -100,6 +123,9 @@ impl DeviceServer {
         }
         if desc.writes && lu.is_some_and(mode::software_write_protected) {
             return Err(SenseReason::SoftwareWriteProtected.into());
+        }
+        if let Some(sense) = lu.and_then(|l| super::viewlun::not_ready(l, cmd.cdb)) {
+            return Err(sense);
         }
         let ctx = Ctx {
             server: self,

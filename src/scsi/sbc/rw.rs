@@ -83,10 +83,9 @@ pub fn read(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     // Shared with ordinary writes, excluded by COMPARE AND WRITE and the
     // other atomic writers: a read never sees one of them half done.
     let _order = lu.order_shared();
-    lu.backend.read_at(offset, &mut buf).map_err(|e| {
-        tracing::warn!(backend = %lu.backend.describe(), error = %e, "read failed");
-        Sense::new(SenseReason::UnrecoveredReadError).with_information(rw.lba)
-    })?;
+    lu.backend
+        .read_at(offset, &mut buf)
+        .map_err(|e| crate::scsi::viewlun::read_failure(lu, &e, rw.lba))?;
     Ok(ScsiResult::good(buf, needed as u32))
 }
 

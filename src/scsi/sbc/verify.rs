@@ -28,10 +28,7 @@ pub(super) fn read_blocks(lu: &LogicalUnit, lba: u64, blocks: u64) -> Result<Vec
     let mut buf = vec![0u8; (blocks * lu.block_bytes()) as usize];
     lu.backend
         .read_at(lba * lu.block_bytes(), &mut buf)
-        .map_err(|e| {
-            tracing::warn!(backend = %lu.backend.describe(), error = %e, "read failed");
-            Sense::new(SenseReason::UnrecoveredReadError).with_information(lba)
-        })?;
+        .map_err(|e| crate::scsi::viewlun::read_failure(lu, &e, lba))?;
     Ok(buf)
 }
 

@@ -50,7 +50,7 @@ pub fn report_luns(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     }
     let luns: Vec<u64> = match select {
         // All logical units / all including well-known ones (we have none).
-        0x00 | 0x02 => ctx.server.luns.keys().copied().collect(),
+        0x00 | 0x02 => ctx.server.visible_luns(ctx.nexus),
         // Well-known logical units only.
         0x01 => Vec::new(),
         _ => return Err(Sense::invalid_cdb_field(2, Some(7))),

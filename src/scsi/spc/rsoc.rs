@@ -43,7 +43,9 @@ fn known(opcode: u8) -> bool {
 
 /// Only the commands this LUN offers (CBT's C0h needs tracking on).
 fn rows<'a>(ctx: &'a Ctx) -> impl Iterator<Item = &'static CommandDesc> + 'a {
-    TABLE.iter().filter(|d| cbt::listed(ctx.lu, d.opcode))
+    TABLE
+        .iter()
+        .filter(|d| cbt::listed(ctx.lu, d.opcode, d.service_action))
 }
 
 fn find(ctx: &Ctx, opcode: u8, sa: Option<u16>) -> Option<&'static CommandDesc> {

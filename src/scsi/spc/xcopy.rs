@@ -149,7 +149,8 @@ fn identification(ctx: &Ctx, list: &[u8], at: usize) -> Result<Cscd, Sense> {
             ctx.server
                 .luns
                 .values()
-                .find(|l| l.identity.naa.as_slice() == naa)
+                // An LU the sender cannot see (a view LUN) is not reachable.
+                .find(|l| l.identity.naa.as_slice() == naa && l.visible(&ctx.nexus.initiator_name))
         })
         .flatten()
         .ok_or(Sense::new(SenseReason::CopyTargetNotReachable))?;

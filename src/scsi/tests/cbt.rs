@@ -48,7 +48,7 @@ fn report_tracking_layout() {
     let r = h.good(&wire::report_tracking_cdb(), &[], 96);
     let d = &r.data_in;
     assert_eq!((d.len(), r.transfer_len), (96, 96));
-    assert_eq!((d[0], d[1]), (1, 0x01)); // version 1, tracking on, volatile
+    assert_eq!((d[0], d[1]), (2, 0x01)); // version 2, tracking on, volatile
     assert_eq!(&d[4..8], &EB.to_be_bytes());
     assert_eq!(&d[8..12], &BS.to_be_bytes());
     assert_eq!(&d[16..24], &BLOCKS.to_be_bytes());
@@ -56,11 +56,13 @@ fn report_tracking_layout() {
     assert_eq!(&d[40..48], &1u64.to_be_bytes());
     assert_eq!(&d[48..56], &[0; 8]); // never recovered
     assert_eq!(&d[56..60], &[0; 4]); // unlocked
+    assert_eq!(&d[88..90], &[0xff, 0xff]); // views off: no view LUN
     assert!(
         d[2..4]
             .iter()
             .chain(&d[12..16])
-            .chain(&d[60..])
+            .chain(&d[60..88])
+            .chain(&d[90..])
             .all(|&b| b == 0)
     );
     let rep = wire::parse_report(d).unwrap();
@@ -257,7 +259,7 @@ fn vpd_c0_layout_and_listing() {
     let d = &r.data_in;
     assert_eq!(d.len(), 64);
     assert_eq!(&d[0..4], &[0x00, 0xc0, 0x00, 60]);
-    assert_eq!((d[4], d[5]), (1, 0x01));
+    assert_eq!((d[4], d[5]), (2, 0x01));
     assert_eq!(&d[6..8], &[0, 0]);
     assert_eq!(&d[8..12], &EB.to_be_bytes());
     assert_eq!(&d[12..28], &t.status().uuid);
@@ -293,12 +295,14 @@ fn rsoc_lists_every_service_action() {
         .filter(|&(op, _)| op == 0xc0)
         .map(|(_, sa)| sa)
         .collect();
+    // Views are off on this LUN: 06h-08h are not listed.
     assert_eq!(c0, vec![0, 1, 2, 3, 4, 5]);
     // One command: GET CHANGED EXTENTS usage data marks bytes 2-14.
     let r = h.good(&rsoc_one(2, 0xc0, 2), &[], 64);
     assert_eq!(&r.data_in[..4], &[0, 3, 0, 16]);
     let usage = &r.data_in[4..20];
-    assert_eq!((usage[0], usage[1]), (0xc0, 0x1f));
+    // Byte 1: the service action bits and AS OF VIEW (bit 5).
+    assert_eq!((usage[0], usage[1]), (0xc0, 0x3f));
     assert!(usage[2..15].iter().all(|&b| b == 0xff));
     assert_eq!(usage[15], 0);
 }

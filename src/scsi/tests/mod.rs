@@ -12,6 +12,7 @@ mod spc;
 mod thin;
 mod uring;
 mod verify;
+mod view;
 mod xcopy;
 
 use super::sense::key;

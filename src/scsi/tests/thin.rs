@@ -21,14 +21,14 @@ fn mem_harness(blocks: u64) -> (Harness, Arc<MemoryBackend>) {
     (Harness::with_luns(vec![(0, lu)]), mem)
 }
 
-fn unmap_cdb(param_len: u16) -> Vec<u8> {
+pub(super) fn unmap_cdb(param_len: u16) -> Vec<u8> {
     let mut c = vec![0x42, 0, 0, 0, 0, 0, 0];
     c.extend_from_slice(&param_len.to_be_bytes());
     c.push(0);
     c
 }
 
-fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+pub(super) fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
     let bd = (ranges.len() * 16) as u16;
     let mut d = (bd + 6).to_be_bytes().to_vec();
     d.extend_from_slice(&bd.to_be_bytes());
@@ -41,7 +41,7 @@ fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
     d
 }
 
-fn unmap(h: &Harness, ranges: &[(u64, u32)]) -> ScsiResult {
+pub(super) fn unmap(h: &Harness, ranges: &[(u64, u32)]) -> ScsiResult {
     let d = unmap_list(ranges);
     h.exec(0, &unmap_cdb(d.len() as u16), &d, d.len() as u32)
 }
@@ -55,7 +55,7 @@ fn ws10(lba: u32, blocks: u16, unmap: bool) -> Vec<u8> {
     c
 }
 
-fn ws16(lba: u64, blocks: u32, flags: u8) -> Vec<u8> {
+pub(super) fn ws16(lba: u64, blocks: u32, flags: u8) -> Vec<u8> {
     let mut c = rw16(0x93, lba, blocks);
     c[1] = flags;
     c
@@ -94,7 +94,7 @@ fn write_blocks(h: &Harness, lba: u64, data: &[u8]) {
     h.good(&rw16(0x8a, lba, blocks), data, data.len() as u32);
 }
 
-fn sanitize_cdb(sa: u8, immed: bool, param_len: u16) -> Vec<u8> {
+pub(super) fn sanitize_cdb(sa: u8, immed: bool, param_len: u16) -> Vec<u8> {
     let mut c = vec![0x48, sa | if immed { 0x80 } else { 0 }, 0, 0, 0, 0, 0];
     c.extend_from_slice(&param_len.to_be_bytes());
     c.push(0);

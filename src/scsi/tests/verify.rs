@@ -25,7 +25,7 @@ fn cdb(op: u8, flags: u8, lba: u64, blocks: u32) -> Vec<u8> {
 }
 
 /// COMPARE AND WRITE of `blocks` blocks.
-fn caw(lba: u64, blocks: u8, flags: u8) -> Vec<u8> {
+pub(super) fn caw(lba: u64, blocks: u8, flags: u8) -> Vec<u8> {
     let mut c = rw16(0x89, lba, 0);
     c[1] = flags;
     c[13] = blocks;

@@ -15,7 +15,7 @@ fn two_luns() -> Harness {
 }
 
 /// Identification CSCD descriptor naming the LUN with NAA `identity(n)`.
-fn cscd(n: u8) -> Vec<u8> {
+pub(super) fn cscd(n: u8) -> Vec<u8> {
     let mut d = vec![0u8; 32];
     d[0] = 0xe4;
     d[4] = 0x01; // binary
@@ -26,7 +26,7 @@ fn cscd(n: u8) -> Vec<u8> {
     d
 }
 
-fn b2b(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
+pub(super) fn b2b(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
     let mut d = vec![0u8; 28];
     d[0] = 0x02;
     d[3] = 0x18;
@@ -38,7 +38,7 @@ fn b2b(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
     d
 }
 
-fn list(list_id: u8, usage: u8, cscds: &[Vec<u8>], segs: &[Vec<u8>]) -> Vec<u8> {
+pub(super) fn list(list_id: u8, usage: u8, cscds: &[Vec<u8>], segs: &[Vec<u8>]) -> Vec<u8> {
     let c: Vec<u8> = cscds.concat();
     let s: Vec<u8> = segs.concat();
     let mut p = vec![0u8; 16];
@@ -51,7 +51,7 @@ fn list(list_id: u8, usage: u8, cscds: &[Vec<u8>], segs: &[Vec<u8>]) -> Vec<u8> 
     p
 }
 
-fn xcopy_cdb(len: usize) -> Vec<u8> {
+pub(super) fn xcopy_cdb(len: usize) -> Vec<u8> {
     let mut c = vec![0u8; 16];
     c[0] = 0x83;
     c[10..14].copy_from_slice(&(len as u32).to_be_bytes());

@@ -1,6 +1,6 @@
 //! Opcode C0h (CBT) service actions 00h-02h, the checks every C0h command
 //! passes first, and the VPD page C0h body. Byte layouts follow
-//! `shared/specs/cbt-scsi.md` (wire contract version 1) exactly.
+//! `shared/specs/cbt-scsi.md` (wire contract version 2) exactly.
 //!
 //! Order of checks for C0h (the spec wants the access check before any
 //! CDB field): the LUN exists → the initiator is allowed → tracking is on
@@ -20,7 +20,7 @@ pub const OPCODE: u8 = 0xc0;
 /// The INQUIRY VPD page carrying the tracking summary.
 pub const VPD_PAGE: u8 = 0xc0;
 /// Wire contract version (bump it when the layout is extended).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Service actions of opcode C0h.
 pub mod sa {
@@ -30,6 +30,9 @@ pub mod sa {
     pub const ACQUIRE_WRITE_LOCK: u16 = 0x03;
     pub const RENEW_WRITE_LOCK: u16 = 0x04;
     pub const RELEASE_WRITE_LOCK: u16 = 0x05;
+    pub const OPEN_VIEW: u16 = 0x06;
+    pub const RENEW_VIEW: u16 = 0x07;
+    pub const RELEASE_VIEW: u16 = 0x08;
 }
 
 pub const REPORT_LEN: usize = 96;
@@ -46,6 +49,13 @@ const MAX_DESCRIPTORS: usize = 1 << 16;
 
 /// FLAGS bit 2 (WRITE LOCKED), owned by the write-lock layer.
 const FLAG_WRITE_LOCKED: u8 = 0x04;
+/// FLAGS bit 4 (VIEW OPEN) and bit 5 (VIEW LOST).
+const FLAG_VIEW_OPEN: u8 = 0x10;
+const FLAG_VIEW_LOST: u8 = 0x20;
+/// GET CHANGED EXTENTS byte 1 bit 5.
+const AS_OF_VIEW: u8 = 0x20;
+/// VIEW LUN when views are off.
+const NO_VIEW_LUN: u16 = 0xffff;
 /// GET CHANGED EXTENTS header FLAGS bit 0.
 const FLAG_COMPLETE: u8 = 0x01;
 /// Descriptor FLAGS bit 0.
@@ -55,8 +65,7 @@ const FLAG_DEALLOCATED: u32 = 0x01;
 /// is looked at: LUN, access, tracking.
 pub fn gate(server: &DeviceServer, cmd: &ScsiCommand) -> Result<(), Sense> {
     let lu = server
-        .luns
-        .get(&cmd.lun)
+        .lu_for(cmd.nexus, cmd.lun)
         .ok_or(Sense::new(SenseReason::LunNotSupported))?;
     if !allowed(lu, &cmd.nexus.initiator_name) {
         return Err(SenseReason::AccessDeniedNoAccessRights.into());
@@ -77,9 +86,16 @@ fn allowed(lu: &LogicalUnit, initiator: &str) -> bool {
 }
 
 /// REPORT SUPPORTED OPERATION CODES filter: opcode C0h exists only on LUNs
-/// with tracking on.
-pub fn listed(lu: Option<&LogicalUnit>, opcode: u8) -> bool {
-    opcode != OPCODE || lu.is_some_and(|l| l.tracker.is_some())
+/// with tracking on, and its view service actions only where views are on.
+pub fn listed(lu: Option<&LogicalUnit>, opcode: u8, sa: Option<u16>) -> bool {
+    if opcode != OPCODE {
+        return true;
+    }
+    let Some(l) = lu.filter(|l| l.tracker.is_some()) else {
+        return false;
+    };
+    let view_sa = sa.is_some_and(|a| (sa::OPEN_VIEW..=sa::RELEASE_VIEW).contains(&a));
+    !view_sa || l.cbt.view.is_some()
 }
 
 /// Body (after the 4-byte header) of VPD page C0h, or `None` when
@@ -98,7 +114,12 @@ pub fn vpd_page(lu: &LogicalUnit) -> Option<Vec<u8>> {
 
 fn flags(lu: &LogicalUnit, status: &Status) -> u8 {
     let locked = lu.cbt_lock.status().is_some();
-    status.flags() | if locked { FLAG_WRITE_LOCKED } else { 0 }
+    let view = lu.tracker.as_ref().and_then(|t| t.view());
+    let mut f = status.flags() | if locked { FLAG_WRITE_LOCKED } else { 0 };
+    if let Some(v) = view {
+        f |= FLAG_VIEW_OPEN | if v.lost() { FLAG_VIEW_LOST } else { 0 };
+    }
+    f
 }
 
 /// The LUN's tracker; [`gate`] already refused LUNs without one.
@@ -142,7 +163,25 @@ pub fn report_tracking(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     d[48..56].copy_from_slice(&status.recovery_generation.to_be_bytes());
     let lease = lu.cbt_lock.status().unwrap_or(0);
     d[56..60].copy_from_slice(&lease.to_be_bytes());
+    view_fields(lu, t, &mut d);
     Ok(reply(cmd, d))
+}
+
+/// REPORT TRACKING bytes 60-89: the view's generation, lease, space and
+/// the view LUN (FFFFh and limit 0 when views are off).
+fn view_fields(lu: &LogicalUnit, t: &Tracker, d: &mut [u8]) {
+    let Some(settings) = &lu.cbt.view else {
+        d[88..90].copy_from_slice(&NO_VIEW_LUN.to_be_bytes());
+        return;
+    };
+    if let Some(v) = t.view() {
+        let lease = v.lease_left(std::time::Instant::now()).as_millis();
+        d[60..68].copy_from_slice(&v.generation.to_be_bytes());
+        d[68..72].copy_from_slice(&u32::try_from(lease).unwrap_or(u32::MAX).to_be_bytes());
+        d[72..80].copy_from_slice(&v.used().to_be_bytes());
+    }
+    d[80..88].copy_from_slice(&settings.space.to_be_bytes());
+    d[88..90].copy_from_slice(&(settings.lun as u16).to_be_bytes());
 }
 
 /// SA 01h CLOSE GENERATION: closes whatever the allocation length (the
@@ -159,7 +198,10 @@ pub fn close_generation(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
 /// SA 02h GET CHANGED EXTENTS: a 48-byte header and as many whole 24-byte
 /// descriptors as fit the allocation length.
 pub fn get_changed_extents(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
-    let (_, t) = tracker(ctx)?;
+    let (lu, t) = tracker(ctx)?;
+    if cmd.cdb[1] & AS_OF_VIEW != 0 {
+        return changed_as_of_view(lu, t, cmd);
+    }
     let since = be(cmd.cdb, 2, 8);
     let start_lba = be(cmd.cdb, 10, 5);
     // Both bounds only grow, so checking them here cannot refuse a query
@@ -177,6 +219,39 @@ pub fn get_changed_extents(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
             CbtError::InvalidField(_) => Sense::invalid_cdb_field(2, None),
             other => failure(other),
         })?;
+    Ok(reply(cmd, encode_page(&page, &t.status().uuid)))
+}
+
+/// GET CHANGED EXTENTS AS OF VIEW. Order of checks (spec): views off →
+/// unknown field; no view → invalid field; a lost view → ABORTED COMMAND
+/// before anything that depends on its generation; then the fields.
+fn changed_as_of_view(lu: &LogicalUnit, t: &Tracker, cmd: &ScsiCommand) -> CmdResult {
+    if lu.cbt.view.is_none() {
+        return Err(Sense::invalid_cdb_field(1, Some(5)));
+    }
+    let view = t.view().ok_or(Sense::invalid_cdb_field(1, Some(5)))?;
+    if view.lost() {
+        return Err(SenseReason::ViewLost.into());
+    }
+    let since = be(cmd.cdb, 2, 8);
+    let start_lba = be(cmd.cdb, 10, 5);
+    if since >= view.generation {
+        return Err(Sense::invalid_cdb_field(2, None));
+    }
+    if start_lba >= view.capacity_blocks {
+        return Err(Sense::invalid_cdb_field(10, None));
+    }
+    let room = (cmd.expected_len as usize).saturating_sub(HEADER_LEN) / DESCRIPTOR_LEN;
+    let page = t
+        .view_changed_extents(&view, since, start_lba, room.min(MAX_DESCRIPTORS))
+        .map_err(|e| match e {
+            CbtError::InvalidField(_) => Sense::invalid_cdb_field(2, None),
+            other => failure(other),
+        })?;
+    // Lost while the page was built: its generations may be incomplete.
+    if view.lost() {
+        return Err(SenseReason::ViewLost.into());
+    }
     Ok(reply(cmd, encode_page(&page, &t.status().uuid)))
 }
 

@@ -238,7 +238,7 @@ impl CbtLock {
     }
 }
 
-fn ms(d: Duration) -> u32 {
+pub(crate) fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
@@ -262,7 +262,7 @@ fn reply(cmd: &ScsiCommand, token: u64, generation: u64, lease: Duration) -> Scs
 /// Reserved CDB bytes `from..15` and the top bits of byte 1 must be zero
 /// (the table's usage mask checks them too; this keeps the handlers safe
 /// whatever row calls them).
-fn check_reserved(cdb: &[u8], from: usize) -> Result<(), Sense> {
+pub(crate) fn check_reserved(cdb: &[u8], from: usize) -> Result<(), Sense> {
     if byte(cdb, 1) & 0xe0 != 0 {
         return Err(Sense::invalid_cdb_field(
             1,
@@ -363,7 +363,7 @@ pub fn acquire(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     }
 }
 
-fn conflict() -> ScsiResult {
+pub(crate) fn conflict() -> ScsiResult {
     ScsiResult {
         status: status::RESERVATION_CONFLICT,
         sense: None,

@@ -3,3 +3,4 @@
 
 pub mod cbt;
 pub mod lock;
+pub mod view;

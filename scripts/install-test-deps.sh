@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# What the tests need beyond Rust, installed with apt-get on Debian 12
+# (bookworm) when missing; quick when everything is there. ./test.sh runs
+# it first. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+SUDO=()
+if [[ $(id -u) != 0 ]]; then
+    SUDO=(sudo)
+fi
+apt_get() { "${SUDO[@]}" apt-get "$@"; }
+
+installed() { # PKG [VERSION]
+    local s
+    s=$(dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null) || return 1
+    [[ $s == "install ok installed "* ]] || return 1
+    [[ -z ${2:-} || $s == "install ok installed $2" ]]
+}
+
+updated=0
+apt_update() {
+    if [[ $updated == 0 ]]; then
+        apt_get update -q
+        updated=1
+    fi
+}
+
+apt_deps() {
+    local need=() p
+    # libiscsi-bin: iscsi-test-cu, iscsi-ls, iscsi-inq. python3 runs
+    # conformance/run (standard library only). tgt: the reference target our
+    # own initiator is also tested against (tests/initiator_tgt.rs).
+    for p in libiscsi-bin python3 tgt; do
+        installed "$p" || need+=("$p")
+    done
+    if ((${#need[@]})); then
+        apt_update
+        apt_get install -y -q --no-install-recommends "${need[@]}"
+    fi
+
+    # qemu-img iscsi:// needs qemu-block-extra at exactly qemu-utils'
+    # version. The image's qemu-utils may come from bookworm-backports
+    # (…~bpo12+1) without that suite in its sources: add it then.
+    if ! installed qemu-utils; then
+        apt_update
+        apt_get install -y -q --no-install-recommends qemu-utils
+    fi
+    local qv
+    qv=$(dpkg-query -W -f='${Version}' qemu-utils)
+    if ! installed qemu-block-extra "$qv"; then
+        if [[ $qv == *bpo12* ]] &&
+            ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            # Same mirror as the machine's own Debian source.
+            local uri
+            uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null ||
+                true)
+            [[ -n $uri ]] || uri=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
+            echo "deb $uri bookworm-backports main" |
+                "${SUDO[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+            updated=0
+        fi
+        apt_update
+        apt_get install -y -q --no-install-recommends "qemu-block-extra=$qv"
+    fi
+}
+
+apt_deps
