@@ -172,6 +172,11 @@ fn work(store: &Store, rx: &Mutex<Receiver<Job>>, progress: &(Mutex<Progress>, C
     loop {
         let job = locked(rx).recv();
         let Ok((id, data)) = job else { return };
-        finish_one(progress, store.write_chunk(id, &data));
+        // A panic must still count the job done, or `wait` would hang.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write_chunk(id, &data)
+        }))
+        .unwrap_or_else(|_| Err(BackupError::Invalid("a chunk writer panicked".into())));
+        finish_one(progress, r);
     }
 }
