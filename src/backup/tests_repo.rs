@@ -456,3 +456,31 @@ fn a_backup_does_not_publish_chunks_a_concurrent_gc_dropped() {
     assert!(running.list().unwrap().iter().all(|m| m.id != "b3"));
     assert!(verify(&running).unwrap().ok());
 }
+
+#[test]
+fn a_failed_chunk_write_fails_the_commit_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let repo = Repo::open_with(&root, &opts(Some(small(None)), None)).unwrap();
+    // The writers cannot create their pack: tmp/ is gone.
+    std::fs::remove_dir_all(root.join("tmp")).unwrap();
+    let img = random_image(10);
+    let extents: Vec<_> = img.iter().map(|d| repo.put_extent(d)).collect();
+    let m = Manifest {
+        version: MANIFEST_VERSION,
+        id: "b1".into(),
+        parent: None,
+        created_ms: 1,
+        lun: lun(),
+        lock_generation: 1,
+        // Later puts fail at once with the first error; keep the count.
+        extents: extents
+            .into_iter()
+            .map(|e| e.unwrap_or(ExtentRef::Zero))
+            .collect(),
+        stats: Stats::default(),
+    };
+    let e = repo.commit(&m).unwrap_err().to_string();
+    assert!(e.contains("tmp"), "{e}");
+    assert!(repo.list().unwrap().is_empty());
+}
