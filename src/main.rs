@@ -38,10 +38,22 @@ enum Command {
     Backup(cli::backup::BackupArgs),
     /// Restore a backup to a file or onto a LUN.
     Restore(cli::backup::RestoreArgs),
-    /// Re-hash every stored extent and check every backup chain.
-    Verify(cli::backup::RepoArgs),
+    /// Create a backup repository (packs, compression, optional encryption).
+    Init(cli::repo::InitArgs),
+    /// Check a repository: indexes and chains, every chunk with --read-data.
+    Verify(cli::repo::VerifyArgs),
     /// List the backups of a repository.
-    Backups(cli::backup::RepoArgs),
+    Backups(cli::repo::ListArgs),
+    /// Remove backups by retention policy (--keep-last/-daily/-weekly/-monthly).
+    Prune(cli::repo::PruneArgs),
+    /// Reclaim space of chunks no backup references; repack sparse packs.
+    Gc(cli::repo::GcArgs),
+    /// Show and remove stale repository locks.
+    Unlock(cli::repo::UnlockArgs),
+    /// Convert a format-1 repository (one file per chunk) to format 2.
+    RepoUpgrade(cli::repo::UpgradeArgs),
+    /// Change the key file or passphrase of an encrypted repository.
+    RepoKey(cli::repo::KeyArgs),
     /// Random-I/O load against a target: IOPS and latency percentiles.
     Bench(cli::bench::BenchArgs),
     /// Make a running server reload its configuration (SIGHUP) and print
@@ -83,8 +95,14 @@ fn main() -> ExitCode {
         Command::Cbt(args) => cli::cbt::run(args),
         Command::Backup(args) => cli::backup::run_backup(args),
         Command::Restore(args) => cli::backup::run_restore(args),
-        Command::Verify(args) => cli::backup::run_verify(args),
-        Command::Backups(args) => cli::backup::run_list(args),
+        Command::Init(args) => cli::repo::run_init(args),
+        Command::Verify(args) => cli::repo::run_verify(args),
+        Command::Backups(args) => cli::repo::run_list(args),
+        Command::Prune(args) => cli::repo::run_prune(args),
+        Command::Gc(args) => cli::repo::run_gc(args),
+        Command::Unlock(args) => cli::repo::run_unlock(args),
+        Command::RepoUpgrade(args) => cli::repo::run_upgrade(args),
+        Command::RepoKey(args) => cli::repo::run_key(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Reload(args) => cli::reload::run(args),
         Command::Version => {

@@ -2,23 +2,39 @@
 //! iSCSI, driven by changed-block tracking (`shared/specs/cbt-scsi.md`,
 //! "The appliance's loop"), kept in a content-addressed repository.
 //!
-//! - [`repo`]: chunks and manifests on disk, atomic appearance of a backup.
+//! - [`repo`]: the repository (format 2): [`pack`]s of chunks, the
+//!   [`index`], sealed manifests, atomic appearance of a backup; its
+//!   [`format`], [`crypto`] (optional encryption) and [`lock`].
+//! - [`prune`] / [`gc`]: retention and reclaiming space; [`upgrade`]
+//!   converts a format-1 repository.
 //! - [`manifest`]: what one backup records.
 //! - [`run`] / [`pass`]: the loop (close, copy, converge, lock, copy, release).
 //! - [`view`]: the version-2 way: one pass over a point-in-time view, and
 //!   the fallback to the loop above.
 //! - [`restore`], [`verify`]: reading the repository back.
 
+pub mod crypto;
+pub mod format;
+pub mod fsio;
+pub mod gc;
+pub mod index;
+pub mod lock;
 pub mod manifest;
+pub mod pack;
 pub mod pass;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod run;
+pub mod upgrade;
 pub mod verify;
 pub mod view;
+mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_repo;
 
 use crate::initiator::InitiatorError;
 use crate::initiator::cbt::CbtClientError;
@@ -26,10 +42,10 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use manifest::{ExtentRef, LunId, Manifest, Method, Stats};
-pub use repo::Repo;
+pub use repo::{CreateOptions, Repo, RepoOptions};
 pub use restore::{restore_to_file, restore_to_lun};
 pub use run::{BackupOptions, BackupSummary, LockHook, LockInfo, backup};
-pub use verify::{VerifyReport, verify};
+pub use verify::{VerifyOptions, VerifyReport, verify, verify_with};
 pub use view::{MethodChoice, ViewHook, ViewPhase};
 
 /// Errors of the appliance, by reach: one file of the repository (`Io`,
@@ -59,6 +75,18 @@ pub enum BackupError {
     UuidChanged,
     #[error("interrupted")]
     Interrupted,
+    /// Something stored failed its check: damaged, truncated, or written
+    /// with another key.
+    #[error("{what}: {why}")]
+    Corrupt { what: String, why: String },
+    #[error("{0}")]
+    Crypto(#[from] crypto::CryptoError),
+    #[error("{0}")]
+    Locked(String),
+    #[error(
+        "{0} is a format-1 repository (one file per chunk); convert it with `gentgt repo-upgrade --repo DIR`"
+    )]
+    OldFormat(PathBuf),
     /// The view ended before the copy from it was proven complete (lost:
     /// view space exhausted; lease ran out; target restarted; another
     /// appliance holds one). The run falls back to the lock method unless

@@ -1,160 +1,327 @@
-//! The repository on disk:
+//! The repository on disk (format version 2, docs/backup.md):
 //!
 //! ```text
-//! DIR/chunks/<2 hex>/<blake3 hex>    extent data, content-addressed
-//! DIR/backups/<id>/manifest.json     one complete backup
-//! DIR/tmp/                           files being written
+//! DIR/config                   format, version, pack size, zstd level, wrapped key
+//! DIR/packs/<2 hex>/<id>.pack  chunks, ~32 MiB per file (pack.rs)
+//! DIR/index/<ms>-<rand>        index segments: chunk -> pack, offset (index.rs)
+//! DIR/manifests/<backup id>    one sealed manifest per complete backup
+//! DIR/pruned/<backup id>       tombstones of backups prune removed
+//! DIR/locks/                   lock files (lock.rs)
+//! DIR/tmp/                     packs and files being written
 //! ```
 //!
-//! A chunk is written to tmp/, fsynced and renamed into place; a backup
-//! appears only when its manifest is renamed into `backups/<id>/` after
-//! every chunk it names and the manifest itself are durable. A crash at
-//! any point leaves at most orphan chunks and temp files: harmless.
+//! A backup appears in three durable steps: its packs are fsynced and
+//! renamed into packs/ (one fsync per pack), then one index segment names
+//! their chunks, then the manifest is renamed into manifests/. Only the
+//! manifest makes a backup visible, and it is written only once every
+//! chunk it names is durable and indexed; a crash earlier leaves packs or
+//! a segment nothing references, which gc collects.
 
-use super::manifest::{ExtentRef, Manifest, is_digest};
-use super::{BackupError, Result};
+use super::crypto::{self, KeySource};
+use super::format::{Codec, Config, DEFAULT_PACK_BYTES, DEFAULT_ZSTD_LEVEL, Kind};
+use super::index::{self, Index, Loc};
+use super::lock::{self, LockMode, RepoLock};
+use super::manifest::{ExtentRef, Manifest};
+use super::pack::{self, PackId};
+use super::writer::{Pipeline, Store, locked};
+use super::{BackupError, Result, fsio};
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-pub const MANIFEST: &str = "manifest.json";
-
-#[derive(Debug)]
-pub struct Repo {
-    root: PathBuf,
-    /// Chunk directories written since the last `sync_chunks`.
-    dirty_dirs: Mutex<BTreeSet<PathBuf>>,
-    tmp_seq: AtomicU64,
+/// How a repository is created when it does not exist yet.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub pack_bytes: u64,
+    pub zstd_level: i32,
+    pub encrypt: Option<KeySource>,
+    /// Argon2id (memory KiB, passes); None = 64 MiB, 3.
+    pub kdf_cost: Option<(u32, u32)>,
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(BackupError::io(dir))
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            pack_bytes: DEFAULT_PACK_BYTES,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            encrypt: None,
+            kdf_cost: None,
+        }
+    }
+}
+
+/// How to open a repository.
+#[derive(Debug, Clone, Default)]
+pub struct RepoOptions {
+    /// None takes no lock (only for tools that already hold one).
+    pub lock: Option<LockMode>,
+    pub command: String,
+    /// Remove stale locks (their process is gone) first.
+    pub break_lock: bool,
+    /// Create the repository if missing.
+    pub create: Option<CreateOptions>,
+    pub key: Option<KeySource>,
+    /// Overrides the repository's zstd level for chunks written now.
+    pub zstd_level: Option<i32>,
+    /// Open although format-1 data is still there (repo-upgrade itself).
+    pub upgrading: bool,
+}
+
+pub struct Repo {
+    root: PathBuf,
+    pub(super) cfg: Config,
+    pub(super) codec: Arc<Codec>,
+    pub(super) index: RwLock<Index>,
+    store: Arc<Store>,
+    pipeline: Pipeline,
+    read_cache: Mutex<Option<(PackId, Arc<File>)>>,
+    tmp_seq: AtomicU64,
+    _lock: Option<RepoLock>,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repo({})", self.root.display())
+    }
+}
+
+/// Format-1 data (one file per chunk, `backups/<id>/manifest.json`) is
+/// there: format 2 never has a `backups/` directory, and repo-upgrade
+/// removes it last, so an interrupted upgrade is still seen as one.
+pub fn is_old_format(root: &Path) -> bool {
+    root.join("backups").is_dir()
 }
 
 impl Repo {
-    /// Open a repository, creating its directories if needed.
+    /// Open for writing (exclusive lock), creating with defaults if missing.
     pub fn open(root: &Path) -> Result<Repo> {
-        for sub in ["chunks", "backups", "tmp"] {
+        Repo::open_with(
+            root,
+            &RepoOptions {
+                lock: Some(LockMode::Exclusive),
+                command: "backup".into(),
+                create: Some(CreateOptions::default()),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Open an existing repository for reading (shared lock).
+    pub fn open_existing(root: &Path) -> Result<Repo> {
+        Repo::open_with(
+            root,
+            &RepoOptions {
+                lock: Some(LockMode::Shared),
+                command: "read".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn open_with(root: &Path, o: &RepoOptions) -> Result<Repo> {
+        if is_old_format(root) && !o.upgrading {
+            return Err(BackupError::OldFormat(root.to_path_buf()));
+        }
+        let cfg_path = root.join("config");
+        if !cfg_path.exists() {
+            match &o.create {
+                Some(c) => init(root, c)?,
+                None => {
+                    return Err(BackupError::Invalid(format!(
+                        "{} is not a backup repository (no config)",
+                        root.display()
+                    )));
+                }
+            }
+        }
+        let cfg = read_config(root)?;
+        let keys = match &cfg.encryption {
+            Some(e) => Some(crypto::unlock(e, o.key.as_ref())?),
+            None => None,
+        };
+        let lock = o
+            .lock
+            .map(|m| lock::acquire(&root.join("locks"), m, &o.command, o.break_lock))
+            .transpose()?;
+        for sub in ["packs", "index", "manifests", "pruned", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(BackupError::io(&p))?;
         }
+        let codec = Arc::new(Codec {
+            keys,
+            zstd_level: o.zstd_level.unwrap_or(cfg.zstd_level),
+        });
+        let index = index::load(&codec, &root.join("index"))?;
+        let store = Arc::new(Store {
+            codec: codec.clone(),
+            state: Mutex::default(),
+            tmp: root.join("tmp"),
+            packs: root.join("packs"),
+            pack_bytes: cfg.pack_bytes,
+        });
         Ok(Repo {
             root: root.to_path_buf(),
-            dirty_dirs: Mutex::new(BTreeSet::new()),
+            cfg,
+            codec,
+            index: RwLock::new(index),
+            store,
+            pipeline: Pipeline::default(),
+            read_cache: Mutex::default(),
             tmp_seq: AtomicU64::new(0),
+            _lock: lock,
         })
-    }
-
-    /// Open an existing repository (no directories created).
-    pub fn open_existing(root: &Path) -> Result<Repo> {
-        if !root.join("backups").is_dir() {
-            return Err(BackupError::Invalid(format!(
-                "{} is not a backup repository",
-                root.display()
-            )));
-        }
-        Repo::open(root)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn chunk_path(&self, digest: &str) -> PathBuf {
-        self.root
-            .join("chunks")
-            .join(&digest[..2.min(digest.len())])
-            .join(digest)
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
-    fn tmp_path(&self, what: &str) -> PathBuf {
+    pub(super) fn dir(&self, sub: &str) -> PathBuf {
+        self.root.join(sub)
+    }
+
+    pub(super) fn tmp_path(&self, what: &str) -> PathBuf {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join("tmp")
+        self.dir("tmp")
             .join(format!("{what}-{}-{n}", std::process::id()))
     }
 
+    pub(super) fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a chunk is stored, committed or written by this process.
+    pub fn chunk_loc(&self, id: &blake3::Hash) -> Option<Loc> {
+        if let Some(l) = self.index().chunks.get(id) {
+            return Some(*l);
+        }
+        locked(&self.store.state).pending.get(id).copied()
+    }
+
     /// Store one extent's data: zeros become a marker, anything else a
-    /// chunk named by its BLAKE3 digest (kept if already there).
+    /// chunk named by its (keyed) BLAKE3 id, queued for the writer threads
+    /// (writer.rs) unless the repository has it already. Called from
+    /// several blocking threads at once.
     pub fn put_extent(&self, data: &[u8]) -> Result<ExtentRef> {
         if data.iter().all(|&b| b == 0) {
             return Ok(ExtentRef::Zero);
         }
-        let digest = blake3::hash(data).to_hex().to_string();
-        let path = self.chunk_path(&digest);
-        if !path.exists() {
-            let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-            fs::create_dir_all(&dir).map_err(BackupError::io(&dir))?;
-            let tmp = self.tmp_path("chunk");
-            write_synced(&tmp, data)?;
-            fs::rename(&tmp, &path).map_err(BackupError::io(&path))?;
-            self.dirty_dirs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(dir);
+        let id = self.codec.chunk_id(data);
+        let r = ExtentRef::Blake3(id.to_hex().to_string());
+        if self.index().chunks.contains_key(&id) {
+            return Ok(r);
         }
-        Ok(ExtentRef::Blake3(digest))
+        {
+            let mut w = locked(&self.store.state);
+            if w.pending.contains_key(&id) || !w.queued.insert(id) {
+                return Ok(r);
+            }
+        }
+        self.pipeline.submit(&self.store, (id, data.to_vec()))?;
+        Ok(r)
     }
 
-    /// Read a chunk and check it still hashes to its name.
-    pub fn get_chunk(&self, digest: &str) -> Result<Vec<u8>> {
-        if !is_digest(digest) {
-            return Err(BackupError::Invalid(format!("bad digest {digest:?}")));
+    /// Make every chunk written so far durable and indexed: close the open
+    /// pack, fsync the pack directories, publish one index segment.
+    pub fn flush(&self) -> Result<()> {
+        self.pipeline.wait()?;
+        let open = locked(&self.store.state).pack.take();
+        if let Some(p) = open.filter(|p| !p.is_empty()) {
+            self.store.finish_pack(p)?;
         }
-        let path = self.chunk_path(digest);
-        let data = fs::read(&path).map_err(BackupError::io(&path))?;
-        if blake3::hash(&data).to_hex().as_str() != digest {
-            return Err(BackupError::Invalid(format!(
-                "chunk {} is corrupt (content does not match its digest)",
-                path.display()
-            )));
+        let (pending, dirs) = {
+            let mut w = locked(&self.store.state);
+            (
+                std::mem::take(&mut w.pending),
+                std::mem::take(&mut w.dirty_dirs),
+            )
+        };
+        if pending.is_empty() {
+            return Ok(());
         }
-        Ok(data)
-    }
-
-    /// Make every chunk renamed so far durable (their directory entries).
-    pub fn sync_chunks(&self) -> Result<()> {
-        let dirs = std::mem::take(&mut *self.dirty_dirs.lock().unwrap_or_else(|e| e.into_inner()));
         for d in &dirs {
-            fsync_dir(d)?;
+            fsio::fsync_dir(d)?;
         }
-        fsync_dir(&self.root.join("chunks"))
+        fsio::fsync_dir(&self.dir("packs"))?;
+        let entries: Vec<_> = pending.into_iter().collect();
+        let name =
+            index::write_segment(&self.codec, &self.dir("index"), &self.dir("tmp"), &entries)?;
+        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+        idx.chunks.extend(entries);
+        idx.segments.push(name);
+        idx.segments.sort();
+        Ok(())
     }
 
-    /// Publish a backup: chunks durable, manifest written to a temp file
-    /// and fsynced, renamed into a fresh `backups/<id>/`, directories
-    /// fsynced. Before the rename nothing is visible.
+    /// Publish a backup: chunks durable and indexed, then the sealed
+    /// manifest renamed into manifests/. Before the rename nothing is
+    /// visible.
     pub fn commit(&self, m: &Manifest) -> Result<()> {
         m.check().map_err(BackupError::Invalid)?;
-        self.sync_chunks()?;
-        let json = serde_json::to_vec_pretty(m).map_err(|source| BackupError::Json {
-            path: self.root.clone(),
-            source,
-        })?;
-        let dest = self.backup_dir(&m.id)?;
+        self.flush()?;
+        self.check_still_indexed(m)?;
+        let dest = self.manifest_path(&m.id)?;
         if dest.exists() {
             return Err(BackupError::Invalid(format!("backup {} exists", m.id)));
         }
-        // Build the whole directory under tmp/, then one rename publishes it.
-        let staging = self.tmp_path("backup");
-        let staged = fs::create_dir_all(&staging)
-            .map_err(BackupError::io(&staging))
-            .and_then(|()| write_synced(&staging.join(MANIFEST), &json))
-            .and_then(|()| fsync_dir(&staging))
-            .and_then(|()| fs::rename(&staging, &dest).map_err(BackupError::io(&dest)));
-        if staged.is_err() {
-            let _ = fs::remove_dir_all(&staging);
-        }
-        staged?;
-        fsync_dir(&self.root.join("backups"))
+        let json = serde_json::to_vec(m).map_err(|source| BackupError::Json {
+            path: dest.clone(),
+            source,
+        })?;
+        let sealed = self.codec.seal(Kind::Manifest, m.id.as_bytes(), &json);
+        fsio::write_atomic(&self.tmp_path("manifest"), &dest, &sealed)
     }
 
-    fn backup_dir(&self, id: &str) -> Result<PathBuf> {
+    /// A chunk this backup reused must still be in the index on disk:
+    /// if another process (a gc that broke our lock) rewrote the index
+    /// meanwhile, reload it and refuse to publish what it dropped.
+    fn check_still_indexed(&self, m: &Manifest) -> Result<()> {
+        let on_disk = fsio::names(&self.dir("index"))?;
+        if on_disk == self.index().segments {
+            return Ok(());
+        }
+        let fresh = index::load(&self.codec, &self.dir("index"))?;
+        for e in &m.extents {
+            if let ExtentRef::Blake3(h) = e
+                && !parse_id(h).is_ok_and(|id| fresh.chunks.contains_key(&id))
+            {
+                return Err(BackupError::Invalid(format!(
+                    "chunk {h} vanished from the index while this backup ran (a concurrent gc?); nothing published"
+                )));
+            }
+        }
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// Every chunk `m` names is in the index (before a restore writes).
+    pub fn check_indexed(&self, m: &Manifest) -> Result<()> {
+        let idx = self.index();
+        let missing = m
+            .extents
+            .iter()
+            .filter_map(|e| match e {
+                ExtentRef::Blake3(h) => Some(h),
+                ExtentRef::Zero => None,
+            })
+            .filter(|h| !parse_id(h).is_ok_and(|id| idx.chunks.contains_key(&id)))
+            .count();
+        if missing > 0 {
+            return Err(BackupError::Corrupt {
+                what: format!("backup {}", m.id),
+                why: format!("{missing} of its chunks are not in the repository index; run verify"),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn manifest_path(&self, id: &str) -> Result<PathBuf> {
         let ok = !id.is_empty()
             && id
                 .bytes()
@@ -162,43 +329,49 @@ impl Repo {
         if !ok {
             return Err(BackupError::Invalid(format!("bad backup id {id:?}")));
         }
-        Ok(self.root.join("backups").join(id))
+        Ok(self.dir("manifests").join(id))
     }
 
-    pub fn load(&self, id: &str) -> Result<Manifest> {
-        let path = self.backup_dir(id)?.join(MANIFEST);
+    /// A manifest and its raw JSON (for fields this version does not know).
+    pub fn load_json(&self, id: &str) -> Result<(Manifest, serde_json::Value)> {
+        let path = self.manifest_path(id)?;
         let bytes = match fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(BackupError::NotFound(id.to_string()));
             }
             r => r.map_err(BackupError::io(&path))?,
         };
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| BackupError::Json {
-            path: path.clone(),
-            source,
-        })?;
+        let corrupt = |why: String| BackupError::Corrupt {
+            what: format!("manifest {}", path.display()),
+            why,
+        };
+        let json = self
+            .codec
+            .open(Kind::Manifest, id.as_bytes(), &bytes)
+            .map_err(corrupt)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        let m: Manifest =
+            serde_json::from_value(value.clone()).map_err(|e| corrupt(e.to_string()))?;
         if m.id != id {
-            return Err(BackupError::Invalid(format!(
-                "{}: id {:?} does not match its directory",
-                path.display(),
-                m.id
-            )));
+            return Err(corrupt(format!("id {:?} does not match its name", m.id)));
         }
-        m.check()
-            .map_err(|e| BackupError::Invalid(format!("{}: {e}", path.display())))?;
-        Ok(m)
+        m.check().map_err(corrupt)?;
+        Ok((m, value))
     }
 
-    /// Ids of every backup directory (complete or not loadable), sorted.
+    pub fn load(&self, id: &str) -> Result<Manifest> {
+        Ok(self.load_json(id)?.0)
+    }
+
+    /// Ids of every manifest file (complete or not loadable), sorted.
     pub fn ids(&self) -> Result<Vec<String>> {
-        let dir = self.root.join("backups");
-        let mut ids = Vec::new();
-        for e in fs::read_dir(&dir).map_err(BackupError::io(&dir))? {
-            let e = e.map_err(BackupError::io(&dir))?;
-            ids.push(e.file_name().to_string_lossy().into_owned());
-        }
-        ids.sort();
-        Ok(ids)
+        fsio::names(&self.dir("manifests"))
+    }
+
+    /// Ids of backups removed by prune.
+    pub fn pruned_ids(&self) -> Result<BTreeSet<String>> {
+        Ok(fsio::names(&self.dir("pruned"))?.into_iter().collect())
     }
 
     /// Every loadable backup, oldest first.
@@ -218,42 +391,145 @@ impl Repo {
         Ok(self.list()?.into_iter().rev().find(|m| m.lun.naa == naa))
     }
 
-    /// Every chunk file present: (digest, size in bytes).
+    /// Read a chunk, decode it and check it against its id.
+    pub fn get_chunk(&self, digest: &str) -> Result<Vec<u8>> {
+        let id = parse_id(digest)?;
+        let loc = self.chunk_loc(&id).ok_or_else(|| BackupError::Corrupt {
+            what: format!("chunk {digest}"),
+            why: "not in the repository index".into(),
+        })?;
+        self.read_chunk(&id, &loc)
+    }
+
+    pub(super) fn read_chunk(&self, id: &blake3::Hash, loc: &Loc) -> Result<Vec<u8>> {
+        let path = pack::pack_path(&self.dir("packs"), &loc.pack);
+        let corrupt = |why: String| BackupError::Corrupt {
+            what: format!("chunk {} in pack {}", id.to_hex(), path.display()),
+            why,
+        };
+        let f = self
+            .pack_file(&loc.pack, &path)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let blob = pack::read_blob(&f, loc.offset, loc.len).map_err(|e| corrupt(e.to_string()))?;
+        self.codec
+            .decode_chunk(id, loc.raw_len as usize, &blob)
+            .map_err(corrupt)
+    }
+
+    /// The last pack opened stays open: restores read packs in runs.
+    fn pack_file(&self, id: &PackId, path: &Path) -> std::io::Result<Arc<File>> {
+        let mut c = locked(&self.read_cache);
+        if let Some((cid, f)) = c.as_ref()
+            && cid == id
+        {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(path)?);
+        *c = Some((*id, f.clone()));
+        Ok(f)
+    }
+
+    /// Every chunk indexed or written by this process: (id hex, stored bytes).
     pub fn chunk_files(&self) -> Result<Vec<(String, u64)>> {
-        let top = self.root.join("chunks");
+        let mut out: Vec<_> = self
+            .index()
+            .chunks
+            .iter()
+            .map(|(h, l)| (h.to_hex().to_string(), u64::from(l.len)))
+            .collect();
+        let w = locked(&self.store.state);
+        out.extend(
+            w.pending
+                .iter()
+                .map(|(h, l)| (h.to_hex().to_string(), u64::from(l.len))),
+        );
+        out.extend(w.queued.iter().map(|h| (h.to_hex().to_string(), 0)));
+        Ok(out)
+    }
+
+    /// Files left in tmp/ by interrupted runs (and the open pack).
+    pub fn leftovers(&self) -> Result<usize> {
+        Ok(fsio::names(&self.dir("tmp"))?.len())
+    }
+
+    /// Every pack file under packs/: (id, path, bytes).
+    pub fn pack_files(&self) -> Result<Vec<(PackId, PathBuf, u64)>> {
         let mut out = Vec::new();
-        for sub in fs::read_dir(&top).map_err(BackupError::io(&top))? {
-            let sub = sub.map_err(BackupError::io(&top))?.path();
-            if !sub.is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(&sub).map_err(BackupError::io(&sub))? {
-                let f = f.map_err(BackupError::io(&sub))?;
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push((f.file_name().to_string_lossy().into_owned(), len));
+        let top = self.dir("packs");
+        for sub in fsio::names(&top)? {
+            for name in fsio::names(&top.join(&sub))? {
+                let p = top.join(&sub).join(&name);
+                if let Some(id) = pack::parse_pack_name(&name) {
+                    let len = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    out.push((id, p, len));
+                }
             }
         }
         Ok(out)
     }
+}
 
-    /// Size of a stored chunk (0 if missing).
-    pub fn chunk_len(&self, digest: &str) -> u64 {
-        fs::metadata(self.chunk_path(digest))
-            .map(|m| m.len())
-            .unwrap_or(0)
-    }
-
-    /// Files left in tmp/ by interrupted runs.
-    pub fn leftovers(&self) -> Result<usize> {
-        let dir = self.root.join("tmp");
-        Ok(fs::read_dir(&dir).map_err(BackupError::io(&dir))?.count())
+impl Drop for Repo {
+    fn drop(&mut self) {
+        self.pipeline.shutdown();
+        // An open pack nothing indexes is of no use to anyone.
+        if let Some(p) = locked(&self.store.state).pack.take() {
+            p.abandon();
+        }
     }
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(BackupError::io(path))?;
-    f.write_all(data).map_err(BackupError::io(path))?;
-    f.sync_all().map_err(BackupError::io(path))
+pub(super) fn loc_of(pack: PackId, e: &pack::PackEntry) -> Loc {
+    Loc {
+        pack,
+        offset: e.offset,
+        len: e.len,
+        raw_len: e.raw_len,
+    }
+}
+
+pub fn parse_id(digest: &str) -> Result<blake3::Hash> {
+    blake3::Hash::from_hex(digest)
+        .map_err(|_| BackupError::Invalid(format!("bad chunk id {digest:?}")))
+}
+
+/// Re-wrap the master key for `new` (KEK rotation; data is unchanged).
+pub fn change_key(repo: &Repo, old: &KeySource, new: &KeySource) -> Result<()> {
+    let Some(enc) = &repo.cfg.encryption else {
+        return Err(BackupError::Invalid(
+            "the repository is not encrypted".into(),
+        ));
+    };
+    let mut cfg = repo.cfg.clone();
+    cfg.encryption = Some(crypto::rewrap(enc, old, new, None)?);
+    write_config(&repo.root, &cfg)
+}
+
+fn read_config(root: &Path) -> Result<Config> {
+    let path = root.join("config");
+    let bytes = fs::read(&path).map_err(BackupError::io(&path))?;
+    let cfg: Config =
+        serde_json::from_slice(&bytes).map_err(|source| BackupError::Json { path, source })?;
+    cfg.check()?;
+    Ok(cfg)
+}
+
+/// Replace `config` atomically (key changes).
+pub(super) fn write_config(root: &Path, cfg: &Config) -> Result<()> {
+    let json = serde_json::to_vec_pretty(cfg).map_err(|source| BackupError::Json {
+        path: root.join("config"),
+        source,
+    })?;
+    fsio::write_atomic(&root.join("config.tmp"), &root.join("config"), &json)
+}
+
+pub(super) fn init(root: &Path, c: &CreateOptions) -> Result<()> {
+    fs::create_dir_all(root).map_err(BackupError::io(root))?;
+    let mut cfg = Config::new(c.pack_bytes, c.zstd_level);
+    if let Some(src) = &c.encrypt {
+        cfg.encryption = Some(crypto::create(src, c.kdf_cost)?.0);
+    }
+    write_config(root, &cfg)
 }
 
 /// A new backup id: creation time, sortable, plus a random tail so two

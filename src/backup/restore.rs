@@ -15,6 +15,16 @@ use tokio::task::JoinSet;
 /// Returns the bytes written.
 pub fn restore_to_file(repo: &Repo, id: &str, path: &Path) -> Result<u64> {
     let m = repo.load(id)?;
+    repo.check_indexed(&m)?;
+    let r = write_image(repo, &m, path);
+    if r.is_err() {
+        // Never leave a partial image that could pass for the backup.
+        let _ = std::fs::remove_file(path);
+    }
+    r
+}
+
+fn write_image(repo: &Repo, m: &Manifest, path: &Path) -> Result<u64> {
     let f = OpenOptions::new()
         .create(true)
         .write(true)
@@ -26,7 +36,7 @@ pub fn restore_to_file(repo: &Repo, id: &str, path: &Path) -> Result<u64> {
     let mut written = 0u64;
     for (i, e) in m.extents.iter().enumerate() {
         let ExtentRef::Blake3(h) = e else { continue };
-        let data = chunk_for(repo, &m, i as u64, h)?;
+        let data = chunk_for(repo, m, i as u64, h)?;
         let off = m.extents_offset(i as u64);
         f.write_all_at(&data, off).map_err(BackupError::io(path))?;
         written += data.len() as u64;
@@ -63,6 +73,7 @@ pub async fn restore_to_lun(
     parallel: usize,
 ) -> Result<u64> {
     let m = Arc::new(repo.load(id)?);
+    repo.check_indexed(&m)?;
     let s = Arc::new(Initiator::connect(connect).await?);
     let _ = s.test_unit_ready(lun).await;
     let (blocks, bs) = s.read_capacity16(lun).await?;

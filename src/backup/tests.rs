@@ -2,7 +2,24 @@
 
 use super::manifest::{ExtentRef, LunId, MANIFEST_VERSION, Manifest, Stats};
 use super::repo::Repo;
-use super::{restore_to_file, verify};
+use super::{VerifyOptions, restore_to_file, verify, verify_with};
+
+fn read_all_data(repo: &Repo) -> super::VerifyReport {
+    let o = VerifyOptions {
+        read_data: true,
+        subset: None,
+    };
+    verify_with(repo, &o).unwrap()
+}
+
+/// The pack file and offset holding a chunk.
+fn chunk_place(repo: &Repo, h: &str) -> (std::path::PathBuf, u64) {
+    let l = repo.chunk_loc(&super::repo::parse_id(h).unwrap()).unwrap();
+    (
+        super::pack::pack_path(&repo.root().join("packs"), &l.pack),
+        l.offset,
+    )
+}
 
 fn lun(uuid: &str) -> LunId {
     LunId {
@@ -40,6 +57,7 @@ fn zero_extents_take_no_chunk_and_chunks_dedupe() {
     let b = repo.put_extent(&extent(7, 1)).unwrap();
     assert_eq!(a, b);
     assert_eq!(repo.chunk_files().unwrap().len(), 1);
+    repo.flush().unwrap();
     let ExtentRef::Blake3(h) = a else { panic!() };
     assert_eq!(repo.get_chunk(&h).unwrap(), extent(7, 0));
 }
@@ -49,26 +67,22 @@ fn a_backup_appears_only_when_committed() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::open(dir.path()).unwrap();
     let e = repo.put_extent(&extent(1, 0)).unwrap();
-    // Chunks stored, nothing committed: no backup, verify is clean but
-    // counts the orphan.
+    // Chunks stored, nothing committed: no backup, verify is clean.
     assert!(repo.list().unwrap().is_empty());
     let r = verify(&repo).unwrap();
     assert!(r.ok(), "{:?}", r.problems);
-    assert_eq!(r.orphan_chunks, 1);
-    // A half-written staging directory (crash before the rename) is not
-    // a backup either.
-    std::fs::create_dir_all(dir.path().join("tmp/backup-crashed")).unwrap();
-    std::fs::write(
-        dir.path().join("tmp/backup-crashed/manifest.json"),
-        b"{\"ver",
-    )
-    .unwrap();
+    // Indexed but unreferenced (a crash between index and manifest).
+    repo.flush().unwrap();
+    assert_eq!(verify(&repo).unwrap().orphan_chunks, 1);
+    // A half-written manifest in tmp/ (crash before the rename) is not a
+    // backup either.
+    std::fs::write(dir.path().join("tmp/manifest-crashed"), b"GTM2{\"ver").unwrap();
     assert!(repo.list().unwrap().is_empty());
     let m = manifest("b1", None, 3, vec![e, ExtentRef::Zero, ExtentRef::Zero]);
     repo.commit(&m).unwrap();
     assert_eq!(repo.list().unwrap(), vec![m.clone()]);
     assert!(repo.commit(&m).is_err(), "ids are never reused");
-    let r = verify(&repo).unwrap();
+    let r = read_all_data(&repo);
     assert!(r.ok(), "{:?}", r.problems);
     assert_eq!((r.backups, r.chunks_checked, r.orphan_chunks), (1, 1, 0));
     assert_eq!(r.temp_files, 1);
@@ -132,14 +146,27 @@ fn verify_detects_a_corrupt_or_missing_chunk() {
     let (ExtentRef::Blake3(ha), ExtentRef::Blake3(hb)) = (a, b) else {
         panic!()
     };
-    let mut bytes = std::fs::read(repo.chunk_path(&ha)).unwrap();
-    bytes[100] ^= 1;
-    std::fs::write(repo.chunk_path(&ha), bytes).unwrap();
-    std::fs::remove_file(repo.chunk_path(&hb)).unwrap();
+    // Flip a byte inside chunk a (the quick verify does not read data).
+    let (pack, off) = chunk_place(&repo, &ha);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[off as usize + 3] ^= 1;
+    std::fs::write(&pack, bytes).unwrap();
+    assert!(verify(&repo).unwrap().ok());
+    let r = read_all_data(&repo);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(
+        r.problems[0].contains(&ha) && r.problems[0].contains("b1"),
+        "{:?}",
+        r.problems
+    );
+    assert_eq!(r.damaged_backups, vec!["b1".to_string()]);
+    assert!(restore_to_file(&repo, "b1", &dir.path().join("img")).is_err());
+    // Both chunks share one pack: removing it is found quickly.
+    assert_eq!(chunk_place(&repo, &hb).0, pack);
+    std::fs::remove_file(&pack).unwrap();
     let r = verify(&repo).unwrap();
-    assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
-    assert!(r.problems.iter().any(|p| p.contains("corrupt")));
-    assert!(r.problems.iter().any(|p| p.contains(&hb)));
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!(r.damaged_backups, vec!["b1".to_string()]);
     assert!(restore_to_file(&repo, "b1", &dir.path().join("img")).is_err());
 }
 
@@ -149,7 +176,7 @@ fn a_damaged_manifest_is_a_problem_not_a_backup() {
     let repo = Repo::open(dir.path()).unwrap();
     repo.commit(&manifest("b1", None, 3, vec![ExtentRef::Zero; 3]))
         .unwrap();
-    std::fs::write(dir.path().join("backups/b1/manifest.json"), b"{}").unwrap();
+    std::fs::write(dir.path().join("manifests/b1"), b"{}").unwrap();
     assert!(repo.list().unwrap().is_empty());
     let r = verify(&repo).unwrap();
     assert_eq!(r.problems.len(), 1);

@@ -1,12 +1,12 @@
-//! `gentgt backup | restore | verify | backups`: the backup appliance
+//! `gentgt backup | restore`: the backup appliance
 //! (`gentgt::backup`) from the command line.
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
-use gentgt::backup::{self, BackupOptions, MethodChoice, Repo};
+use gentgt::backup::lock::LockMode;
+use gentgt::backup::{self, BackupOptions, MethodChoice};
 use gentgt::initiator::ConnectOptions;
 use gentgt::scsi::lun::DEFAULT_CBT_INITIATOR;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,9 +19,12 @@ pub struct BackupArgs {
     target: String,
     #[arg(long, value_name = "N", default_value_t = 0)]
     lun: u64,
-    /// Repository directory (created if missing).
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
+    /// Repository (created with defaults if missing; see `gentgt init`).
+    #[command(flatten)]
+    access: super::repo::RepoAccess,
+    /// zstd level for the chunks of this run (default: the repository's).
+    #[arg(long, value_name = "N")]
+    compression_level: Option<i32>,
     /// Initiator name (must be in the LUN's cbt_initiators).
     #[arg(long, value_name = "NAME", default_value = DEFAULT_CBT_INITIATOR)]
     initiator: String,
@@ -64,8 +67,8 @@ enum MethodArg {
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
+    #[command(flatten)]
+    access: super::repo::RepoAccess,
     #[arg(long, value_name = "ID")]
     backup: String,
     /// Restore to a (sparse) image file.
@@ -82,20 +85,17 @@ pub struct RestoreArgs {
     initiator: String,
 }
 
-#[derive(Args)]
-pub struct RepoArgs {
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
-    #[arg(long)]
-    json: bool,
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
 pub fn run_backup(a: BackupArgs) -> Result<()> {
-    let repo = Arc::new(Repo::open(&a.repo)?);
+    let create = Some(backup::CreateOptions::default());
+    let repo =
+        Arc::new(
+            a.access
+                .open_with(LockMode::Exclusive, "backup", create, a.compression_level)?,
+        );
     let mut opts = BackupOptions::new(
         ConnectOptions::new(a.portal, &a.initiator, Some(&a.target)),
         a.lun,
@@ -150,7 +150,7 @@ pub fn run_backup(a: BackupArgs) -> Result<()> {
 }
 
 pub fn run_restore(a: RestoreArgs) -> Result<()> {
-    let repo = Arc::new(Repo::open_existing(&a.repo)?);
+    let repo = Arc::new(a.access.open(LockMode::Shared, "restore")?);
     let written = match (&a.to_file, a.portal, &a.target) {
         (Some(path), None, _) => backup::restore_to_file(&repo, &a.backup, path)?,
         (None, Some(portal), Some(target)) => {
@@ -163,98 +163,5 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         "restored backup {}: {written} bytes of data written",
         a.backup
     );
-    Ok(())
-}
-
-pub fn run_verify(a: RepoArgs) -> Result<()> {
-    let repo = Repo::open_existing(&a.repo)?;
-    let r = backup::verify(&repo)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        for p in &r.problems {
-            println!("PROBLEM: {p}");
-        }
-        println!(
-            "{} backups, {} chunks re-hashed ({} bytes), {} orphan chunks, {} temp files: {}",
-            r.backups,
-            r.chunks_checked,
-            r.bytes_hashed,
-            r.orphan_chunks,
-            r.temp_files,
-            if r.ok() { "OK" } else { "PROBLEMS FOUND" }
-        );
-    }
-    if !r.ok() {
-        bail!("{} problems in {}", r.problems.len(), a.repo.display());
-    }
-    Ok(())
-}
-
-#[derive(serde::Serialize)]
-struct Listed {
-    id: String,
-    parent: Option<String>,
-    created_ms: u64,
-    lock_generation: u64,
-    method: backup::Method,
-    logical_bytes: u64,
-    /// Bytes of chunks this backup added over its parent.
-    stored_bytes: u64,
-    full: bool,
-}
-
-pub fn run_list(a: RepoArgs) -> Result<()> {
-    let repo = Repo::open_existing(&a.repo)?;
-    let all = repo.list()?;
-    let mut rows = Vec::new();
-    for m in &all {
-        let inherited: HashSet<_> = m
-            .parent
-            .as_ref()
-            .and_then(|p| all.iter().find(|x| &x.id == p))
-            .map(|p| p.extents.iter().collect())
-            .unwrap_or_default();
-        let mut counted = HashSet::new();
-        let stored = m
-            .extents
-            .iter()
-            .filter(|e| !inherited.contains(e) && counted.insert(*e))
-            .map(|e| match e {
-                backup::ExtentRef::Blake3(h) => repo.chunk_len(h),
-                backup::ExtentRef::Zero => 0,
-            })
-            .sum();
-        rows.push(Listed {
-            id: m.id.clone(),
-            parent: m.parent.clone(),
-            created_ms: m.created_ms,
-            lock_generation: m.lock_generation,
-            method: m.stats.method,
-            logical_bytes: m.lun.logical_bytes(),
-            stored_bytes: stored,
-            full: m.parent.is_none(),
-        });
-    }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    println!(
-        "{:<20} {:<20} {:>8} {:>6} {:>14} {:>14}  created (unix ms)",
-        "ID", "PARENT", "GEN", "METHOD", "LOGICAL", "STORED"
-    );
-    for r in rows {
-        println!(
-            "{:<20} {:<20} {:>8} {:>6} {:>14} {:>14}  {}",
-            r.id,
-            r.parent.as_deref().unwrap_or("-"),
-            r.lock_generation,
-            r.method.name(),
-            r.logical_bytes,
-            r.stored_bytes,
-            r.created_ms
-        );
-    }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod bench;
 pub mod cbt;
 pub mod reload;
+pub mod repo;
 
 use anyhow::{Context, Result};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};

@@ -1,0 +1,399 @@
+//! The backup repository's figures for issue 13.
+//!
+//! cargo bench --bench backup_repo
+//!
+//! 1. Throughput: a file LUN (random data, then 50 %-compressible data)
+//!    served by an in-process target over 127.0.0.1; a plain sequential
+//!    read (64 KiB READs, 8 in flight: what the backup does) with the same
+//!    initiator, then a full backup into a repository on the same disk, in
+//!    the same run. The stored size is compared with `zstd -1` of the raw
+//!    image (if the zstd tool is installed).
+//! 2. Storage (library only): full + 10 incrementals changing 1 % of the
+//!    extents each; stored bytes against (1 + 10 x 0.01) x full, files per
+//!    TiB; then prune --keep-last 3 and gc: unreferenced bytes left and
+//!    byte-identical restores of the kept backups.
+//!
+//! Knobs: BENCH_DIR (target/bench-backup; a real disk, not tmpfs),
+//! BENCH_SIZE_MIB (1024), BENCH_STORE_MIB (256), BENCH_SKIP_ISCSI=1,
+//! BENCH_REPO_DIR (BENCH_DIR; the repository of the throughput runs),
+//! BENCH_RANDOM_LEVEL (1: zstd level of the random-data run, 0 = off).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{INITIATOR, LunSpec, TargetOptions, TestTarget};
+use gentgt::backup::gc::{GcOptions, gc};
+use gentgt::backup::manifest::{LunId, MANIFEST_VERSION, Manifest, Stats};
+use gentgt::backup::prune::{Policy, prune};
+use gentgt::backup::{self, BackupOptions, CreateOptions, Repo, RepoOptions};
+use gentgt::initiator::{ConnectOptions, Initiator};
+use rand::{Rng, RngCore, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BS: u32 = 512;
+const EXTENT: usize = 64 << 10;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mib(b: f64) -> f64 {
+    b / 1048576.0
+}
+
+/// 64 KiB of data: random, or half random / half zeros per 4 KiB.
+fn fill(rng: &mut rand::rngs::StdRng, buf: &mut [u8], compressible: bool) {
+    rng.fill_bytes(buf);
+    if compressible {
+        for block in buf.chunks_mut(4096) {
+            block[2048..].fill(0);
+        }
+    }
+}
+
+fn make_image(path: &Path, bytes: u64, compressible: bool) {
+    use std::io::Write;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..bytes >> 20 {
+        fill(&mut rng, &mut buf, compressible);
+        f.write_all(&buf).unwrap();
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
+fn dir_bytes(dir: &Path) -> (u64, usize) {
+    let (mut b, mut n) = (0, 0);
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            let (b2, n2) = dir_bytes(&p);
+            b += b2;
+            n += n2;
+        } else {
+            b += std::fs::metadata(&p).unwrap().len();
+            n += 1;
+        }
+    }
+    (b, n)
+}
+
+fn zstd1_size(path: &Path) -> Option<u64> {
+    let out = std::process::Command::new("zstd")
+        .args(["-1", "-c", "-T1"])
+        .arg(path)
+        .output()
+        .ok()?;
+    out.status.success().then_some(out.stdout.len() as u64)
+}
+
+async fn seq_read(t: &TestTarget, bytes: u64) -> f64 {
+    let s = Arc::new(
+        Initiator::connect(&ConnectOptions::new(t.addr, INITIATOR, Some(&t.name)))
+            .await
+            .unwrap(),
+    );
+    let _ = s.test_unit_ready(0).await;
+    let blocks = (EXTENT / BS as usize) as u32;
+    let n = bytes / EXTENT as u64;
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        while set.len() >= 8 {
+            set.join_next().await.unwrap().unwrap();
+        }
+        let s = s.clone();
+        set.spawn(async move {
+            s.read16(0, i * u64::from(blocks), blocks, BS)
+                .await
+                .unwrap()
+                .len()
+        });
+    }
+    while set.join_next().await.is_some() {}
+    bytes as f64 / t0.elapsed().as_secs_f64()
+}
+
+async fn throughput(dir: &Path, size: u64, compressible: bool, level: i32) {
+    let img = dir.join(if compressible {
+        "lun-half.img"
+    } else {
+        "lun-random.img"
+    });
+    if std::fs::metadata(&img).map(|m| m.len()).ok() != Some(size) {
+        make_image(&img, size, compressible);
+    }
+    let t = TestTarget::start(
+        &[LunSpec::File {
+            path: &img,
+            size,
+            block_size: BS,
+        }],
+        TargetOptions {
+            cbt_extent_blocks: Some((EXTENT / BS as usize) as u32),
+            ..Default::default()
+        },
+    );
+    // The repository may live elsewhere (BENCH_REPO_DIR, e.g. /dev/shm to
+    // see what the disk's write bandwidth costs).
+    let repo_dir = std::env::var("BENCH_REPO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(dir.to_path_buf());
+    let root = repo_dir.join(format!("gentgt-bench-repo-{compressible}-{level}"));
+    let _ = std::fs::remove_dir_all(&root);
+    let create = CreateOptions {
+        zstd_level: level,
+        ..Default::default()
+    };
+    let o = RepoOptions {
+        lock: Some(backup::lock::LockMode::Exclusive),
+        command: "bench".into(),
+        create: Some(create),
+        ..Default::default()
+    };
+    let repo = Arc::new(Repo::open_with(&root, &o).unwrap());
+    let seq = seq_read(&t, size).await;
+    let mut opts = BackupOptions::new(ConnectOptions::new(t.addr, INITIATOR, Some(&t.name)), 0);
+    opts.connect.timeout = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let s = backup::backup(repo.clone(), &opts).await.unwrap();
+    let wall = size as f64 / t0.elapsed().as_secs_f64();
+    let seq2 = seq_read(&t, size).await;
+    let (stored, files) = dir_bytes(&root);
+    let z = if compressible { zstd1_size(&img) } else { None };
+    println!(
+        "{} data, zstd level {level}: plain read {:.0} / {:.0} MiB/s (before/after), backup {:.0} MiB/s (wall {:.0}) = {:.0} % of the mean read; stored {:.1} MiB in {files} files{}",
+        if compressible {
+            "50%-compressible"
+        } else {
+            "random"
+        },
+        mib(seq),
+        mib(seq2),
+        mib(s.throughput_bytes_per_s),
+        mib(wall),
+        100.0 * wall / ((seq + seq2) / 2.0),
+        mib(stored as f64),
+        z.map(|z| format!(
+            ", zstd -1: {:.1} MiB ({:+.1} %)",
+            mib(z as f64),
+            100.0 * (stored as f64 / z as f64 - 1.0)
+        ))
+        .unwrap_or_default(),
+    );
+    drop(repo);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn lun(extents: u64) -> LunId {
+    LunId {
+        naa: "60000000000000000000000000000001".into(),
+        uuid: "bench".into(),
+        capacity_blocks: extents * (EXTENT as u64 / u64::from(BS)),
+        block_size: BS,
+        extent_blocks: (EXTENT / BS as usize) as u32,
+    }
+}
+
+fn commit(repo: &Repo, g: u64, extents: Vec<backup::ExtentRef>, n: u64) -> String {
+    let id = format!("b{g:02}");
+    let m = Manifest {
+        version: MANIFEST_VERSION,
+        id: id.clone(),
+        parent: (g > 0).then(|| format!("b{:02}", g - 1)),
+        created_ms: 1_700_000_000_000 + g,
+        lun: lun(n),
+        lock_generation: g + 1,
+        extents,
+        stats: Stats::default(),
+    };
+    repo.commit(&m).unwrap();
+    id
+}
+
+fn storage(dir: &Path, bytes: u64) {
+    let root = dir.join("repo-storage");
+    let _ = std::fs::remove_dir_all(&root);
+    let repo = Repo::open(&root).unwrap();
+    let n = bytes / EXTENT as u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut img: Vec<Vec<u8>> = (0..n)
+        .map(|_| {
+            let mut d = vec![0u8; EXTENT];
+            fill(&mut rng, &mut d, true);
+            d
+        })
+        .collect();
+    let mut refs: Vec<_> = img.iter().map(|d| repo.put_extent(d).unwrap()).collect();
+    commit(&repo, 0, refs.clone(), n);
+    let (full, full_packs) = dir_bytes(&root.join("packs"));
+    println!(
+        "full backup of {} MiB of unique data: {full_packs} pack files = {:.0} per TiB of unique data (bar 100,000), plus 2 files per backup",
+        bytes >> 20,
+        full_packs as f64 * (1u64 << 40) as f64 / bytes as f64
+    );
+    let mut kept: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    for g in 1..=10 {
+        for _ in 0..n / 100 {
+            let i = rng.gen_range(0..n as usize);
+            fill(&mut rng, &mut img[i], true);
+            refs[i] = repo.put_extent(&img[i]).unwrap();
+        }
+        let id = commit(&repo, g, refs.clone(), n);
+        if g >= 8 {
+            kept.push((id, img.clone()));
+        }
+    }
+    let (total, files) = dir_bytes(&root);
+    let bar = 1.1 * full as f64 * 1.05;
+    println!(
+        "full + 10 incrementals of 1 % ({} MiB LUN, 50%-compressible): full stored {:.1} MiB, all {:.1} MiB = {:.3} x full (bar {:.3} x); {files} files",
+        bytes >> 20,
+        mib(full as f64),
+        mib(total as f64),
+        total as f64 / full as f64,
+        bar / full as f64,
+    );
+    let p = prune(
+        &repo,
+        &Policy {
+            keep_last: 3,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let r = gc(
+        &repo,
+        &GcOptions {
+            grace_secs: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    println!(
+        "prune removed {}, gc in {:.2} s: {:.1} -> {:.1} MiB, {} packs repacked, {} deleted; unreferenced left {:.2} % (bar 5 %)",
+        p.removed,
+        t0.elapsed().as_secs_f64(),
+        mib(r.bytes_before as f64),
+        mib(r.bytes_after as f64),
+        r.packs_repacked,
+        r.packs_deleted,
+        100.0 * r.unreferenced_bytes_after as f64 / r.bytes_after.max(1) as f64,
+    );
+    let out = dir.join("restored.img");
+    for (id, want) in &kept {
+        backup::restore_to_file(&repo, id, &out).unwrap();
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got == want.concat(),
+            "backup {id} does not restore byte-identical"
+        );
+    }
+    println!(
+        "kept backups {:?} restore byte-identical",
+        kept.iter().map(|k| &k.0).collect::<Vec<_>>()
+    );
+    drop(repo);
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&out);
+}
+
+/// put_extent alone (no iSCSI), from `threads` threads: what the
+/// repository can take in.
+fn put_only(dir: &Path, bytes: u64, threads: usize, level: i32) {
+    let root = dir.join("repo-put");
+    let _ = std::fs::remove_dir_all(&root);
+    let create = CreateOptions {
+        zstd_level: level,
+        ..Default::default()
+    };
+    let o = RepoOptions {
+        create: Some(create),
+        ..Default::default()
+    };
+    let repo = Arc::new(Repo::open_with(&root, &o).unwrap());
+    let per = bytes / EXTENT as u64 / threads as u64;
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..threads as u64)
+        .map(|t| {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                let mut d = vec![0u8; EXTENT];
+                for _ in 0..per {
+                    fill(&mut rng, &mut d, level != 0);
+                    repo.put_extent(&d).unwrap();
+                }
+            })
+        })
+        .collect();
+    hs.into_iter().for_each(|h| h.join().unwrap());
+    repo.flush().unwrap();
+    let rate = (per * threads as u64 * EXTENT as u64) as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "put_extent only, {threads} threads, zstd {level}: {:.0} MiB/s (data generation included)",
+        mib(rate)
+    );
+    drop(repo);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn main() {
+    let dir = std::env::var("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("target/bench-backup"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let size = env("BENCH_SIZE_MIB", 1024) << 20;
+    if let Ok(d) = std::env::var("BENCH_PUT_ONLY") {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut buf = vec![0u8; EXTENT];
+        let n = size / EXTENT as u64;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            fill(&mut rng, &mut buf, false);
+        }
+        let gen_s = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(blake3::hash(&buf));
+        }
+        let h = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(zstd::bulk::compress(&buf, 1).unwrap());
+        }
+        let z = t0.elapsed().as_secs_f64();
+        println!(
+            "one core: data generation {:.0} MiB/s, blake3 {:.0} MiB/s, zstd -1 of random {:.0} MiB/s",
+            mib(size as f64 / gen_s),
+            mib(size as f64 / h),
+            mib(size as f64 / z)
+        );
+        for (t, l) in [(1, 0), (1, 1), (2, 0), (2, 1)] {
+            put_only(Path::new(&d), size, t, l);
+        }
+        return;
+    }
+    if env("BENCH_SKIP_ISCSI", 0) == 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(throughput(
+            &dir,
+            size,
+            false,
+            env("BENCH_RANDOM_LEVEL", 1) as i32,
+        ));
+        rt.block_on(throughput(&dir, size, true, 1));
+    }
+    storage(&dir, env("BENCH_STORE_MIB", 256) << 20);
+}
