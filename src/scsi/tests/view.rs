@@ -429,3 +429,31 @@ fn extended_copy_cannot_reach_a_view_lun_the_sender_does_not_see() {
     });
     assert_eq!(codes(&r), Some((key::COPY_ABORTED, 0x0d, 0x02)));
 }
+
+/// The view belongs to the I_T nexus (initiator port = name + ISID), not
+/// the session: the same port after a reconnect gets the same view; the
+/// same initiator with another ISID is another nexus.
+#[test]
+fn the_view_belongs_to_the_i_t_nexus() {
+    let (h, t, _) = harness(u64::MAX);
+    let (token, g) = open(&h);
+    let as_nexus = |id: u64, isid: &str| {
+        let mut nx = nexus(1);
+        nx.id = id;
+        nx.initiator_port = format!("{},i,{isid}", nx.initiator_name);
+        let cdb = view_cdb(6, 0, 0);
+        h.srv.execute(&ScsiCommand {
+            lun: 0,
+            cdb: &cdb,
+            data_out: &[],
+            expected_len: 32,
+            nexus: &nx,
+        })
+    };
+    let again = as_nexus(99, "0x1"); // nexus(1)'s port, a new session
+    assert_eq!(again.status, status::GOOD);
+    assert_eq!(grant(&again).0, token);
+    let other = as_nexus(98, "0x2");
+    assert_eq!(other.status, status::RESERVATION_CONFLICT);
+    assert_eq!(t.open_generation(), g + 1, "neither closed a generation");
+}

@@ -63,6 +63,17 @@ fn failure(e: ViewError) -> Result<ScsiResult, Sense> {
     }
 }
 
+/// The I_T nexus as SAM names it: initiator port (name + ISID) and target
+/// port. Not the session: an appliance that reconnects with the same ISID
+/// (session reinstatement) is the same nexus and gets its view back.
+fn nexus_key(n: &crate::scsi::Nexus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    n.initiator_port.to_ascii_lowercase().hash(&mut h);
+    n.relative_port.hash(&mut h);
+    h.finish()
+}
+
 /// 06h OPEN VIEW: bytes 2-5 LEASE ms, 6-9 DRAIN TIMEOUT ms.
 pub fn open(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     check_reserved(cmd.cdb, 10)?;
@@ -73,7 +84,7 @@ pub fn open(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         n => Duration::from_millis(n),
     };
     let req = OpenRequest {
-        owner: ctx.nexus.id,
+        owner: nexus_key(ctx.nexus),
         lease,
         drain,
         limit: settings.space,
