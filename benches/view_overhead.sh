@@ -14,8 +14,8 @@
 #                written once with it open), so writes copy nothing
 #   none_after   no view again, after the release (a second baseline: how
 #                far the shared machine drifted during the run)
-# The LUN is filled with non-zero data first, so a first touch copies 64 KiB
-# (an extent of zeros would stay a hole). Prints per-run figures, then the
+# The LUN is filled with non-zero data first, so a first touch copies a 4 KiB
+# piece (a piece of zeros would stay a hole). Prints per-run figures, then the
 # medians and the ratios against no view.
 #
 # Environment knobs (defaults in brackets):
