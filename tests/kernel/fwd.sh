@@ -1,0 +1,8 @@
+#!/bin/sh
+# QEMU runs this (guestfwd=…-cmd:) for each guest connection to a portal,
+# with the connection on stdin/stdout: relay it to gentgt's 127.0.0.1 port.
+# While the portal is blocked (the file BLOCK exists, run-scenario.sh's
+# portal_block) the connection is dropped at once, as a dead path would be.
+# fwd.sh PORT BLOCK
+[ -e "$2" ] && exit 0
+exec socat - "TCP:127.0.0.1:$1"
