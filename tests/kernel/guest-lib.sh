@@ -98,15 +98,18 @@ iscsi_login_more() { # N [settings]
 
 # The sd disks of the logged-in sessions, one per line (waits for them).
 session_disks() { # COUNT
-    local n d
+    local n d x ready
     for ((n = 0; n < 100; n++)); do
         d=$(iscsiadm -m session -P3 2>/dev/null | awk '/Attached scsi disk/ {print $4}')
         if (($(echo "$d" | grep -c .) >= $1)); then
+            ready=1
             for x in $d; do
-                [[ -b /dev/$x ]] || continue 2
+                [[ -b /dev/$x ]] || ready=0
             done
-            echo "$d"
-            return 0
+            if ((ready)); then
+                echo "$d"
+                return 0
+            fi
         fi
         sleep 0.2
     done
@@ -140,13 +143,12 @@ fio_run() { # WHAT DEV SIZE [fio args]: fails the scenario on any error
         echo "$out" | tail -n 20
         fail "fio $what on $dev exited $rc"
     fi
-    # terse v3: field 5 is the job's error; 7/48 read/write KiB.
-    local err rkb wkb
+    # terse v3: field 5 is the job's error, 6 the KiB read.
+    local err rkb
     err=$(echo "$out" | awk -F';' '$1 == 3 {print $5}' | tail -n 1)
     rkb=$(echo "$out" | awk -F';' '$1 == 3 {print $6}' | tail -n 1)
-    wkb=$(echo "$out" | awk -F';' '$1 == 3 {print $47}' | tail -n 1)
     [[ $err == 0 ]] || fail "fio $what on $dev: error $err"
-    say "fio $what on $dev ok: read ${rkb} KiB, written ${wkb} KiB in $((SECONDS - t)) s"
+    say "fio $what on $dev $size ok (read back ${rkb} KiB) in $((SECONDS - t)) s"
 }
 fio_write_verify() { fio_run "write+verify" "$@"; }
 fio_write_only() { fio_run "write" "$@" --do_verify=0; }

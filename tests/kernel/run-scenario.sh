@@ -183,6 +183,16 @@ target_start() {
 target_stop() { # SIGNAL
     [[ -n ${TARGET_PID:-} ]] || return 0
     kill "-$1" "$TARGET_PID" 2>/dev/null || true
+    # An orderly stop that hangs would hang the scenario: 15 s, then KILL.
+    local n
+    for ((n = 0; n < 150; n++)); do
+        kill -0 "$TARGET_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$TARGET_PID" 2>/dev/null; then
+        log "gentgt still running 15 s after SIG$1: KILL"
+        kill -KILL "$TARGET_PID" 2>/dev/null || true
+    fi
     wait "$TARGET_PID" 2>/dev/null || true
     TARGET_PID=
 }
@@ -228,7 +238,7 @@ cleanup() {
         sleep 0.5
         kill -9 "$QEMU_PID" 2>/dev/null
     fi
-    target_stop KILL
+    target_stop TERM
     if [[ -n ${RUN:-} && -d $RUN ]]; then
         if [[ ${KEEP_RUN:-0} == 1 ]]; then
             log "run directory kept: $RUN"

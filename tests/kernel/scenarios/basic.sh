@@ -23,7 +23,7 @@ guest_run() {
     umount /tmp/mnt
     fsck.ext4 -f -n "$dev" >/dev/null
     say "fsck clean"
-    blkdiscard -o 0 -l 16777216 "$dev"
+    blkdiscard -f -o 0 -l 16777216 "$dev"
     say "blkdiscard of 16 MiB done"
     iscsiadm -m node -T "$IQN" --logout >/dev/null
 }

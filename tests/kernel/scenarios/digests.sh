@@ -12,7 +12,7 @@ guest_run() {
     expect_negotiated "HeaderDigest: CRC32C" "DataDigest: CRC32C"
     local dev
     dev=/dev/$(session_disks 1)
-    fio_write_verify "$dev" 64M
-    fio_verify_only "$dev" 64M
+    fio_write_verify "$dev" 48M
+    fio_verify_only "$dev" 48M
     iscsiadm -m node -T "$IQN" --logout >/dev/null
 }

@@ -64,7 +64,7 @@ CONF
     dev=/dev/mapper/$map
     [[ -b $dev ]] || dev=/dev/$(multipathd show maps raw format "%d" | head -n 1)
     say "map $map: $dev"
-    fio_write_verify "$dev" "${MP_FIO_SIZE:-160M}" &
+    fio_write_verify "$dev" "${MP_FIO_SIZE:-128M}" &
     pid=$!
     sleep 4
     local p
@@ -77,5 +77,5 @@ CONF
     done
     kill -0 "$pid" 2>/dev/null || say "note: fio ended before the last reinstatement"
     wait "$pid"
-    fio_verify_only "$dev" "${MP_FIO_SIZE:-160M}"
+    fio_verify_only "$dev" "${MP_FIO_SIZE:-128M}"
 }

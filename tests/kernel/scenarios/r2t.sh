@@ -16,7 +16,7 @@ guest_run() {
         "FirstBurstLength: 4096" "MaxBurstLength: 8192"
     local dev
     dev=/dev/$(session_disks 1)
-    fio_write_verify "$dev" 48M
-    fio_verify_only "$dev" 48M
+    fio_write_verify "$dev" 32M
+    fio_verify_only "$dev" 32M
     iscsiadm -m node -T "$IQN" --logout >/dev/null
 }
