@@ -101,7 +101,7 @@ session_disks() { # COUNT
     local n d x ready
     for ((n = 0; n < 100; n++)); do
         d=$(iscsiadm -m session -P3 2>/dev/null | awk '/Attached scsi disk/ {print $4}')
-        if (($(echo "$d" | grep -c .) >= $1)); then
+        if (($(echo $d | wc -w) >= $1)); then
             ready=1
             for x in $d; do
                 [[ -b /dev/$x ]] || ready=0
