@@ -10,4 +10,7 @@
 # guest, whose initiator would read them as a PDU. They go to BLOCK.log.
 exec 2>>"$2.log"
 [ -e "$2" ] && exit 0
+# QEMU's spawn detaches us (we are not its children): record the pid, which
+# socat keeps, for portal_block and cleanup.
+echo $$ >>"$2.pids"
 exec socat - "TCP:127.0.0.1:$1"

@@ -19,7 +19,7 @@
 # - Its only network is QEMU user networking with restrict=on: the one way
 #   out is a guestfwd per portal (10.0.2.100, 10.0.2.101, … port 3260),
 #   each guest connection running tests/kernel/fwd.sh → socat to gentgt's
-#   127.0.0.1 port.
+#   127.0.0.1 port (fwd.sh records its pid in RUN/block.N.pids).
 # - Guest → host requests ("@@HOST action seq" on the console, e.g. restart
 #   the target, block a portal, corrupt the LUN file) are run by the
 #   scenario's host_action; the answer is a file in the run directory,
@@ -207,10 +207,16 @@ target_restart() { # SIGNAL [DOWNTIME_S]
 portal_block() { # N (0-based)
     log "portal $1 (port ${PORTS[$1]}) blocked"
     touch "$RUN/block.$1"
+    kill_forwarders "$RUN/block.$1.pids"
+}
+# The socat relays fwd.sh started (their pids in PIDFILE).
+kill_forwarders() { # PIDFILE
+    [[ -f $1 ]] || return 0
     local p
-    for p in $(pgrep -P "$QEMU_PID" -f "TCP:127.0.0.1:${PORTS[$1]}\$" || true); do
+    for p in $(cat "$1"); do
         kill "$p" 2>/dev/null || true
     done
+    rm -f "$1"
 }
 portal_unblock() {
     log "portal $1 unblocked"
@@ -232,12 +238,13 @@ cleanup() {
     set +e
     [[ -n ${TAIL_PID:-} ]] && kill "$TAIL_PID" 2>/dev/null
     if [[ -n ${QEMU_PID:-} ]] && kill -0 "$QEMU_PID" 2>/dev/null; then
-        # Its socat children first (they belong to this run only).
-        for p in $(pgrep -P "$QEMU_PID" || true); do kill "$p" 2>/dev/null; done
         kill "$QEMU_PID" 2>/dev/null
         sleep 0.5
         kill -9 "$QEMU_PID" 2>/dev/null
     fi
+    # The relays (fwd.sh → socat) of this run; they end with QEMU's
+    # sockets anyway.
+    for f in "$RUN"/block.*.pids; do kill_forwarders "$f"; done
     target_stop TERM
     if [[ -n ${RUN:-} && -d $RUN ]]; then
         if [[ ${KEEP_RUN:-0} == 1 ]]; then
