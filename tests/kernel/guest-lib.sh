@@ -55,7 +55,8 @@ guest_setup() {
     ip addr add 10.0.2.15/24 dev "$nic"
     echo "InitiatorName=iqn.2026-11.dev.gentgt:guest-$SCENARIO" >/etc/iscsi/initiatorname.iscsi
     mkdir -p /run/lock/iscsi
-    iscsid
+    # In the foreground, its log in the run directory (there is no syslog).
+    iscsid -f -d "${ISCSID_DEBUG:-1}" >/run/xchg/iscsid.log 2>&1 &
     for ((m = 0; m < 50; m++)); do
         # 21: no sessions (iscsid answers); anything else: not up yet.
         iscsiadm -m session >/dev/null 2>&1 && break
