@@ -122,5 +122,8 @@ fn kernel_initiator_scenarios() {
         report.join(", "),
         total.elapsed().as_secs()
     );
-    assert!(wrong.is_empty(), "kernel scenarios not as expected: {wrong:#?}");
+    assert!(
+        wrong.is_empty(),
+        "kernel scenarios not as expected: {wrong:#?}"
+    );
 }
