@@ -65,7 +65,9 @@ CONF
     dev=/dev/mapper/$map
     [[ -b $dev ]] || dev=/dev/$(multipathd show maps raw format "%d" | head -n 1)
     say "map $map: $dev"
-    fio_write_verify "$dev" "${MP_FIO_SIZE:-96M}" &
+    # Writes capped at 2 MB/s: at least 48 s of them however fast the
+    # machine is, enough for both path failures and reinstatements.
+    fio_write_verify "$dev" 96M --rate=,2m &
     pid=$!
     sleep 4
     local p
