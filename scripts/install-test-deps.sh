@@ -31,7 +31,16 @@ apt_deps() {
     # libiscsi-bin: iscsi-test-cu, iscsi-ls, iscsi-inq. python3 runs
     # conformance/run (standard library only). tgt: the reference target our
     # own initiator is also tested against (tests/initiator_tgt.rs).
-    for p in libiscsi-bin python3 tgt; do
+    # The kernel-initiator harness (tests/kernel/, tests/kernel_initiator.rs)
+    # runs these in a QEMU guest whose root is this machine's filesystem:
+    # open-iscsi (iscsiadm, iscsid), multipath-tools (with udev), fio,
+    # e2fsprogs; and on the host socat (one per guest connection),
+    # busybox-static + cpio + kmod (the guest's tiny initramfs, depmod).
+    # qemu-system-x86 comes below, at qemu-utils' version. Debian's kernel
+    # (linux-image-amd64) is not installed: tests/kernel/run-scenario.sh
+    # downloads and unpacks it under target/kernel-guest/.
+    for p in libiscsi-bin python3 tgt open-iscsi multipath-tools udev fio e2fsprogs \
+        socat busybox-static cpio kmod; do
         installed "$p" || need+=("$p")
     done
     if ((${#need[@]})); then
@@ -62,6 +71,19 @@ apt_deps() {
         fi
         apt_update
         apt_get install -y -q --no-install-recommends "qemu-block-extra=$qv"
+    fi
+    # The kernel-initiator guest's QEMU, at the same version (qemu-utils'
+    # qemu-system-common would otherwise conflict); -t lets apt take its
+    # dependencies from backports too.
+    if ! installed qemu-system-x86 "$qv"; then
+        local suite=()
+        [[ $qv == *bpo12* ]] && suite=(-t bookworm-backports)
+        apt_update
+        apt_get install -y -q --no-install-recommends "${suite[@]}" "qemu-system-x86=$qv"
+    fi
+    # run-scenario.sh asks apt which kernel linux-image-amd64 is.
+    if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+        apt_update
     fi
 }
 
