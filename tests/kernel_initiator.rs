@@ -55,6 +55,9 @@ fn missing_tools() -> Vec<&'static str> {
 }
 
 #[test]
+#[ignore = "not gating CI yet: landed in this session (every scenario passed 3 of 3 runs on the \
+            developers' machine under TCG); .ci/run runs it after ./test.sh and reports it \
+            without failing until it has proven itself on CI's fresh machines"]
 fn kernel_initiator_scenarios() {
     let missing = missing_tools();
     if !missing.is_empty() {
