@@ -80,3 +80,35 @@ async fn immediate_bad_send_targets_answered() {
         .await
         .expect("session still serves I/O");
 }
+
+/// RFC 7143 Appendix C: SendTargets returns every address of a target, so
+/// a host that discovers through one portal finds all its paths
+/// (multipath). Both a discovery session and a normal session's
+/// full-feature SendTargets, through each portal, list both portals.
+#[tokio::test]
+async fn send_targets_lists_every_portal() {
+    let t = TestTarget::start(
+        &[LunSpec::Memory {
+            size: 1 << 20,
+            block_size: 512,
+        }],
+        TargetOptions {
+            portals: 2,
+            ..Default::default()
+        },
+    );
+    assert_eq!(t.addrs.len(), 2);
+    let want: Vec<String> = t.addrs.iter().map(|a| format!("{a},1")).collect();
+    for via in &t.addrs {
+        let mut o = ConnectOptions::new(*via, INITIATOR, None);
+        o.timeout = Duration::from_secs(20);
+        let d = Initiator::connect(&o).await.expect("discovery login");
+        let got = d.send_targets("All").await.unwrap();
+        assert_eq!(got, vec![(TARGET.to_string(), want.clone())], "via {via}");
+        o.target_name = Some(TARGET.into());
+        let s = login(&o).await;
+        let got = s.send_targets("All").await.unwrap();
+        assert_eq!(got, vec![(TARGET.to_string(), want.clone())], "via {via}");
+        s.logout().await.unwrap();
+    }
+}

@@ -43,10 +43,14 @@ pub struct TargetOptions {
     pub cbt_extent_blocks: Option<u32>,
     /// Serve the admin endpoint (metrics) on 127.0.0.1:0 too.
     pub admin: bool,
+    /// Listen on this many 127.0.0.1:0 portals (0 means one).
+    pub portals: usize,
 }
 
 pub struct TestTarget {
     pub addr: SocketAddr,
+    /// Every portal bound (`addr` is the first).
+    pub addrs: Vec<SocketAddr>,
     /// The admin endpoint, with `TargetOptions::admin`.
     pub admin_addr: Option<SocketAddr>,
     pub name: String,
@@ -121,6 +125,7 @@ impl TestTarget {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let settings = opts.settings.clone().unwrap_or_default();
         let admin = opts.admin;
+        let listens = vec!["127.0.0.1:0".parse().unwrap(); opts.portals.max(1)];
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -128,7 +133,7 @@ impl TestTarget {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let server = Server::bind(registry, &["127.0.0.1:0".parse().unwrap()])
+                let server = Server::bind(registry, &listens)
                     .await
                     .unwrap()
                     .with_settings(settings);
@@ -140,7 +145,7 @@ impl TestTarget {
                     false => server,
                 };
                 addr_tx
-                    .send((server.local_addrs()[0], server.admin_addr(), server.stats()))
+                    .send((server.local_addrs(), server.admin_addr(), server.stats()))
                     .unwrap();
                 server
                     .run(async {
@@ -150,9 +155,10 @@ impl TestTarget {
                     .unwrap();
             });
         });
-        let (addr, admin_addr, stats) = addr_rx.recv().unwrap();
+        let (addrs, admin_addr, stats) = addr_rx.recv().unwrap();
         TestTarget {
-            addr,
+            addr: addrs[0],
+            addrs,
             admin_addr,
             stats,
             name: TARGET.to_string(),
