@@ -8,6 +8,7 @@ mod mode;
 mod pr;
 mod removable;
 mod sbc;
+mod short_data;
 mod spc;
 mod thin;
 mod uring;
