@@ -4,6 +4,7 @@
 mod cbt;
 mod fuzz;
 mod lock;
+mod lun_map;
 mod mode;
 mod pr;
 mod removable;
