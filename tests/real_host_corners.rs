@@ -112,3 +112,51 @@ async fn send_targets_lists_every_portal() {
         s.logout().await.unwrap();
     }
 }
+
+/// Per-initiator LUN maps over the wire: LUN 1 is mapped for INITIATOR
+/// only. The other initiator does not find it in REPORT LUNS, gets
+/// LOGICAL UNIT NOT SUPPORTED for commands, peripheral qualifier 3 from
+/// INQUIRY and "LUN does not exist" from task management (RFC 7143
+/// §11.6.1), while INITIATOR uses it normally.
+#[tokio::test]
+async fn two_initiators_see_their_own_luns() {
+    use gentgt::initiator::tmf;
+    const OTHER: &str = "iqn.2026-11.dev.gentgt:other-host";
+    let lun = LunSpec::Memory {
+        size: 1 << 20,
+        block_size: 512,
+    };
+    let lun1 = LunSpec::Memory {
+        size: 1 << 20,
+        block_size: 512,
+    };
+    let t = TestTarget::start(
+        &[lun, lun1],
+        TargetOptions {
+            lun_initiators: vec![None, Some(vec![INITIATOR.into()])],
+            ..Default::default()
+        },
+    );
+    let mine = login(&opts(&t)).await;
+    let mut o = opts(&t);
+    o.initiator_name = OTHER.into();
+    let other = login(&o).await;
+    assert_eq!(mine.report_luns().await.unwrap(), vec![0, 1]);
+    assert_eq!(other.report_luns().await.unwrap(), vec![0]);
+    let _ = mine.test_unit_ready(1).await; // power-on unit attention
+    mine.write16(1, 0, &[0x5a; 512], 512, false).await.unwrap();
+    let e = other.test_unit_ready(1).await.unwrap_err();
+    assert_eq!(e.sense_code(), Some((0x05, 0x25, 0x00)), "{e:?}");
+    let e = other.read16(1, 0, 1, 512).await.unwrap_err();
+    assert_eq!(e.sense_code(), Some((0x05, 0x25, 0x00)), "{e:?}");
+    assert_eq!(other.inquiry(1).await.unwrap()[0], 0x7f);
+    // RFC 7143 §11.6.1: response 2, "LUN does not exist".
+    let r = other
+        .task_mgmt(tmf::LOGICAL_UNIT_RESET, 1, 0)
+        .await
+        .unwrap();
+    assert_eq!(r, 2, "LUN RESET of an unmapped LUN");
+    let r = mine.task_mgmt(tmf::LOGICAL_UNIT_RESET, 1, 0).await.unwrap();
+    assert_eq!(r, 0);
+    other.test_unit_ready(0).await.unwrap();
+}

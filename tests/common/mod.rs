@@ -45,6 +45,9 @@ pub struct TargetOptions {
     pub admin: bool,
     /// Listen on this many 127.0.0.1:0 portals (0 means one).
     pub portals: usize,
+    /// Per LUN (by position), the initiators it is mapped for; a LUN past
+    /// the end, or `None`, is mapped for everyone.
+    pub lun_initiators: Vec<Option<Vec<String>>>,
 }
 
 pub struct TestTarget {
@@ -103,6 +106,7 @@ impl TestTarget {
                 lu = lu.with_tracker(Arc::new(Tracker::volatile(blocks, eb).unwrap()));
                 lu.cbt.allowed_initiators = vec![INITIATOR.to_string()];
             }
+            lu.visible_to = opts.lun_initiators.get(i).cloned().flatten();
             list.push((i as u64, Arc::new(lu)));
         }
         let mut registry = Registry {
