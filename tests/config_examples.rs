@@ -111,6 +111,10 @@ fn example_full_maps_acl_chap_and_luns() {
     let mutual = vm.chap.as_ref().unwrap().mutual.clone().unwrap();
     assert_eq!(mutual.0, "iqn.2026-11.dev.gentgt:vm-disks");
     assert_eq!(mutual.1, "initiator-secret");
+    // LUN 1 is mapped for host-a only.
+    let golden = &vm.device.luns[&1];
+    assert!(golden.visible("iqn.1993-08.org.debian:01:host-a"));
+    assert!(!golden.visible("iqn.2026-11.dev.gentgt:backup-host"));
     let scratch = reg.target("iqn.2026-11.dev.gentgt:scratch").unwrap();
     assert!(scratch.allowed_initiators.is_none() && scratch.chap.is_none());
     assert_eq!(scratch.device.luns[&7].backend.describe(), "memory");

@@ -81,8 +81,9 @@ pub(super) fn build_lun(
         }
         (None, None) => identity::derived_identity(target, lun.id),
     };
-    let unit = LogicalUnit::new(backend, lun.block_size, identity, lun.read_only)
+    let mut unit = LogicalUnit::new(backend, lun.block_size, identity, lun.read_only)
         .with_removable(lun.removable);
+    unit.visible_to = lun.initiators.clone();
     match path {
         // APTPL reservations live beside the data: "<lun path>.pr".
         Some(p) => {

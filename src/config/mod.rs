@@ -9,6 +9,8 @@ mod build;
 pub mod identity;
 #[cfg(test)]
 mod io_tests;
+#[cfg(test)]
+mod lun_map_tests;
 mod reload;
 mod schema;
 mod validate;
@@ -118,6 +120,7 @@ impl Config {
                     block_size: 512,
                     read_only: false,
                     removable: false,
+                    initiators: None,
                     tracking: None,
                     extent_size: None,
                     cbt_initiators: None,

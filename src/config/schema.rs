@@ -162,6 +162,11 @@ pub struct LunConfig {
     /// loads it, PREVENT ALLOW MEDIUM REMOVAL can lock it in.
     #[serde(default)]
     pub removable: bool,
+    /// Initiator names this LUN is mapped for (REPORT LUNS, commands,
+    /// task management); to any other it does not exist. Default: every
+    /// initiator the target admits.
+    #[serde(default)]
+    pub initiators: Option<Vec<String>>,
     /// Default: persistent for file LUNs, volatile for memory LUNs.
     #[serde(default)]
     pub tracking: Option<TrackingMode>,

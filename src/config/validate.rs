@@ -155,6 +155,16 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
         _ => {}
     }
     check_io(what, lun, f);
+    for name in lun.initiators.iter().flatten() {
+        if let Err(e) = check_iscsi_name(name) {
+            f.errors.push(format!("{what}: initiators {name:?}: {e}"));
+        }
+    }
+    if lun.initiators.as_ref().is_some_and(|v| v.is_empty()) {
+        f.warnings.push(format!(
+            "{what}: empty initiators list, no initiator sees this LUN"
+        ));
+    }
 }
 
 /// `io` and `direct` only mean something for file LUNs, and O_DIRECT
@@ -484,6 +494,8 @@ mod cbt_tests {
         assert!(e[0].contains("power-of-two"), "{e:?}");
         let e = errors(&lun("extent_size = 256", "file"));
         assert!(e[0].contains("extent_size"), "{e:?}");
+        let e = errors(&lun("initiators = [\"Bad Name\"]", "memory"));
+        assert!(e[0].contains("initiators \"Bad Name\""), "{e:?}");
         let e = errors(&lun("cbt_initiators = [\"Bad Name\"]", "file"));
         assert!(e[0].contains("cbt_initiators"), "{e:?}");
         let e = errors(&format!("max_lock_lease_ms = 0\n{}", lun("", "file")));

@@ -17,16 +17,17 @@ const MIN_SEGMENT: usize = 512;
 /// Answer `SendTargets=<request>`. `targets` lists (name, addresses) with
 /// addresses as "ip:port,tpgt". "All" lists every target; an iSCSI name
 /// lists that target (nothing if unknown); "" lists `targets` as given (the
-/// caller passes just the session's own target). Anything else is refused.
+/// caller passes just the session's own target). Anything else ("Alle")
+/// selects nothing, like an unknown name: an empty answer. Not
+/// "SendTargets=Reject": clients accept only TargetName/TargetAddress in a
+/// SendTargets answer, and libiscsi and open-iscsi drop the connection
+/// (and with it the session's I/O) over any other key.
 pub fn send_targets(request: &str, targets: &[(String, Vec<String>)]) -> TextPairs {
     let mut out = TextPairs::new();
     let selected: Vec<&(String, Vec<String>)> = match request {
         "All" | "" => targets.iter().collect(),
         name if is_iscsi_name(name) => targets.iter().filter(|(n, _)| n == name).collect(),
-        _ => {
-            out.push("SendTargets", "Reject");
-            return out;
-        }
+        _ => Vec::new(),
     };
     for (name, addrs) in selected {
         out.push("TargetName", name.clone());
@@ -187,7 +188,7 @@ mod tests {
         assert!(send_targets("iqn.2026-11.dev.gentgt:zzz", &t).is_empty());
         assert_eq!(send_targets("", &t[..1]).0.len(), 3);
         for bad in ["Alle", "A", "aLL"] {
-            assert_eq!(send_targets(bad, &t).get("SendTargets"), Some("Reject"));
+            assert!(send_targets(bad, &t).is_empty(), "{bad}");
         }
     }
 

@@ -37,7 +37,9 @@ impl DeviceServer {
     /// receives the result either way (see the module docs).
     pub fn submit(self: &Arc<Self>, cmd: OwnedCommand, done: DoneFn) {
         self.this.get_or_init(|| Arc::downgrade(self));
-        let lu = match self.luns.get(&cmd.lun) {
+        // A LUN not mapped for this initiator is not held by its lock
+        // either: the command fails at once, as for a missing LUN.
+        let lu = match self.lu_for(&cmd.nexus, cmd.lun) {
             Some(lu) if is_change(&cmd.cdb) => Arc::clone(lu),
             _ => {
                 let result = self.execute(&cmd.as_command());

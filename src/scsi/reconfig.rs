@@ -17,7 +17,7 @@ impl DeviceServer {
         from.pr.nexus_removed(nexus.id);
         from.copies.nexus_removed(nexus.id);
         self.pr.nexus_added(nexus);
-        for &lun in self.luns.keys() {
+        for lun in self.visible_luns(nexus) {
             self.ua
                 .establish(nexus.id, lun, SenseReason::ReportedLunsDataChanged);
         }

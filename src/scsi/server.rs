@@ -65,7 +65,7 @@ impl DeviceServer {
                 );
                 let mut r = ScsiResult::check_condition(sense, 0);
                 // Control mode page D_SENSE: descriptor format sense.
-                let lu = self.luns.get(&cmd.lun);
+                let lu = self.lu_for(cmd.nexus, cmd.lun);
                 if lu.is_some_and(|l| mode::descriptor_sense(l)) {
                     r.sense = Some(sense.to_descriptor());
                 }
@@ -139,9 +139,10 @@ impl DeviceServer {
     /// A new I_T nexus: it will see a power-on unit attention.
     pub fn nexus_added(&self, nexus: &Nexus) {
         self.pr.nexus_added(nexus);
+        // Only the LUNs mapped for it: the others do not exist for it.
         self.ua.add_nexus(
             nexus.id,
-            self.luns.keys().copied(),
+            self.visible_luns(nexus).into_iter(),
             SenseReason::PowerOnReset,
         );
     }

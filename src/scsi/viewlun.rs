@@ -78,7 +78,9 @@ pub fn attach(source: &mut LogicalUnit) {
     });
     let mut unit = LogicalUnit::new(backend, source.block_size, view_identity(source), true);
     unit.view_of = Some(tracker.clone());
-    unit.visible_to = Some(source.cbt.allowed_initiators.clone());
+    // The view is for the CBT initiators the source LUN is mapped for.
+    let names = source.cbt.allowed_initiators.iter();
+    unit.visible_to = Some(names.filter(|n| source.visible(n)).cloned().collect());
     source.view_unit = Some((settings.lun, Arc::new(unit)));
 }
 

@@ -33,19 +33,18 @@ impl Session {
         self.send(vec![reply]).await
     }
 
-    /// Targets with the address this connection reached us on (a portal
-    /// bound to 0.0.0.0 must not be announced as such): all of them in a
-    /// discovery session, only its own in a normal one.
+    /// Targets with every portal they are served on (RFC 7143 Appendix C:
+    /// SendTargets returns all of a target's addresses, which multipath
+    /// hosts rely on to find every path): all targets in a discovery
+    /// session, only its own in a normal one.
     fn visible_targets(&self) -> Vec<(String, Vec<String>)> {
-        let tpgt = self.shared.registry.load().portal_group_tag.max(1);
-        let portals: Vec<SocketAddr> = match self.local_addr {
-            Some(a) => vec![a],
-            None => self.shared.portals.clone(),
-        };
-        let addrs: Vec<String> = portals.iter().map(|a| format!("{a},{tpgt}")).collect();
-        self.shared
-            .registry
-            .load()
+        let registry = self.shared.registry.load();
+        let tpgt = registry.portal_group_tag.max(1);
+        let addrs: Vec<String> = announced_portals(&self.shared.portals, self.local_addr)
+            .iter()
+            .map(|a| format!("{a},{tpgt}"))
+            .collect();
+        registry
             .targets
             .keys()
             .filter(|n| {
@@ -53,5 +52,58 @@ impl Session {
             })
             .map(|n| (n.clone(), addrs.clone()))
             .collect()
+    }
+}
+
+/// The addresses to announce for the bound `portals`, as seen from a
+/// connection that reached us on `local`. A portal bound to a wildcard
+/// (0.0.0.0, [::]) must not be announced as such: it is announced with the
+/// address this connection reached (the host answers there on every
+/// port), or left out when that address is of a family it cannot serve.
+fn announced_portals(portals: &[SocketAddr], local: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for p in portals {
+        let a = match (p.ip().is_unspecified(), local) {
+            (false, _) => *p,
+            // A [::] socket is dual-stack: it serves IPv4 clients too.
+            (true, Some(l)) if p.is_ipv6() || l.is_ipv4() => SocketAddr::new(l.ip(), p.port()),
+            (true, _) => continue,
+        };
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::announced_portals;
+    use std::net::SocketAddr;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_portal_is_announced() {
+        let bound = [a("127.0.0.1:3260"), a("10.0.0.5:3261")];
+        let got = announced_portals(&bound, Some(a("127.0.0.1:3260")));
+        assert_eq!(got, bound);
+    }
+
+    #[test]
+    fn wildcard_portals_take_the_reached_address() {
+        let bound = [a("0.0.0.0:3260"), a("10.0.0.5:3261"), a("[::]:3262")];
+        let got = announced_portals(&bound, Some(a("10.0.0.5:3261")));
+        assert_eq!(
+            got,
+            [a("10.0.0.5:3260"), a("10.0.0.5:3261"), a("10.0.0.5:3262")]
+        );
+        // An IPv6 client cannot use an IPv4 wildcard portal.
+        let got = announced_portals(&bound, Some(a("[fd00::1]:3262")));
+        assert_eq!(got, [a("10.0.0.5:3261"), a("[fd00::1]:3262")]);
+        // Without the connection's address, a wildcard says nothing.
+        assert_eq!(announced_portals(&bound, None), [a("10.0.0.5:3261")]);
     }
 }

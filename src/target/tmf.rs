@@ -34,10 +34,11 @@ impl Session {
         let f = pdu.bhs.flags() & 0x7f;
         let lun = crate::scsi::lun::decode_lun(pdu.bhs.0[8..16].try_into().unwrap());
         let itt = pdu.bhs.itt();
+        // A LUN not mapped for this initiator does not exist for it.
         let lun_exists = self
             .device
             .as_ref()
-            .is_some_and(|d| d.luns.contains_key(&lun));
+            .is_some_and(|d| d.lu_for(&self.nexus, lun).is_some());
         info!(function = f, lun, initiator = %self.nexus.initiator_port, "task management");
         if let Some(d) = &self.device {
             // Commands held by a CBT write lock are finished as aborted

@@ -43,10 +43,17 @@ pub struct TargetOptions {
     pub cbt_extent_blocks: Option<u32>,
     /// Serve the admin endpoint (metrics) on 127.0.0.1:0 too.
     pub admin: bool,
+    /// Listen on this many 127.0.0.1:0 portals (0 means one).
+    pub portals: usize,
+    /// Per LUN (by position), the initiators it is mapped for; a LUN past
+    /// the end, or `None`, is mapped for everyone.
+    pub lun_initiators: Vec<Option<Vec<String>>>,
 }
 
 pub struct TestTarget {
     pub addr: SocketAddr,
+    /// Every portal bound (`addr` is the first).
+    pub addrs: Vec<SocketAddr>,
     /// The admin endpoint, with `TargetOptions::admin`.
     pub admin_addr: Option<SocketAddr>,
     pub name: String,
@@ -99,6 +106,7 @@ impl TestTarget {
                 lu = lu.with_tracker(Arc::new(Tracker::volatile(blocks, eb).unwrap()));
                 lu.cbt.allowed_initiators = vec![INITIATOR.to_string()];
             }
+            lu.visible_to = opts.lun_initiators.get(i).cloned().flatten();
             list.push((i as u64, Arc::new(lu)));
         }
         let mut registry = Registry {
@@ -117,7 +125,7 @@ impl TestTarget {
             },
         );
         let settings = opts.settings.clone().unwrap_or_default();
-        Self::serve(registry, settings, opts.admin, TARGET)
+        Self::serve(registry, settings, opts.admin, TARGET, opts.portals)
     }
 
     /// A target built from configuration TOML the way `gentgt serve` builds
@@ -133,19 +141,22 @@ impl TestTarget {
             .first()
             .map(|t| t.name.clone())
             .unwrap_or_else(|| gentgt::config::DEFAULT_TARGET.to_string());
-        Self::serve(registry, cfg.transport_settings(), admin, &name)
+        Self::serve(registry, cfg.transport_settings(), admin, &name, 1)
     }
 
-    /// Serve `registry` in-process on 127.0.0.1:0 on its own runtime thread.
+    /// Serve `registry` in-process on `portals` portals 127.0.0.1:0 on its
+    /// own runtime thread.
     pub fn serve(
         registry: Registry,
         settings: TargetSettings,
         admin: bool,
         name: &str,
+        portals: usize,
     ) -> TestTarget {
         let registry = Arc::new(registry);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let listens = vec!["127.0.0.1:0".parse().unwrap(); portals.max(1)];
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -153,7 +164,7 @@ impl TestTarget {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let server = Server::bind(registry, &["127.0.0.1:0".parse().unwrap()])
+                let server = Server::bind(registry, &listens)
                     .await
                     .unwrap()
                     .with_settings(settings);
@@ -165,7 +176,7 @@ impl TestTarget {
                     false => server,
                 };
                 addr_tx
-                    .send((server.local_addrs()[0], server.admin_addr(), server.stats()))
+                    .send((server.local_addrs(), server.admin_addr(), server.stats()))
                     .unwrap();
                 server
                     .run(async {
@@ -175,9 +186,10 @@ impl TestTarget {
                     .unwrap();
             });
         });
-        let (addr, admin_addr, stats) = addr_rx.recv().unwrap();
+        let (addrs, admin_addr, stats) = addr_rx.recv().unwrap();
         TestTarget {
-            addr,
+            addr: addrs[0],
+            addrs,
             admin_addr,
             stats,
             name: name.to_string(),

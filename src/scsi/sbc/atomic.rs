@@ -8,7 +8,7 @@ use super::limits::{ATOMIC_ALIGNMENT, ATOMIC_GRANULARITY};
 use super::verify::{write_blocks, write_range};
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte};
-use crate::scsi::sense::{Sense, SenseReason};
+use crate::scsi::sense::Sense;
 use crate::scsi::{ScsiCommand, ScsiResult};
 
 const LBA_AT: usize = 2;
@@ -31,8 +31,7 @@ pub fn write_atomic16(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     // Unlike WRITE, a short Data-Out cannot be written as far as it goes:
     // that would be a partial atomic write. Nothing is written.
     if (cmd.data_out.len() as u64) < needed {
-        let sense = Sense::new(SenseReason::InvalidFieldInInformationUnit);
-        return Ok(ScsiResult::check_condition(sense, needed as u32));
+        return Ok(super::refuse_short(needed));
     }
     let data = &cmd.data_out[..needed as usize];
     let _order = lu.order_exclusive();

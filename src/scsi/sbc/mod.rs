@@ -23,6 +23,35 @@ pub mod limits;
 
 pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
 
+/// The Data-Out a command that writes or compares blocks acts on: the
+/// first min(arrived, CDB length) bytes. A GOOD status must mean all of
+/// them are where the initiator was told they are, so they must be whole
+/// blocks: with a torn one (EDTL 200 for a 512-byte block, or one block
+/// and a half) the answer is `Err` — CHECK CONDITION, ILLEGAL REQUEST,
+/// INVALID FIELD IN COMMAND INFORMATION UNIT (FCP-4 option b, which
+/// libiscsi's residual tests accept), nothing written. Whole blocks short
+/// of the CDB's length are used as far as they go and GOOD (FCP-4 option
+/// a, what libiscsi 1.19 checks); the overflow residual tells the
+/// initiator how much was not. Either way SPDTL is the CDB's `needed`.
+pub(crate) fn arrived<'a>(
+    lu: &LogicalUnit,
+    data_out: &'a [u8],
+    needed: u64,
+) -> Result<&'a [u8], ScsiResult> {
+    let have = (data_out.len() as u64).min(needed);
+    if !have.is_multiple_of(lu.block_bytes().max(1)) {
+        return Err(refuse_short(needed));
+    }
+    Ok(&data_out[..have as usize])
+}
+
+/// The refusal of a command whose Data-Out cannot be used as sent: 0Eh/03h
+/// with SPDTL `needed`, so the residual still reflects the CDB.
+pub(crate) fn refuse_short(needed: u64) -> ScsiResult {
+    let sense = Sense::new(SenseReason::InvalidFieldInInformationUnit);
+    ScsiResult::check_condition(sense, needed as u32)
+}
+
 pub fn max_transfer_blocks(lu: &LogicalUnit) -> u64 {
     MAX_TRANSFER_BYTES / lu.block_size.max(1) as u64
 }

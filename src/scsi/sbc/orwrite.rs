@@ -1,19 +1,22 @@
 //! ORWRITE (16) (SBC-4 §5.9): OR the Data-Out into the medium, as one
 //! read-modify-write that no other write can interleave with.
 
-use super::verify::{read_blocks, whole_blocks, write_blocks, write_range};
+use super::verify::{read_blocks, write_blocks, write_range};
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte};
 use crate::scsi::{ScsiCommand, ScsiResult};
 
-/// Short Data-Out is handled like WRITE: the whole blocks received are
-/// ORed in, the status is GOOD and the transport reports the residual.
+/// Short Data-Out is handled like WRITE's (`super::arrived`): whole blocks
+/// received are ORed in and GOOD, a torn one refuses the command.
 pub fn orwrite(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let lba = be(cmd.cdb, 2, 8);
     let blocks = be(cmd.cdb, 10, 4);
     let fua = byte(cmd.cdb, 1) & 0x08 != 0;
     let (lu, needed) = write_range(ctx, lba, blocks, 10)?;
-    let data = whole_blocks(lu, cmd.data_out, needed);
+    let data = match super::arrived(lu, cmd.data_out, needed) {
+        Ok(d) => d,
+        Err(refused) => return Ok(refused),
+    };
     if data.is_empty() {
         return Ok(ScsiResult::good(Vec::new(), needed as u32));
     }

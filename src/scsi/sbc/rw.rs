@@ -90,10 +90,8 @@ pub fn read(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
 }
 
 /// Writes use the bytes the CDB describes; extra bytes are ignored. With
-/// fewer (EDTL below the transfer length) only the whole blocks that
-/// arrived are written, and the status is GOOD: the transport reports the
-/// overflow residual. This is what libiscsi 1.19's residual tests require
-/// (FCP-4 option a, as LIO does); a torn block is never written.
+/// fewer (EDTL below the transfer length) see [`super::arrived`]: whole
+/// blocks are written and GOOD, a torn one refuses the command.
 pub fn write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let rw = parse(cmd.cdb);
     let Some((offset, needed)) = prepare(ctx, &rw)? else {
@@ -101,8 +99,11 @@ pub fn write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     };
     let lu = ctx.lu()?;
     let bs = u64::from(lu.block_size);
-    let have = (cmd.data_out.len() as u64).min(needed) / bs * bs;
-    let data = &cmd.data_out[..have as usize];
+    let data = match super::arrived(lu, cmd.data_out, needed) {
+        Ok(d) => d,
+        Err(refused) => return Ok(refused),
+    };
+    let have = data.len() as u64;
     if data.is_empty() {
         return Ok(ScsiResult::good(Vec::new(), needed as u32));
     }

@@ -66,15 +66,6 @@ fn bytchk(cdb: &[u8]) -> u8 {
     (byte(cdb, 1) >> 1) & 0x03
 }
 
-/// Whole blocks of `data_out`, at most `needed` bytes: like WRITE, a short
-/// Data-Out is used as far as it goes and the transport reports the rest
-/// as a residual.
-pub(super) fn whole_blocks<'a>(lu: &LogicalUnit, data_out: &'a [u8], needed: u64) -> &'a [u8] {
-    let bs = lu.block_bytes().max(1);
-    let have = (data_out.len() as u64).min(needed) / bs * bs;
-    &data_out[..have as usize]
-}
-
 /// Check the range and, when the command carries that much data, the
 /// transfer limit. Returns the LUN.
 fn prepare<'a>(
@@ -126,7 +117,10 @@ pub fn verify(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         }
         0b01 => {
             let needed = blocks * bs;
-            let data = whole_blocks(lu, cmd.data_out, needed);
+            let data = match super::arrived(lu, cmd.data_out, needed) {
+                Ok(d) => d,
+                Err(refused) => return Ok(refused),
+            };
             let medium = read_blocks(lu, lba, data.len() as u64 / bs)?;
             if let Some(at) = first_difference(data, &medium) {
                 return Err(miscompare(at as u64));
@@ -134,10 +128,12 @@ pub fn verify(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
             Ok(ScsiResult::good(Vec::new(), needed as u32))
         }
         _ => {
-            let one = whole_blocks(lu, cmd.data_out, bs);
-            if !one.is_empty() {
-                compare_each_block(lu, lba, blocks, one)?;
-            }
+            // The one block every block is compared with must be there.
+            let one = match super::arrived(lu, cmd.data_out, bs) {
+                Ok(d) if !d.is_empty() => d,
+                _ => return Ok(super::refuse_short(bs)),
+            };
+            compare_each_block(lu, lba, blocks, one)?;
             Ok(ScsiResult::good(Vec::new(), bs as u32))
         }
     }
@@ -179,8 +175,8 @@ fn compare_each_block(lu: &LogicalUnit, lba: u64, blocks: u64, one: &[u8]) -> Re
 
 /// WRITE AND VERIFY: write the Data-Out, then read it back and compare.
 /// BYTCHK 01b asks for the compare; for 00b (medium verification) the
-/// read is the verification, and comparing too costs nothing. Short Data-Out writes the whole blocks received
-/// and is GOOD, exactly like WRITE. The write-order lock is held
+/// read is the verification, and comparing too costs nothing. Short
+/// Data-Out is handled exactly like WRITE's (`super::arrived`). The write-order lock is held
 /// exclusive from the write to the compare so a concurrent write to the
 /// same blocks cannot produce a false MISCOMPARE.
 pub fn write_and_verify(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
@@ -189,7 +185,10 @@ pub fn write_and_verify(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         return Err(Sense::invalid_cdb_field(1, Some(2)));
     }
     let (lu, needed) = write_range(ctx, lba, blocks, len_at)?;
-    let data = whole_blocks(lu, cmd.data_out, needed);
+    let data = match super::arrived(lu, cmd.data_out, needed) {
+        Ok(d) => d,
+        Err(refused) => return Ok(refused),
+    };
     if data.is_empty() {
         return Ok(ScsiResult::good(Vec::new(), needed as u32));
     }

@@ -66,10 +66,10 @@ pub fn write_same(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let pattern: &[u8] = if ws.ndob {
         &[]
     } else {
-        // Exactly one logical block of data-out; anything else is a
-        // malformed command, not something to guess at.
+        // Exactly one logical block of data-out; anything else is an
+        // EDTL that disagrees with the command, not something to guess at.
         if u64::from(cmd.expected_len) != bs || (cmd.data_out.len() as u64) < bs {
-            return Err(SenseReason::InvalidFieldInCdb.into());
+            return Ok(super::refuse_short(bs));
         }
         &cmd.data_out[..bs as usize]
     };

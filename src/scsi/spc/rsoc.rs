@@ -84,13 +84,25 @@ fn all_commands(ctx: &Ctx, rctd: bool) -> Vec<u8> {
     data
 }
 
+/// CDB USAGE DATA (SPC-4 6.35.3): the usage mask, except that the
+/// SERVICE ACTION field (byte 1, bits 4-0) holds the service action code
+/// itself; the mask in the table covers that field with 1Fh, which is what
+/// the CDB check needs.
+fn usage_data(d: &CommandDesc) -> Vec<u8> {
+    let mut u = d.usage_mask[..d.cdb_len].to_vec();
+    if let Some(sa) = d.service_action {
+        u[1] = (u[1] & !0x1f) | (sa as u8 & 0x1f);
+    }
+    u
+}
+
 fn one_command(desc: Option<&CommandDesc>, rctd: bool) -> Vec<u8> {
     let Some(d) = desc else {
         return vec![0, NOT_SUPPORTED, 0, 0];
     };
     let mut data = vec![0, SUPPORTED | if rctd { 0x80 } else { 0 }];
     data.extend_from_slice(&(d.cdb_len as u16).to_be_bytes());
-    data.extend_from_slice(&d.usage_mask[..d.cdb_len]);
+    data.extend_from_slice(&usage_data(d));
     if rctd {
         data.extend_from_slice(&timeouts());
     }

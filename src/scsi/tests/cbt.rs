@@ -301,8 +301,9 @@ fn rsoc_lists_every_service_action() {
     let r = h.good(&rsoc_one(2, 0xc0, 2), &[], 64);
     assert_eq!(&r.data_in[..4], &[0, 3, 0, 16]);
     let usage = &r.data_in[4..20];
-    // Byte 1: the service action bits and AS OF VIEW (bit 5).
-    assert_eq!((usage[0], usage[1]), (0xc0, 0x3f));
+    // Byte 1: the service action (SPC-4 6.35.3: the SERVICE ACTION field
+    // holds the code, 02h, not the mask 1Fh) and AS OF VIEW (bit 5).
+    assert_eq!((usage[0], usage[1]), (0xc0, 0x22));
     assert!(usage[2..15].iter().all(|&b| b == 0xff));
     assert_eq!(usage[15], 0);
 }

@@ -4,10 +4,12 @@
 mod cbt;
 mod fuzz;
 mod lock;
+mod lun_map;
 mod mode;
 mod pr;
 mod removable;
 mod sbc;
+mod short_data;
 mod spc;
 mod thin;
 mod uring;

@@ -166,8 +166,12 @@ fn write_residuals() {
     let d = h.good(&read10(0, 2), &[], 1024).data_in;
     assert_eq!(&d[..512], &[b'b'; 512][..]);
     assert_eq!(&d[512..], &[b'a'; 512][..]);
-    let r = h.good(&write10(1, 1, false), &[b'x'; 200], 200);
+    // A torn block is refused, not silently dropped (short_data.rs).
+    let bad_iu = (key::ILLEGAL_REQUEST, 0x0e, 3);
+    let r = h.check(&write10(1, 1, false), &[b'x'; 200], 200, bad_iu);
     assert_eq!(r.transfer_len, 512);
+    // EDTL 0: nothing arrived, nothing written, GOOD with the whole
+    // length as overflow residual (libiscsi 1.19 requires GOOD here).
     let r = h.good(&write10(1, 1, false), &[], 0);
     assert_eq!(r.transfer_len, 512);
     assert_eq!(h.good(&read10(1, 1), &[], 512).data_in, vec![b'a'; 512]);

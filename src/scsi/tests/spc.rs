@@ -372,11 +372,39 @@ fn report_supported_opcodes_one() {
     let d = h.good(&rsoc(true, 2, 0x9e, 0x10), &[], 65535).data_in;
     assert_eq!(d[1], 0x83);
     assert_eq!(d.len(), 4 + 16 + 12);
-    assert_eq!(&d[4..6], &[0x9e, 0x1f]);
+    // SPC-4 6.35.3: byte 1 of CDB USAGE DATA holds the service action.
+    assert_eq!(&d[4..6], &[0x9e, 0x10]);
     h.check(&rsoc(false, 2, 0x28, 0), &[], 65535, INVALID_FIELD);
     let d = h.good(&rsoc(false, 1, 0xc7, 0), &[], 65535).data_in;
     assert_eq!(d, vec![0, 1, 0, 0]);
     h.check(&rsoc(false, 6, 0, 0), &[], 65535, INVALID_FIELD);
+}
+
+/// SPC-4 6.35.3: the CDB USAGE DATA of a command with a service action
+/// carries the service action code in the SERVICE ACTION field (byte 1,
+/// bits 4-0), the other bits of that byte being the usage mask; with
+/// reporting options 010b and 011b alike.
+#[test]
+fn rsoc_usage_data_carries_the_service_action() {
+    let h = Harness::new();
+    for d in TABLE.iter().filter(|d| d.service_action.is_some()) {
+        if d.opcode == 0xc0 {
+            continue; // CBT rows are listed only with tracking on (cbt.rs)
+        }
+        let sa = d.service_action.unwrap();
+        for options in [2, 3] {
+            let r = h.good(&rsoc(false, options, d.opcode, sa), &[], 65535);
+            let usage = &r.data_in[4..];
+            assert_eq!(usage[0], d.opcode, "{}", d.name);
+            assert_eq!(usage[1] & 0x1f, sa as u8, "{} option {options}", d.name);
+            assert_eq!(usage[1] & 0xe0, d.usage_mask[1] & 0xe0, "{}", d.name);
+        }
+    }
+    let r = h.good(&rsoc(false, 2, 0xa3, 0x0c), &[], 65535);
+    assert_eq!(&r.data_in[4..7], &[0xa3, 0x0c, 0x87]);
+    // SANITIZE CRYPTOGRAPHIC ERASE: IMMED and AUSE stay in the mask.
+    let r = h.good(&rsoc(false, 2, 0x48, 0x03), &[], 65535);
+    assert_eq!(r.data_in[5], 0xa3);
 }
 
 #[test]

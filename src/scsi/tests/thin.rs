@@ -340,9 +340,11 @@ fn write_same_refuses_bad_commands() {
     let mut wrprotect = ws10(0, 1, false);
     wrprotect[1] |= 0x20;
     h.check(&wrprotect, &block, BS, INVALID_FIELD);
-    // One block of data-out, no more, no less.
-    h.check(&ws10(0, 1, true), &block[..256], 256, INVALID_FIELD);
-    h.check(&ws10(0, 1, true), &block.repeat(2), 2 * BS, INVALID_FIELD);
+    // One block of data-out, no more, no less: an EDTL that disagrees
+    // with the command is 0Eh/03h (see short_data.rs).
+    let bad_iu = (key::ILLEGAL_REQUEST, 0x0e, 3);
+    h.check(&ws10(0, 1, true), &block[..256], 256, bad_iu);
+    h.check(&ws10(0, 1, true), &block.repeat(2), 2 * BS, bad_iu);
     let big = Harness::with_luns(vec![(0, mem_lu(1 << 20, false))]);
     let max = limits::MAX_WRITE_SAME_BLOCKS as u32;
     big.check(&ws16(0, max + 1, 0), &block, BS, INVALID_FIELD);

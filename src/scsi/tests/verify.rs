@@ -118,11 +118,13 @@ fn verify_range_edges_and_short_data() {
     h.good(&cdb(0x8f, 0x00, 0, BLOCKS as u32), &[], 0);
     // A range that wraps is out of range before anything else.
     h.check(&cdb(0x8f, 0x02, 0, u32::MAX), &[], 0, LBA_OOB);
-    // Short Data-Out: the whole blocks received are compared (a torn
-    // trailing block is ignored), the transfer length is still the CDB's.
+    // Short Data-Out: the whole blocks received are compared, the
+    // transfer length is still the CDB's; a torn block refuses the command.
     let data = pattern(3 * B, 1);
     write(&h, 10, &data);
-    let r = h.good(&cdb(0x2f, 0x02, 10, 3), &data[..B + 100], 3 * BS);
+    let r = h.good(&cdb(0x2f, 0x02, 10, 3), &data[..B], 3 * BS);
+    assert_eq!(r.transfer_len, 3 * BS);
+    let r = h.check(&cdb(0x2f, 0x02, 10, 3), &data[..B + 100], 3 * BS, BAD_IU);
     assert_eq!(r.transfer_len, 3 * BS);
     let mut bad = data[..2 * B].to_vec();
     bad[B + 5] ^= 1;
@@ -167,8 +169,9 @@ fn write_and_verify_short_data_writes_whole_blocks() {
     let back = read(&h, 0, 2);
     assert!(back[..B].iter().all(|&b| b == b'b'));
     assert!(back[B..].iter().all(|&b| b == b'a'));
-    // Less than a block: nothing written, still GOOD.
-    h.good(&cdb(0x8e, 0x00, 1, 1), &[b'c'; 200], 200);
+    // Less than a block: refused (it used to be GOOD with nothing
+    // written), nothing written.
+    h.check(&cdb(0x8e, 0x00, 1, 1), &[b'c'; 200], 200, BAD_IU);
     assert_eq!(read(&h, 1, 1), vec![b'a'; B]);
     // More than needed: the extra bytes are ignored.
     h.good(&cdb(0xae, 0x02, 1, 1), &vec![b'd'; 3 * B], 3 * BS);
@@ -197,9 +200,16 @@ fn orwrite_ors_into_the_medium() {
     assert_eq!(read(&h, 7, 2), vec![0x3f; 2 * B]);
     h.good(&cdb(0x8b, 0x18, 7, 2), &vec![0xc0; 2 * B], 2 * BS);
     assert_eq!(read(&h, 7, 2), vec![0xff; 2 * B]);
-    // Short data: only the first block is ORed.
+    // Short data: only the first block is ORed; a torn one refuses all.
     write(&h, 7, &vec![0; 2 * B]);
-    let r = h.good(&cdb(0x8b, 0, 7, 2), &vec![0x01; B + 9], B as u32 + 9);
+    h.check(
+        &cdb(0x8b, 0, 7, 2),
+        &vec![0x01; B + 9],
+        B as u32 + 9,
+        BAD_IU,
+    );
+    assert_eq!(read(&h, 7, 2), vec![0; 2 * B]);
+    let r = h.good(&cdb(0x8b, 0, 7, 2), &vec![0x01; B], BS);
     assert_eq!(r.transfer_len, 2 * BS);
     let back = read(&h, 7, 2);
     assert!(back[..B].iter().all(|&b| b == 1) && back[B..].iter().all(|&b| b == 0));

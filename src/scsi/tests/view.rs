@@ -180,7 +180,8 @@ fn report_tracking_and_vpd_show_the_view() {
         &[],
         64,
     );
-    assert_eq!(&r.data_in[4..6], &[0xc0, 0x1f]);
+    // Byte 1 carries the service action, OPEN VIEW (06h) (SPC-4 6.35.3).
+    assert_eq!(&r.data_in[4..6], &[0xc0, 0x06]);
 }
 
 #[test]
