@@ -160,3 +160,31 @@ async fn two_initiators_see_their_own_luns() {
     assert_eq!(r, 0);
     other.test_unit_ready(0).await.unwrap();
 }
+
+/// The write over the wire: WRITE(16) of one 512-byte block with
+/// EDTL 200 is refused (0Eh/03h) with the 312-byte overflow residual, and
+/// the block keeps its data; EDTL one block for two blocks still writes
+/// the one block, GOOD with a 512-byte overflow residual.
+#[tokio::test]
+async fn torn_write_is_refused_with_its_residual() {
+    let t = TestTarget::memory(1 << 20);
+    let s = login(&opts(&t)).await;
+    s.write16(0, 3, &[b'a'; 1024], 512, false).await.unwrap();
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x8a;
+    cdb[9] = 3; // LBA 3
+    cdb[13] = 1; // one block
+    let r = s.scsi(0, &cdb, Some(&[b'b'; 200]), 0).await.unwrap();
+    assert_eq!(r.status, 2);
+    assert_eq!(r.sense_code(), Some((0x05, 0x0e, 0x03)));
+    assert_eq!(r.residual, Some((true, 312)));
+    assert_eq!(s.read16(0, 3, 2, 512).await.unwrap(), vec![b'a'; 1024]);
+    cdb[13] = 2;
+    let r = s.scsi(0, &cdb, Some(&[b'c'; 512]), 0).await.unwrap();
+    assert_eq!((r.status, r.residual), (0, Some((true, 512))));
+    let back = s.read16(0, 3, 2, 512).await.unwrap();
+    assert_eq!(
+        (&back[..512], &back[512..]),
+        (&[b'c'; 512][..], &[b'a'; 512][..])
+    );
+}
