@@ -31,16 +31,7 @@ apt_deps() {
     # libiscsi-bin: iscsi-test-cu, iscsi-ls, iscsi-inq. python3 runs
     # conformance/run (standard library only). tgt: the reference target our
     # own initiator is also tested against (tests/initiator_tgt.rs).
-    # The kernel-initiator harness (tests/kernel/, tests/kernel_initiator.rs)
-    # runs these in a QEMU guest whose root is this machine's filesystem:
-    # open-iscsi (iscsiadm, iscsid), multipath-tools (with udev), fio,
-    # e2fsprogs; and on the host socat (one per guest connection),
-    # busybox-static + cpio + kmod (the guest's tiny initramfs, depmod).
-    # qemu-system-x86 comes below, at qemu-utils' version. Debian's kernel
-    # (linux-image-amd64) is not installed: tests/kernel/run-scenario.sh
-    # downloads and unpacks it under target/kernel-guest/.
-    for p in libiscsi-bin python3 tgt open-iscsi multipath-tools udev fio e2fsprogs \
-        socat busybox-static cpio kmod; do
+    for p in libiscsi-bin python3 tgt; do
         installed "$p" || need+=("$p")
     done
     if ((${#need[@]})); then
@@ -57,29 +48,50 @@ apt_deps() {
     fi
     local qv
     qv=$(dpkg-query -W -f='${Version}' qemu-utils)
+    if [[ $qv == *bpo12* ]] &&
+        ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        # Same mirror as the machine's own Debian source.
+        local uri
+        uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null ||
+            true)
+        [[ -n $uri ]] || uri=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
+        echo "deb $uri bookworm-backports main" |
+            "${SUDO[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+        updated=0
+    fi
     if ! installed qemu-block-extra "$qv"; then
-        if [[ $qv == *bpo12* ]] &&
-            ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-            # Same mirror as the machine's own Debian source.
-            local uri
-            uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null ||
-                true)
-            [[ -n $uri ]] || uri=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
-            echo "deb $uri bookworm-backports main" |
-                "${SUDO[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
-            updated=0
-        fi
         apt_update
         apt_get install -y -q --no-install-recommends "qemu-block-extra=$qv"
     fi
-    # The kernel-initiator guest's QEMU, at the same version (qemu-utils'
+}
+
+# The kernel-initiator harness (tests/kernel/, tests/kernel_initiator.rs,
+# not gating CI yet): a failure here is reported, and only that test fails.
+kernel_deps() {
+    local need=() p qv
+    # These run in a QEMU guest whose root is this machine's filesystem:
+    # open-iscsi (iscsiadm, iscsid), multipath-tools (with udev), fio,
+    # e2fsprogs; and on the host socat (one per guest connection),
+    # busybox-static + cpio + kmod (the guest's tiny initramfs, depmod).
+    # Debian's kernel (linux-image-amd64) is not installed:
+    # tests/kernel/run-scenario.sh downloads and unpacks it under
+    # target/kernel-guest/.
+    for p in open-iscsi multipath-tools udev fio e2fsprogs socat busybox-static cpio kmod; do
+        installed "$p" || need+=("$p")
+    done
+    if ((${#need[@]})); then
+        apt_update
+        apt_get install -y -q --no-install-recommends "${need[@]}" || return 1
+    fi
+    qv=$(dpkg-query -W -f='${Version}' qemu-utils)
+    # The guest's QEMU, at qemu-utils' version (qemu-utils'
     # qemu-system-common would otherwise conflict); -t lets apt take its
     # dependencies from backports too.
     if ! installed qemu-system-x86 "$qv"; then
         local suite=()
         [[ $qv == *bpo12* ]] && suite=(-t bookworm-backports)
         apt_update
-        apt_get install -y -q --no-install-recommends "${suite[@]}" "qemu-system-x86=$qv"
+        apt_get install -y -q --no-install-recommends "${suite[@]}" "qemu-system-x86=$qv" || return 1
     fi
     # run-scenario.sh asks apt which kernel linux-image-amd64 is.
     if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
@@ -88,3 +100,7 @@ apt_deps() {
 }
 
 apt_deps
+if ! kernel_deps; then
+    echo "WARNING: the kernel-initiator harness's packages could not be installed;" \
+        "tests/kernel_initiator.rs will fail (not gating yet)" >&2
+fi
