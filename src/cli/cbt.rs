@@ -192,6 +192,28 @@ async fn hold_lock(s: &Session, lun: u64, lease_ms: u32, drain_ms: u32, json: bo
         eprintln!("holding the lock; Ctrl-C or closing stdin releases it");
     }
     let period = Duration::from_millis(u64::from(g.lease_ms.max(2)) / 2);
+    hold_until_released(period, || async {
+        s.cbt_renew(lun, g.token, lease_ms)
+            .await
+            .map(drop)
+            .map_err(readable("RENEW WRITE LOCK"))
+    })
+    .await?;
+    let r = s
+        .cbt_release(lun, g.token)
+        .await
+        .map_err(readable("RELEASE WRITE LOCK"))?;
+    print_lock("released", &r, json);
+    Ok(())
+}
+
+/// Call `renew` every `period` until Ctrl-C or standard input closes (how
+/// `cbt lock` and `cbt view open --hold` keep what they hold).
+pub(super) async fn hold_until_released<F, Fut>(period: Duration, mut renew: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let stdin_closed = tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
@@ -199,19 +221,11 @@ async fn hold_lock(s: &Session, lun: u64, lease_ms: u32, drain_ms: u32, json: bo
     tokio::pin!(stdin_closed);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = &mut stdin_closed => break,
-            _ = tokio::time::sleep(period) => {
-                s.cbt_renew(lun, g.token, lease_ms).await.map_err(readable("RENEW WRITE LOCK"))?;
-            }
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut stdin_closed => return Ok(()),
+            _ = tokio::time::sleep(period) => renew().await?,
         }
     }
-    let r = s
-        .cbt_release(lun, g.token)
-        .await
-        .map_err(readable("RELEASE WRITE LOCK"))?;
-    print_lock("released", &r, json);
-    Ok(())
 }
 
 fn uuid(u: &[u8; 16]) -> String {

@@ -102,20 +102,13 @@ async fn hold_view(s: &Session, lun: u64, g: ViewGrant, lease_ms: u32, json: boo
         eprintln!("holding the view; Ctrl-C or closing stdin releases it");
     }
     let period = Duration::from_millis((u64::from(g.lease_ms) / 3).max(1));
-    let stdin_closed = tokio::task::spawn_blocking(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-    });
-    tokio::pin!(stdin_closed);
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = &mut stdin_closed => break,
-            _ = tokio::time::sleep(period) => {
-                s.cbt_renew_view(lun, g.token, lease_ms).await.map_err(readable("RENEW VIEW"))?;
-            }
-        }
-    }
+    super::hold_until_released(period, || async {
+        s.cbt_renew_view(lun, g.token, lease_ms)
+            .await
+            .map(drop)
+            .map_err(readable("RENEW VIEW"))
+    })
+    .await?;
     let r = s
         .cbt_release_view(lun, g.token)
         .await
