@@ -69,6 +69,18 @@ impl Harness {
     }
 
     pub fn exec(&self, lun: u64, cdb: &[u8], data_out: &[u8], expected_len: u32) -> ScsiResult {
+        self.exec_as(&self.nexus, lun, cdb, data_out, expected_len)
+    }
+
+    /// [`exec`](Self::exec) from another I_T nexus.
+    pub fn exec_as(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        expected_len: u32,
+    ) -> ScsiResult {
         let mut padded = cdb.to_vec();
         // The transport hands over at least 16 bytes (the BHS CDB field).
         padded.resize(padded.len().max(16), 0);
@@ -77,7 +89,7 @@ impl Harness {
             cdb: &padded,
             data_out,
             expected_len,
-            nexus: &self.nexus,
+            nexus,
         })
     }
 

@@ -105,20 +105,8 @@ fn open_renew_release_layout_and_rules() {
     let (again, g2, lease, _) = grant(&h.good(&view_cdb(6, 500, 0), &[], 32));
     assert_eq!((again, g2, lease), (token, g, 500));
     assert_eq!(t.open_generation(), 2);
-    let cmd_as = |n: u64, cdb: &[u8]| {
-        let nx = nexus(n);
-        let mut padded = cdb.to_vec();
-        padded.resize(16, 0);
-        h.srv.execute(&ScsiCommand {
-            lun: 0,
-            cdb: &padded,
-            data_out: &[],
-            expected_len: 32,
-            nexus: &nx,
-        })
-    };
     // nexus 2 is not a CBT initiator: access denied before anything else.
-    let r = cmd_as(2, &view_cdb(6, 0, 0));
+    let r = h.exec_as(&nexus(2), 0, &view_cdb(6, 0, 0), &[], 32);
     assert_eq!(codes(&r), Some((key::ILLEGAL_REQUEST, 0x20, 0x02)));
     // Lease: 0 → default, longer than the maximum → cut.
     let (_, _, lease, _) = grant(&h.good(&view_cdb(7, token, 0), &[], 32));
@@ -277,28 +265,14 @@ fn view_lun_states_and_visibility() {
     assert!(r.data_in == fill);
     // REPORT LUNS: the CBT initiator sees 0, 1 and 128; others 0 and 1.
     let luns = |n: u64| {
-        let nx = nexus(n);
-        let r = h.srv.execute(&ScsiCommand {
-            lun: 0,
-            cdb: &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
-            data_out: &[],
-            expected_len: 256,
-            nexus: &nx,
-        });
-        let d = r.data_in;
+        let report = [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        let d = h.exec_as(&nexus(n), 0, &report, &[], 256).data_in;
         let n = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize / 8;
         (0..n).map(|i| d[9 + 8 * i]).collect::<Vec<u8>>()
     };
     assert_eq!(luns(1), vec![0, 1, 128]);
     assert_eq!(luns(2), vec![0, 1]);
-    let nx = nexus(2);
-    let r = h.srv.execute(&ScsiCommand {
-        lun: VIEW_LUN,
-        cdb: &rw16(0x88, 0, 1),
-        data_out: &[],
-        expected_len: BS,
-        nexus: &nx,
-    });
+    let r = h.exec_as(&nexus(2), VIEW_LUN, &rw16(0x88, 0, 1), &[], BS);
     assert_eq!(codes(&r), Some(LUN_NOT_SUPPORTED));
     h.good(&view_cdb(8, token, 0), &[], 32);
     assert_eq!(codes(&read_view(&h, 0, 1)), Some(NOT_READY));
@@ -419,15 +393,7 @@ fn extended_copy_cannot_reach_a_view_lun_the_sender_does_not_see() {
     // LUN 1 is identity(1) too in this harness (mem_lu): copy into LUN 0
     // from the view, as a nexus that is not a CBT initiator.
     let p = list(2, 0, &[from_view, cscd(1)], &[b2b(0, 1, 8, 0, 0)]);
-    let nx = nexus(2);
-    let cdb = xcopy_cdb(p.len());
-    let r = h.srv.execute(&ScsiCommand {
-        lun: 0,
-        cdb: &cdb,
-        data_out: &p,
-        expected_len: p.len() as u32,
-        nexus: &nx,
-    });
+    let r = h.exec_as(&nexus(2), 0, &xcopy_cdb(p.len()), &p, p.len() as u32);
     assert_eq!(codes(&r), Some((key::COPY_ABORTED, 0x0d, 0x02)));
 }
 
@@ -442,14 +408,7 @@ fn the_view_belongs_to_the_i_t_nexus() {
         let mut nx = nexus(1);
         nx.id = id;
         nx.initiator_port = format!("{},i,{isid}", nx.initiator_name);
-        let cdb = view_cdb(6, 0, 0);
-        h.srv.execute(&ScsiCommand {
-            lun: 0,
-            cdb: &cdb,
-            data_out: &[],
-            expected_len: 32,
-            nexus: &nx,
-        })
+        h.exec_as(&nx, 0, &view_cdb(6, 0, 0), &[], 32)
     };
     let again = as_nexus(99, "0x1"); // nexus(1)'s port, a new session
     assert_eq!(again.status, status::GOOD);
