@@ -131,6 +131,11 @@ impl Tracker {
 
     /// End the view if its lease ran out; true if one ended.
     pub fn expire_view(&self, now: Instant) -> bool {
+        // Every view-LUN read asks: look first, take the write lock only to
+        // end one.
+        if self.views.get().is_none_or(|v| v.expires() > now) {
+            return false;
+        }
         let mut cur = self
             .views
             .current
