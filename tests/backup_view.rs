@@ -62,10 +62,7 @@ extent_size = "64KiB"
 /// The one place that builds the server: easy to adapt if the target's
 /// keys change.
 fn start_server(dir: &Path, size_mib: u64, lun_keys: &str) -> ServeProcess {
-    let cfg = dir.join("gentgt.toml");
-    std::fs::write(&cfg, config(size_mib, lun_keys)).unwrap();
-    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    ServeProcess::start(&dir.join("data"), Some(&cfg), log.into())
+    ServeProcess::start_in(dir, &config(size_mib, lun_keys))
 }
 
 fn connect_opts(addr: SocketAddr, name: &str) -> ConnectOptions {

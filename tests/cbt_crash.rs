@@ -76,14 +76,7 @@ extent_size = "4KiB"
 /// `gentgt serve` on this test's configuration, data and stderr log
 /// under `dir`; killed (SIGKILL) when dropped.
 fn start_server(dir: &Path) -> ServeProcess {
-    let cfg = dir.join("gentgt.toml");
-    std::fs::write(&cfg, config()).unwrap();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("stderr.log"))
-        .unwrap();
-    ServeProcess::start(&dir.join("data"), Some(&cfg), log.into())
+    ServeProcess::start_in(dir, &config())
 }
 
 async fn login(addr: SocketAddr, initiator: &str) -> Session {

@@ -48,14 +48,7 @@ extent_size = "4KiB"
 }
 
 fn start(dir: &Path) -> ServeProcess {
-    let cfg = dir.join("gentgt.toml");
-    std::fs::write(&cfg, config()).unwrap();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("stderr.log"))
-        .unwrap();
-    ServeProcess::start(&dir.join("data"), Some(&cfg), log.into())
+    ServeProcess::start_in(dir, &config())
 }
 
 async fn login(addr: SocketAddr) -> Session {

@@ -291,6 +291,20 @@ impl ServeProcess {
         ServeProcess { child, addr }
     }
 
+    /// `gentgt serve` on configuration `toml` (written to
+    /// `dir/gentgt.toml`), data in `dir/data`, stderr appended to
+    /// `dir/stderr.log` (so restarts keep one log).
+    pub fn start_in(dir: &Path, toml: &str) -> ServeProcess {
+        let cfg = dir.join("gentgt.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))
+            .unwrap();
+        ServeProcess::start(&dir.join("data"), Some(&cfg), log.into())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
