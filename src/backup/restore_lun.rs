@@ -9,7 +9,8 @@ use super::manifest::Manifest;
 use super::progress::Progress;
 use super::repo::Repo;
 use super::restore::{
-    Counts, Done, RestoreOptions, RestoreReport, Run, differing, fetch, prepare, runs,
+    Counts, Done, RestoreOptions, RestoreReport, Run, differing, extent_matches, fetch, prepare,
+    runs,
 };
 use super::{BackupError, Result};
 use crate::initiator::{ConnectOptions, Initiator, InitiatorError, Session};
@@ -246,6 +247,31 @@ impl LunWriter {
             at += n;
         }
         Ok(())
+    }
+
+    /// The extents of `runs` read back: how many differ from the backup.
+    pub async fn count_mismatches(&self, runs: &[Run]) -> Result<u64> {
+        let mut bad = 0;
+        for r in runs {
+            let (l, n) = self.lbas(*r);
+            let cur = self.s.read16(self.lun, l, n, self.m.lun.block_size).await?;
+            let (repo, m, r) = (self.repo.clone(), self.m.clone(), *r);
+            bad += tokio::task::spawn_blocking(move || {
+                let mut at = 0;
+                let mut bad = 0;
+                for i in r.first..r.first + r.count {
+                    let len = m.lun.extent_bytes(i);
+                    if !extent_matches(&repo, &m, i, &cur[at..at + len]) {
+                        bad += 1;
+                    }
+                    at += len;
+                }
+                bad
+            })
+            .await
+            .map_err(|e| BackupError::Invalid(format!("verify worker: {e}")))?;
+        }
+        Ok(bad)
     }
 }
 

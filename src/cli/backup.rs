@@ -100,6 +100,15 @@ pub struct RestoreArgs {
     /// Print a machine-readable report.
     #[arg(long)]
     json: bool,
+    /// Roll the LUN back: write only the extents changed since the
+    /// backup's generation (same tracking UUID), fenced by a Write
+    /// Exclusive persistent reservation, then verify them.
+    #[arg(long, requires = "portal")]
+    changed_only: bool,
+    /// With --changed-only: go on although other initiators are
+    /// registered, and take over a crashed rollback's reservation.
+    #[arg(long, requires = "changed_only")]
+    force: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -176,6 +185,9 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         progress: a.progress || (!a.json && std::io::stderr().is_terminal()),
         resume: a.resume,
     };
+    if a.changed_only {
+        return run_rollback(repo, &a, &o);
+    }
     let r = match (&a.to_file, a.portal, &a.target) {
         (Some(path), None, _) => backup::restore_to_path(&repo, &a.backup, path, &o)?,
         (None, Some(portal), Some(target)) => {
@@ -198,6 +210,48 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         r.skipped_bytes,
         r.seconds,
         r.logical_bytes as f64 / r.seconds.max(1e-6) / (1024.0 * 1024.0),
+    );
+    Ok(())
+}
+
+fn run_rollback(
+    repo: Arc<backup::Repo>,
+    a: &RestoreArgs,
+    o: &backup::RestoreOptions,
+) -> Result<()> {
+    let (Some(portal), Some(target)) = (a.portal, &a.target) else {
+        bail!("--changed-only needs --portal P --target T [--lun N]");
+    };
+    let c = ConnectOptions::new(portal, &a.initiator, Some(target));
+    let ro = backup::RollbackOptions {
+        parallel: o.parallel,
+        max_write_bytes: o.max_write_bytes,
+        force: a.force,
+        progress: o.progress,
+    };
+    let r = runtime()?.block_on(backup::rollback(repo, &a.backup, &c, a.lun, &ro))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "rolled LUN {} back to backup {}: {} extents changed since generation {} ({} bytes); wrote {} + {} zero of {} LUN bytes ({:.3} %), {} already right; {} extents verified; {:.2} s",
+        a.lun,
+        r.backup,
+        r.changed_extents,
+        r.since_generation,
+        r.changed_bytes,
+        r.written_bytes,
+        r.zero_bytes,
+        r.lun_bytes,
+        r.written_fraction * 100.0,
+        r.skipped_bytes,
+        r.verified_extents,
+        r.seconds,
+    );
+    println!(
+        "note: the rolled-back extents now carry generation {} or later: the next incremental backup copies them again",
+        r.open_generation_after
     );
     Ok(())
 }
