@@ -2,6 +2,7 @@
 //! after the checks every command shares (LUN exists, unit attention,
 //! reserved bits, write protection).
 
+use super::alua::PortGroups;
 use super::cdb::{self, Ctx};
 use super::pr;
 use super::removable;
@@ -30,6 +31,8 @@ pub struct DeviceServer {
     pub(crate) last_checkpoint: Mutex<Instant>,
     /// Live nexuses by port name and the PREEMPT AND ABORT hook.
     pub(crate) pr: pr::ServerPr,
+    /// The target port groups (ALUA), shared by every device server.
+    pub port_groups: Arc<PortGroups>,
 }
 
 impl DeviceServer {
@@ -48,7 +51,15 @@ impl DeviceServer {
             copies: CopyResults::default(),
             last_checkpoint: Mutex::new(Instant::now()),
             pr: pr::ServerPr::default(),
+            port_groups: Arc::default(),
         }
+    }
+
+    /// Serve through these target port groups (default: one, tag 1,
+    /// active/optimized).
+    pub fn with_port_groups(mut self, groups: Arc<PortGroups>) -> DeviceServer {
+        self.port_groups = groups;
+        self
     }
 
     /// Execute one command (blocking: may do backend I/O). Safe to call
