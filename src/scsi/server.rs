@@ -121,6 +121,11 @@ impl DeviceServer {
             if let Some(reason) = self.ua.take(cmd.nexus.id, cmd.lun) {
                 return Err(reason.into());
             }
+            // ALUA: what the state of this nexus's target port refuses.
+            let state = self.port_groups.state(cmd.nexus.relative_port);
+            if let Some(reason) = state.refusal(desc) {
+                return Err(reason.into());
+            }
         }
         cdb::check_reserved(desc, cmd.cdb)?;
         if lu.is_some_and(|l| !l.medium.present()) && removable::needs_medium(desc.opcode) {
@@ -188,6 +193,16 @@ impl DeviceServer {
                 .establish_all(lun, SenseReason::BusDeviceReset, true);
             // The reset aborts every task of the LUN, held changes too.
             self.abort_held(Some(lun), None, None);
+        }
+    }
+
+    /// A target port group's access state changed: ASYMMETRIC ACCESS
+    /// STATE CHANGED for every I_T nexus on every LUN (all LUNs are
+    /// reachable through every group).
+    pub fn access_states_changed(&self) {
+        for &lun in self.luns.keys() {
+            self.ua
+                .establish_all(lun, SenseReason::AsymmetricAccessStateChanged, false);
         }
     }
 
