@@ -64,10 +64,7 @@ pub fn server_addr() -> SocketAddr {
             (0, lun(1 << 20, 512, 0, true)),
             (1, lun(256 << 10, 4096, 1, false)),
         ];
-        let mut registry = Registry {
-            portal_group_tag: 1,
-            ..Default::default()
-        };
+        let mut registry = Registry::default();
         registry.targets.insert(
             TARGET.to_string(),
             TargetEntry {

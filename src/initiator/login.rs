@@ -176,6 +176,9 @@ impl LoginDriver {
             )));
         }
         let text = TextPairs::parse(&std::mem::take(&mut self.partial))?;
+        if self.phase != Phase::Operational {
+            self.neg.note_declarations(&text);
+        }
         match self.phase {
             Phase::AuthMethod => self.on_auth_method(&text, transit, nsg),
             Phase::ChapChallenge => self.on_chap_challenge(&text),
