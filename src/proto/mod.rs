@@ -3,6 +3,7 @@
 
 pub mod chap;
 pub mod cmdsn;
+pub mod conn;
 pub mod dataout;
 pub mod digest;
 pub mod discovery;
