@@ -57,25 +57,16 @@ pub fn parse_sense(s: &[u8]) -> Option<(u8, u8, u8)> {
     }
 }
 
-/// The 8-byte LUN field for a LUN number (SAM-5 §4.7): peripheral
-/// addressing below 256, flat space below 16384. Larger values are taken
-/// to be an already-encoded LUN field and pass through unchanged.
+/// The 8-byte LUN field for a LUN number ([`crate::proto::lun::encode`]).
+/// Larger values are taken to be an already-encoded LUN field and pass
+/// through unchanged.
 pub fn encode_lun(lun: u64) -> u64 {
-    match lun {
-        0..=0xff => lun << 48,
-        0x100..=0x3fff => (0x4000 | lun) << 48,
-        _ => lun,
-    }
+    crate::proto::lun::encode(lun).unwrap_or(lun)
 }
 
-/// Inverse of [`encode_lun`] for the two single-level formats.
+/// Inverse of [`encode_lun`]: other forms pass through unchanged.
 pub fn decode_lun(field: u64) -> u64 {
-    let top = (field >> 48) as u16;
-    match top >> 14 {
-        0 if field << 16 == 0 => (top & 0xff) as u64,
-        1 if field << 16 == 0 => (top & 0x3fff) as u64,
-        _ => field,
-    }
+    crate::proto::lun::decode(field).unwrap_or(field)
 }
 
 fn command_pdu(lun: u64, cdb: &[u8], edtl: u32, read: bool, write: bool) -> Pdu {

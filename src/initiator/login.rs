@@ -11,13 +11,11 @@ use crate::proto::text::TextPairs;
 use crate::proto::{Opcode, Pdu};
 use std::collections::HashMap;
 
-const SECURITY: u8 = 0;
-const OPERATIONAL: u8 = 1;
-const FULL_FEATURE: u8 = 3;
-const T_BIT: u8 = 0x80;
-const C_BIT: u8 = 0x40;
-/// Bound on login round trips, so a target cannot keep us talking forever.
-const MAX_ROUNDS: u32 = 32;
+use crate::proto::login::{
+    MAX_LOGIN_PDUS as MAX_ROUNDS, STAGE_FULL_FEATURE as FULL_FEATURE,
+    STAGE_OPERATIONAL as OPERATIONAL, STAGE_SECURITY as SECURITY, stages,
+};
+use crate::proto::pdu::{C_BIT, T_BIT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -70,10 +68,6 @@ pub(crate) struct LoginDriver {
 
 fn auth_failed(e: ChapError) -> InitiatorError {
     InitiatorError::AuthFailed(format!("CHAP: {e}"))
-}
-
-fn stages(flags: u8) -> (u8, u8) {
-    ((flags >> 2) & 3, flags & 3)
 }
 
 impl LoginDriver {

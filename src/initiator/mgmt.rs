@@ -7,7 +7,7 @@ use super::session::{RESERVED_TAG, Session};
 use crate::proto::text::{MAX_TEXT_BYTES, TextPairs};
 use crate::proto::{Opcode, Pdu};
 
-const C_BIT: u8 = 0x40;
+use crate::proto::pdu::C_BIT;
 
 /// Task management functions (RFC 7143 §11.5.1).
 pub mod tmf {

@@ -7,39 +7,26 @@
 
 use super::ConnectOptions;
 use super::error::{InitiatorError, Result};
-use crate::proto::negotiation::SessionParams;
+use crate::proto::negotiation::{
+    KeyDef, KeyKind, Range, Sender, SessionParams, lookup, parse_bool, parse_number, yes_no,
+};
 use crate::proto::text::TextPairs;
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rule {
-    /// A list; the responder picks one (HeaderDigest, DataDigest).
-    Digest,
-    /// Each side states its own value; no answer is expected.
-    Declarative,
-    And,
-    Or,
-    Min,
-    Max,
-}
-
-fn rule(key: &str) -> Option<Rule> {
-    Some(match key {
-        "HeaderDigest" | "DataDigest" => Rule::Digest,
-        "MaxRecvDataSegmentLength" | "TargetAlias" | "TargetPortalGroupTag" | "TargetAddress" => {
-            Rule::Declarative
-        }
-        "ImmediateData" | "IFMarker" | "OFMarker" => Rule::And,
-        "InitialR2T" | "DataPDUInOrder" | "DataSequenceInOrder" => Rule::Or,
-        "MaxBurstLength" | "FirstBurstLength" | "MaxOutstandingR2T" | "ErrorRecoveryLevel"
-        | "MaxConnections" | "DefaultTime2Retain" => Rule::Min,
-        "DefaultTime2Wait" => Rule::Max,
-        _ => return None,
-    })
-}
-
-fn yes_no(b: bool) -> &'static str {
-    if b { "Yes" } else { "No" }
+/// How the initiator treats a key the target sends in the operational
+/// stage: from the key's row in `proto::negotiation::KEYS`.
+fn rule(key: &str) -> Option<&'static KeyDef> {
+    let def = lookup(key)?;
+    let negotiated = match def.kind {
+        // A declaration the target may make (its alias, tag, MRDSL...).
+        KeyKind::Declarative => def.sender != Sender::Initiator,
+        // HeaderDigest, DataDigest, TaskReporting...: pick from a list.
+        KeyKind::List => matches!(def.range, Range::Values(_)),
+        // Min/Max/And/Or with a value we can combine (not the marker
+        // intervals, which are ranges).
+        _ => matches!(def.range, Range::Numeric(..) | Range::Boolean),
+    };
+    negotiated.then_some(def)
 }
 
 fn digest_offer(want: bool) -> &'static str {
@@ -89,68 +76,41 @@ fn is_special(v: &str) -> bool {
 }
 
 fn parse_num(key: &str, v: &str) -> Result<u64> {
-    v.parse::<u64>()
-        .map_err(|_| InitiatorError::Protocol(format!("bad number {key}={v}")))
+    parse_number(v).ok_or_else(|| InitiatorError::Protocol(format!("bad number {key}={v}")))
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool> {
-    match v {
-        "Yes" => Ok(true),
-        "No" => Ok(false),
-        _ => Err(InitiatorError::Protocol(format!("bad boolean {key}={v}"))),
-    }
+fn parse_flag(key: &str, v: &str) -> Result<bool> {
+    parse_bool(v).ok_or_else(|| InitiatorError::Protocol(format!("bad boolean {key}={v}")))
 }
 
-/// Combine our value and theirs under `rule`; returns the agreed value.
-fn combine(rule: Rule, key: &str, ours: &str, theirs: &str) -> Result<String> {
-    Ok(match rule {
-        Rule::Digest => {
+/// Combine our value and theirs by the key's kind; returns the agreed value.
+fn combine(def: &KeyDef, ours: &str, theirs: &str) -> Result<String> {
+    let key = def.name;
+    let value = match (def.kind, def.range) {
+        (KeyKind::List, _) => {
             let allowed: Vec<&str> = ours.split(',').collect();
             // When the target offers a list we pick our first acceptable one.
-            let pick = theirs.split(',').find(|c| allowed.contains(c));
-            match pick {
-                Some(c) => c.to_string(),
-                None => {
-                    return Err(InitiatorError::Protocol(format!(
-                        "{key}={theirs} not among our {ours}"
-                    )));
-                }
-            }
+            theirs
+                .split(',')
+                .find(|c| allowed.contains(c))
+                .map(str::to_string)
         }
-        Rule::And => yes_no(parse_bool(key, ours)? && parse_bool(key, theirs)?).into(),
-        Rule::Or => yes_no(parse_bool(key, ours)? || parse_bool(key, theirs)?).into(),
-        Rule::Min => parse_num(key, ours)?
-            .min(parse_num(key, theirs)?)
-            .to_string(),
-        Rule::Max => parse_num(key, ours)?
-            .max(parse_num(key, theirs)?)
-            .to_string(),
-        Rule::Declarative => theirs.to_string(),
-    })
+        (_, Range::Boolean) => def
+            .combine_bool(parse_flag(key, ours)?, parse_flag(key, theirs)?)
+            .map(|b| yes_no(b).to_string()),
+        (_, Range::Numeric(..)) => def
+            .combine_number(parse_num(key, ours)?, parse_num(key, theirs)?)
+            .map(|n| n.to_string()),
+        _ => None,
+    };
+    value.ok_or_else(|| InitiatorError::Protocol(format!("{key}={theirs} not among our {ours}")))
 }
 
-/// What we would have offered for a key the target raised first.
-fn our_preference(key: &str, opts_offer: &TextPairs) -> Option<String> {
-    if let Some(v) = opts_offer.get(key) {
-        return Some(v.to_string());
-    }
-    Some(
-        match key {
-            // RFC 7143 defaults for keys we did not offer.
-            "HeaderDigest" | "DataDigest" => "None",
-            "MaxOutstandingR2T" | "MaxConnections" => "1",
-            "ErrorRecoveryLevel" => "0",
-            "InitialR2T" | "ImmediateData" => "Yes",
-            "DataPDUInOrder" | "DataSequenceInOrder" => "Yes",
-            "IFMarker" | "OFMarker" => "No",
-            "MaxBurstLength" => "262144",
-            "FirstBurstLength" => "65536",
-            "DefaultTime2Wait" => "2",
-            "DefaultTime2Retain" => "20",
-            _ => return None,
-        }
-        .to_string(),
-    )
+/// What we would have offered for a key the target raised first: our
+/// offer, else the RFC default.
+fn our_preference(def: &KeyDef, opts_offer: &TextPairs) -> Option<String> {
+    let v = opts_offer.get(def.name).unwrap_or(def.default);
+    (!v.is_empty()).then(|| v.to_string())
 }
 
 impl Negotiator {
@@ -172,21 +132,21 @@ impl Negotiator {
         let mut reply = TextPairs::new();
         for (k, v) in resp.iter() {
             match rule(k) {
-                Some(Rule::Declarative) => {
+                Some(def) if def.kind == KeyKind::Declarative => {
                     self.declared.insert(k.to_string(), v.to_string());
                 }
-                Some(r) => {
+                Some(def) => {
                     let we_offered = self.offered.get(k).is_some();
                     if is_special(v) {
                         // The RFC default stays in force for this key.
                         self.agreed.remove(k);
                         continue;
                     }
-                    let Some(ours) = our_preference(k, &self.offered) else {
+                    let Some(ours) = our_preference(def, &self.offered) else {
                         reply.push(k, "Irrelevant");
                         continue;
                     };
-                    let value = combine(r, k, &ours, v)?;
+                    let value = combine(def, &ours, v)?;
                     if !we_offered && !self.agreed.contains_key(k) {
                         reply.push(k, value.clone());
                     }
@@ -225,7 +185,7 @@ impl Negotiator {
         };
         let flag = |k: &str, d: bool| -> Result<bool> {
             match self.agreed.get(k) {
-                Some(v) => parse_bool(k, v),
+                Some(v) => parse_flag(k, v),
                 None => Ok(d),
             }
         };
@@ -262,5 +222,97 @@ impl Negotiator {
             return Err(InitiatorError::Protocol("burst length below 512".into()));
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::login::LoginOffer;
+    use crate::proto::negotiation::{KEYS, Negotiator as TargetNegotiator};
+
+    /// Values to offer for a key: its bounds, a middle value, its default.
+    fn samples(def: &KeyDef) -> Vec<String> {
+        match def.range {
+            Range::Numeric(lo, hi) => [lo, hi, lo + (hi - lo) / 2]
+                .iter()
+                .map(u64::to_string)
+                .chain(std::iter::once(def.default.to_string()))
+                .collect(),
+            _ => vec!["Yes".into(), "No".into()],
+        }
+    }
+
+    /// For every key combined by min/max/and/or, the initiator offers a
+    /// value, the target answers it, and the initiator's agreed value is
+    /// the target's: both roles apply the same result function.
+    #[test]
+    fn both_roles_agree_on_every_combined_key() {
+        let combined = |d: &&KeyDef| {
+            matches!(
+                d.kind,
+                KeyKind::Min | KeyKind::Max | KeyKind::And | KeyKind::Or
+            ) && rule(d.name).is_some()
+        };
+        let mut keys = 0;
+        for def in KEYS.iter().filter(combined) {
+            keys += 1;
+            for x in samples(def) {
+                let mut target = TargetNegotiator::new(LoginOffer::default(), true);
+                let answer = target.negotiate(&[(def.name.into(), x.clone())]).unwrap();
+                let theirs = answer.get(def.name).unwrap().to_string();
+                let mut offered = TextPairs::new();
+                offered.push(def.name, x.clone());
+                let mut ini = Negotiator::new(offered);
+                let reply = ini.absorb(&answer).unwrap();
+                assert!(reply.is_empty(), "{}={x}", def.name);
+                let agreed = ini.agreed.get(def.name).cloned();
+                assert_eq!(agreed, Some(theirs), "{}={x}", def.name);
+            }
+        }
+        // MaxConnections, InitialR2T, ImmediateData, MaxBurstLength,
+        // FirstBurstLength, DefaultTime2Wait, DefaultTime2Retain,
+        // MaxOutstandingR2T, DataPDUInOrder, DataSequenceInOrder,
+        // ErrorRecoveryLevel, IFMarker, OFMarker, iSCSIProtocolLevel,
+        // RDMAExtensions.
+        assert_eq!(keys, 15);
+    }
+
+    /// The result functions themselves, from the table's kind column.
+    #[test]
+    fn kinds_combine_as_the_rfc_says() {
+        let def = |k| lookup(k).unwrap();
+        assert_eq!(def("MaxBurstLength").combine_number(512, 4096), Some(512));
+        assert_eq!(def("DefaultTime2Wait").combine_number(2, 7), Some(7));
+        assert_eq!(def("ImmediateData").combine_bool(true, false), Some(false));
+        assert_eq!(def("InitialR2T").combine_bool(false, true), Some(true));
+        assert_eq!(
+            def("MaxRecvDataSegmentLength").combine_number(8192, 512),
+            Some(512)
+        );
+        assert_eq!(def("InitialR2T").combine_number(1, 2), None);
+        assert_eq!(def("MaxBurstLength").combine_bool(true, true), None);
+        assert_eq!(
+            combine(def("DataDigest"), "CRC32C,None", "None").unwrap(),
+            "None"
+        );
+        assert!(combine(def("HeaderDigest"), "None", "CRC32C").is_err());
+        assert_eq!(
+            combine(def("DefaultTime2Retain"), "20", "0x5").unwrap(),
+            "5"
+        );
+    }
+
+    /// Keys of the RFC the initiator used to call NotUnderstood when the
+    /// target raised them: answered by their rule now.
+    #[test]
+    fn target_raised_rfc_keys_get_answers() {
+        let mut ini = Negotiator::new(TextPairs::new());
+        let mut t = TextPairs::new();
+        t.push("RDMAExtensions", "Yes");
+        t.push("iSCSIProtocolLevel", "2");
+        let reply = ini.absorb(&t).unwrap();
+        assert_eq!(reply.get("RDMAExtensions"), Some("No"));
+        assert_eq!(reply.get("iSCSIProtocolLevel"), Some("1"));
     }
 }

@@ -4,7 +4,8 @@
 
 use super::error::{InitiatorError, Result};
 use super::login::LoginOutcome;
-use super::wire::{read_pdu, sn_le, sn_lt};
+use super::wire::read_pdu;
+use crate::proto::cmdsn::{sn_le, sn_lt};
 use crate::proto::negotiation::SessionParams;
 use crate::proto::pdu::encode;
 use crate::proto::{Bhs, Framing, Opcode, Pdu};

@@ -34,28 +34,9 @@ async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<()
     }
 }
 
-/// RFC 1982 serial comparison: is `a` before `b`?
-pub(crate) fn sn_lt(a: u32, b: u32) -> bool {
-    a != b && (b.wrapping_sub(a) as i32) > 0
-}
-
-/// Is `sn` inside the window that ends at `max` (inclusive)?
-pub(crate) fn sn_le(a: u32, b: u32) -> bool {
-    a == b || sn_lt(a, b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn serial_compare_wraps() {
-        assert!(sn_lt(1, 2));
-        assert!(!sn_lt(2, 1));
-        assert!(sn_lt(u32::MAX, 0));
-        assert!(sn_le(5, 5));
-        assert!(!sn_le(0, u32::MAX));
-    }
 
     #[tokio::test]
     async fn reads_one_pdu_and_reports_eof() {

@@ -8,8 +8,7 @@ use super::text::{MAX_TEXT_BYTES, TextPairs};
 
 /// The reserved Target Transfer Tag: "no continuation".
 pub const RESERVED_TTT: u32 = 0xffff_ffff;
-const F_BIT: u8 = 0x80;
-const C_BIT: u8 = 0x40;
+use super::pdu::{C_BIT, F_BIT};
 /// Smallest segment we split into, whatever the initiator declared (the
 /// RFC minimum for MaxRecvDataSegmentLength).
 const MIN_SEGMENT: usize = 512;

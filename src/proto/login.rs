@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use super::chap::{self, Challenge};
 use super::negotiation::{Negotiator, SessionParams};
-use super::pdu::{Opcode, Pdu};
+use super::pdu::{C_BIT, Opcode, Pdu, T_BIT};
 use super::text::{MAX_TEXT_BYTES, TextPairs};
 
 /// CHAP secrets a target (or discovery) requires.
@@ -138,12 +138,15 @@ pub mod status {
     pub const OUT_OF_RESOURCES: u16 = 0x0302;
 }
 
-/// Login flag bits (byte 1) and stages.
-const T_BIT: u8 = 0x80;
-const C_BIT: u8 = 0x40;
+/// Login stages (CSG and NSG of byte 1).
 pub const STAGE_SECURITY: u8 = 0;
 pub const STAGE_OPERATIONAL: u8 = 1;
 pub const STAGE_FULL_FEATURE: u8 = 3;
+
+/// (CSG, NSG) of a Login PDU's flags byte.
+pub fn stages(flags: u8) -> (u8, u8) {
+    ((flags >> 2) & 3, flags & 3)
+}
 
 /// A login taking more requests than this is abandoned (a peer could
 /// otherwise keep us negotiating forever).
@@ -354,8 +357,7 @@ impl TargetLogin {
     fn check_header(&mut self, pdu: &Pdu) -> Result<(bool, u8, u8), Failed> {
         let flags = pdu.bhs.flags();
         let transit = flags & T_BIT != 0;
-        let csg = (flags >> 2) & 3;
-        let nsg = flags & 3;
+        let (csg, nsg) = stages(flags);
         self.last_csg = csg;
         // VersionMin (byte 3) must admit version 0, the only one there is.
         if pdu.bhs.0[3] != 0 || pdu.bhs.0[2] < pdu.bhs.0[3] {

@@ -8,6 +8,7 @@ pub mod dataout;
 pub mod digest;
 pub mod discovery;
 pub mod login;
+pub mod lun;
 pub mod negotiation;
 pub mod pdu;
 pub mod response;

@@ -208,6 +208,39 @@ pub const KEYS: &[KeyDef] = &[
     key("RDMAExtensions", K::And, SW, Both, Lo, "No", R::Boolean),
 ];
 
+impl KeyDef {
+    /// Two numeric values combined by this key's kind: the smaller (Min),
+    /// the larger (Max), or the sender's (Declarative). `None` for a key
+    /// that is not numeric.
+    pub fn combine_number(&self, ours: u64, theirs: u64) -> Option<u64> {
+        match (self.kind, self.range) {
+            (KeyKind::Min, Range::Numeric(..)) => Some(ours.min(theirs)),
+            (KeyKind::Max, Range::Numeric(..)) => Some(ours.max(theirs)),
+            (KeyKind::Declarative, Range::Numeric(..)) => Some(theirs),
+            _ => None,
+        }
+    }
+
+    /// Two boolean values combined by this key's kind (And, Or).
+    pub fn combine_bool(&self, ours: bool, theirs: bool) -> Option<bool> {
+        match (self.kind, self.range) {
+            (KeyKind::And, Range::Boolean) => Some(ours && theirs),
+            (KeyKind::Or, Range::Boolean) => Some(ours || theirs),
+            _ => None,
+        }
+    }
+
+    /// The RFC default of a numeric key.
+    pub fn default_number(&self) -> Option<u64> {
+        parse_number(self.default)
+    }
+
+    /// The RFC default of a boolean key.
+    pub fn default_bool(&self) -> Option<bool> {
+        parse_bool(self.default)
+    }
+}
+
 /// The table row for `name` (keys are case-sensitive, RFC 7143 §6.1).
 pub fn lookup(name: &str) -> Option<&'static KeyDef> {
     KEYS.iter().find(|k| k.name == name)
@@ -237,7 +270,8 @@ pub fn parse_number(v: &str) -> Option<u64> {
     }
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
+/// Parse an RFC 7143 boolean ("Yes" / "No").
+pub fn parse_bool(v: &str) -> Option<bool> {
     match v {
         "Yes" => Some(true),
         "No" => Some(false),
@@ -245,7 +279,8 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-fn yes_no(b: bool) -> &'static str {
+/// An RFC 7143 boolean value.
+pub fn yes_no(b: bool) -> &'static str {
     if b { "Yes" } else { "No" }
 }
 
@@ -346,75 +381,61 @@ impl Negotiator {
         Ok(Some(answer.unwrap_or_else(|| "Reject".into())))
     }
 
+    /// A numeric key: the initiator's value combined with ours by the
+    /// key's kind (a declaration is taken as it is), then recorded.
     fn numeric(&mut self, def: &KeyDef, v: &str) -> Option<u32> {
         let n = self.checked_number(def.name, v)?;
-        let o = &self.offer;
+        let ours = u64::from(self.our_number(def));
+        let result = u32::try_from(def.combine_number(ours, u64::from(n))?).ok()?;
         let p = &mut self.params;
-        let result = match def.name {
-            "MaxRecvDataSegmentLength" => {
-                p.initiator_max_recv_dsl = n;
-                n
-            }
-            "MaxConnections" => {
-                p.max_connections = n.min(1);
-                p.max_connections
-            }
-            "MaxBurstLength" => {
-                p.max_burst_length = n.min(o.max_burst_length);
-                p.max_burst_length
-            }
-            "FirstBurstLength" => {
-                let ours = o.first_burst_length.min(p.max_burst_length);
-                p.first_burst_length = n.min(ours);
-                p.first_burst_length
-            }
-            "DefaultTime2Wait" => {
-                p.default_time2wait = n.max(2);
-                p.default_time2wait
-            }
-            "DefaultTime2Retain" => {
-                p.default_time2retain = n.min(20);
-                p.default_time2retain
-            }
-            "MaxOutstandingR2T" => {
-                p.max_outstanding_r2t = n.min(o.max_outstanding_r2t.max(1));
-                p.max_outstanding_r2t
-            }
-            "ErrorRecoveryLevel" => {
-                p.error_recovery_level = 0;
-                0
-            }
-            "iSCSIProtocolLevel" => n.min(1),
-            _ => n,
-        };
+        match def.name {
+            "MaxRecvDataSegmentLength" => p.initiator_max_recv_dsl = result,
+            "MaxConnections" => p.max_connections = result,
+            "MaxBurstLength" => p.max_burst_length = result,
+            "FirstBurstLength" => p.first_burst_length = result,
+            "DefaultTime2Wait" => p.default_time2wait = result,
+            "DefaultTime2Retain" => p.default_time2retain = result,
+            "MaxOutstandingR2T" => p.max_outstanding_r2t = result,
+            "ErrorRecoveryLevel" => p.error_recovery_level = result,
+            _ => {}
+        }
         Some(result)
     }
 
+    /// Our value for a numeric key: the offer where it sets one, else the
+    /// RFC default (we support no more: one connection, ERL 0, level 1).
+    fn our_number(&self, def: &KeyDef) -> u32 {
+        let o = &self.offer;
+        match def.name {
+            "MaxBurstLength" => o.max_burst_length,
+            "FirstBurstLength" => o.first_burst_length.min(self.params.max_burst_length),
+            "MaxOutstandingR2T" => o.max_outstanding_r2t.max(1),
+            _ => def
+                .default_number()
+                .and_then(|d| u32::try_from(d).ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// A boolean key: combined with ours by the key's kind, then recorded.
     fn boolean(&mut self, def: &KeyDef, v: &str) -> Option<bool> {
-        let theirs = parse_bool(v)?;
-        let p = &mut self.params;
-        let result = match def.name {
-            "InitialR2T" => {
-                p.initial_r2t = theirs || self.offer.initial_r2t;
-                p.initial_r2t
-            }
-            "ImmediateData" => {
-                p.immediate_data = theirs && self.offer.immediate_data;
-                p.immediate_data
-            }
-            // We ask for in-order data (OR with Yes): the data path then
+        let ours = match def.name {
+            "InitialR2T" => self.offer.initial_r2t,
+            "ImmediateData" => self.offer.immediate_data,
+            // In-order data (OR with the default Yes): the data path then
             // never has to reassemble out-of-order PDUs or sequences.
-            "DataPDUInOrder" => {
-                p.data_pdu_in_order = true;
-                true
-            }
-            "DataSequenceInOrder" => {
-                p.data_sequence_in_order = true;
-                true
-            }
-            // IFMarker, OFMarker, RDMAExtensions: AND with our "No".
-            _ => false,
+            // Markers and RDMAExtensions: AND with the default No.
+            _ => def.default_bool()?,
         };
+        let result = def.combine_bool(ours, parse_bool(v)?)?;
+        let p = &mut self.params;
+        match def.name {
+            "InitialR2T" => p.initial_r2t = result,
+            "ImmediateData" => p.immediate_data = result,
+            "DataPDUInOrder" => p.data_pdu_in_order = result,
+            "DataSequenceInOrder" => p.data_sequence_in_order = result,
+            _ => {}
+        }
         Some(result)
     }
 

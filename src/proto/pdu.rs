@@ -14,6 +14,11 @@ use thiserror::Error;
 
 /// Length of the Basic Header Segment.
 pub const BHS_LEN: usize = 48;
+/// Byte 1 bit 7: F (final) in most PDUs, T (transit) in Login PDUs.
+pub const F_BIT: u8 = 0x80;
+pub const T_BIT: u8 = F_BIT;
+/// Byte 1 bit 6 of Login and Text PDUs: C (continue, more text follows).
+pub const C_BIT: u8 = 0x40;
 
 /// Open enum of PDU opcodes: unknown values round-trip as `Unknown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,10 +175,10 @@ impl Bhs {
     }
     /// The F (final) bit, byte 1 bit 7.
     pub fn final_bit(&self) -> bool {
-        self.0[1] & 0x80 != 0
+        self.0[1] & F_BIT != 0
     }
     pub fn set_final(&mut self, v: bool) {
-        self.set_bit(1, 0x80, v)
+        self.set_bit(1, F_BIT, v)
     }
     pub fn set_bit(&mut self, byte: usize, mask: u8, v: bool) {
         if v {

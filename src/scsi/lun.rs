@@ -230,29 +230,16 @@ pub struct MediumChange<'a> {
     _order: RwLockReadGuard<'a, ()>,
 }
 
-/// SAM-5 single-level LUN encoding (peripheral or flat addressing).
+/// The LUN field of a LUN number ([`crate::proto::lun::encode`]; numbers
+/// past the single-level range are not configurable).
 pub fn encode_lun(lun: u64) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    if lun < 256 {
-        b[1] = lun as u8;
-    } else {
-        b[0] = 0x40 | ((lun >> 8) as u8 & 0x3f);
-        b[1] = lun as u8;
-    }
-    b
+    crate::proto::lun::encode(lun).unwrap_or(0).to_be_bytes()
 }
 
-/// Inverse of [`encode_lun`] for single-level LUNs; other forms map to
+/// The LUN number of a LUN field; forms other than single level map to
 /// `u64::MAX` (no such LUN).
 pub fn decode_lun(raw: [u8; 8]) -> u64 {
-    if raw[2..].iter().any(|&b| b != 0) {
-        return u64::MAX;
-    }
-    match raw[0] >> 6 {
-        0 if raw[0] == 0 => raw[1] as u64,
-        1 => (((raw[0] & 0x3f) as u64) << 8) | raw[1] as u64,
-        _ => u64::MAX,
-    }
+    crate::proto::lun::decode(u64::from_be_bytes(raw)).unwrap_or(u64::MAX)
 }
 
 impl LogicalUnit {
