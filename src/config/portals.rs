@@ -208,10 +208,8 @@ mod tests {
         let d = cfg(l).unwrap();
         assert!(membership_change(&a, &d).is_some());
         // Another listen list alone (a restart setting) regroups nothing.
-        let e = cfg(&format!(
-            "listen = [\"127.0.0.1:3261\", \"127.0.0.1:3262\"]\n\
-             [[portal_group]]\ntag = 2\nportals = [\"127.0.0.1:3261\"]"
-        ))
+        let e = cfg("listen = [\"127.0.0.1:3261\", \"127.0.0.1:3262\"]\n\
+             [[portal_group]]\ntag = 2\nportals = [\"127.0.0.1:3261\"]")
         .unwrap();
         assert_eq!(membership_change(&a, &e), None);
     }
