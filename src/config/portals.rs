@@ -95,14 +95,30 @@ pub fn group_settings(cfg: &Config) -> Vec<GroupSetting> {
 /// Why a reload from `current` to `next` cannot regroup the portals in
 /// place, if it would: tags and memberships are fixed until a restart
 /// (initiators have built their paths on them).
+/// (A changed `listen` alone is not one: it needs a restart anyway and
+/// keeps the running portals, whose tags stay what the groups say.)
 pub fn membership_change(current: &Config, next: &Config) -> Option<String> {
-    let ids = |c: &Config| group_settings(c).iter().map(|g| g.id).collect::<Vec<_>>();
-    let same = portal_tags(current) == portal_tags(next) && ids(current) == ids(next);
-    (!same).then(|| {
+    (memberships(current) != memberships(next)).then(|| {
         "portal groups: tags or portal membership changed; that needs a restart \
          (a reload may change alua_state and preferred only)"
             .to_string()
     })
+}
+
+/// Each group's tag with its portals, by tag.
+fn memberships(cfg: &Config) -> Vec<(u16, BTreeSet<SocketAddr>)> {
+    let mut v: Vec<(u16, BTreeSet<SocketAddr>)> = cfg
+        .portal_groups
+        .iter()
+        .map(|g| {
+            (
+                g.tag,
+                g.portals.iter().filter_map(|p| p.parse().ok()).collect(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 #[cfg(test)]
@@ -191,5 +207,10 @@ mod tests {
         assert!(membership_change(&a, &c).unwrap().contains("restart"));
         let d = cfg(l).unwrap();
         assert!(membership_change(&a, &d).is_some());
+        // Another listen list alone (a restart setting) regroups nothing.
+        let e = cfg("listen = [\"127.0.0.1:3261\", \"127.0.0.1:3262\"]\n\
+             [[portal_group]]\ntag = 2\nportals = [\"127.0.0.1:3261\"]")
+        .unwrap();
+        assert_eq!(membership_change(&a, &e), None);
     }
 }

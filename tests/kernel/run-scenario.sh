@@ -234,6 +234,49 @@ lun_corrupt() { # COUNT STRIDE_MIB
     log "LUN file: $1 blocks overwritten"
 }
 
+# COUNT free 127.0.0.1 ports, one a line (bound once by the kernel's
+# choice, then released for gentgt).
+free_ports() { # COUNT
+    python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+for s in socks:
+    print(s.getsockname()[1])' "$1"
+}
+
+# RUN/gentgt.toml: the scenario's config_head (given "$@"), the target
+# and its LUN. Host actions may rewrite it before a reload.
+write_config() {
+    {
+        echo "# Written by tests/kernel/run-scenario.sh for scenario $NAME."
+        config_head "$@"
+        cat <<EOF
+[[target]]
+name = "$IQN"
+alias = "kernel-$NAME"
+
+[[target.lun]]
+id = 0
+backend = "file"
+path = "lun0.img"
+size = "$LUN_SIZE"
+block_size = 512
+EOF
+    } >"$RUN/gentgt.toml.tmp"
+    mv "$RUN/gentgt.toml.tmp" "$RUN/gentgt.toml"
+}
+# Re-read RUN/gentgt.toml: gentgt reload validates it, sends SIGHUP and
+# prints the server's answer (the config_head must set pid_file).
+target_reload() {
+    local out
+    out=$("$GENTGT_BIN" reload --pid-file "$RUN/gentgt.pid" --config "$RUN/gentgt.toml" 2>&1) || {
+        log "reload failed: $out"
+        return 1
+    }
+    log "reload: $out"
+}
+
 cleanup() {
     set +e
     [[ -n ${TAIL_PID:-} ]] && kill "$TAIL_PID" 2>/dev/null
@@ -262,6 +305,11 @@ PORTALS=1
 LUN_SIZE=256MiB
 TIMEOUT=240
 host_action() { echo "unknown host action $1" >&2; return 1; }
+# Top-level configuration lines (before [[target]]) a scenario may add;
+# with FIXED_PORTS=1 the ports are chosen up front so that it can name
+# them (PORTS[i]).
+config_head() { :; }
+FIXED_PORTS=0
 # shellcheck source=/dev/null
 source "$SCEN"
 
@@ -273,19 +321,10 @@ RUN=$(mktemp -d "$KG/runs/$NAME.XXXXXX")
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 mkdir -p "$RUN/data"
-cat >"$RUN/gentgt.toml" <<EOF
-# Written by tests/kernel/run-scenario.sh for scenario $NAME.
-[[target]]
-name = "$IQN"
-alias = "kernel-$NAME"
-
-[[target.lun]]
-id = 0
-backend = "file"
-path = "lun0.img"
-size = "$LUN_SIZE"
-block_size = 512
-EOF
+if ((FIXED_PORTS)); then
+    mapfile -t PORTS < <(free_ports "$PORTALS")
+fi
+write_config
 target_start
 
 # What the guest reads from /run/xchg/guest.env.
