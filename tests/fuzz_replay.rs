@@ -120,6 +120,7 @@ replay_tests! {
     negotiation: 3000,
     login: 3000,
     session: 300,
+    session_sm: 3000,
     cdb: 1500,
     cbt: 1000,
     param_lists: 1500,

@@ -8,10 +8,12 @@
 mod config;
 mod input;
 mod login;
+mod pdus;
 mod proto;
 mod scsi;
 mod seeds;
 mod session;
+mod session_sm;
 mod session_wire;
 
 pub use config::config;
@@ -20,6 +22,7 @@ pub use proto::{negotiation, pdu, text_keys};
 pub use scsi::{cbt, cdb, param_lists};
 pub use seeds::seeds;
 pub use session::session;
+pub use session_sm::session_sm;
 
 /// A fuzz target: any bytes in, panics on a violated invariant.
 pub type Target = fn(&[u8]);
@@ -31,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("negotiation", negotiation),
     ("login", login),
     ("session", session),
+    ("session_sm", session_sm),
     ("cdb", cdb),
     ("cbt", cbt),
     ("param_lists", param_lists),

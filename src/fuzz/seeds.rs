@@ -46,6 +46,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     v.extend(negotiation_seeds().into_iter().map(|s| ("negotiation", s)));
     v.extend(login_seeds().into_iter().map(|s| ("login", s)));
     v.extend(session_seeds().into_iter().map(|s| ("session", s)));
+    // The in-memory session target reads the same inputs.
+    v.extend(session_seeds().into_iter().map(|s| ("session_sm", s)));
     v.extend(cdb_seeds().into_iter().map(|s| ("cdb", s)));
     v.extend(cbt_seeds().into_iter().map(|s| ("cbt", s)));
     v.extend(param_seeds().into_iter().map(|s| ("param_lists", s)));

@@ -4,6 +4,7 @@
 
 use crate::backend::{Backend, MemoryBackend};
 use crate::cbt::Tracker;
+use crate::proto::negotiation::SessionParams;
 use crate::proto::pdu::{self, Bhs, Framing, Opcode, Pdu};
 use crate::proto::text::TextPairs;
 use crate::scsi::{DeviceServer, LogicalUnit};
@@ -44,8 +45,17 @@ fn lun(size: u64, bs: u32, n: u8, tracked: bool) -> Arc<LogicalUnit> {
     Arc::new(lu)
 }
 
-/// The server's address, starting it on first use: LUN 0 a tracked 1 MiB
-/// memory disk, LUN 1 a read-only 256 KiB one with 4 KiB blocks.
+/// The fuzzed target's device server: LUN 0 a tracked 1 MiB memory disk,
+/// LUN 1 a read-only 256 KiB one with 4 KiB blocks.
+pub fn device() -> DeviceServer {
+    let luns = vec![
+        (0, lun(1 << 20, 512, 0, true)),
+        (1, lun(256 << 10, 4096, 1, false)),
+    ];
+    DeviceServer::new(TARGET, luns)
+}
+
+/// The server's address, starting it on first use (see [`device`]).
 pub fn server_addr() -> SocketAddr {
     *ADDR.get_or_init(|| {
         // A Rust `main` ignores SIGPIPE before it starts; libFuzzer's C
@@ -60,10 +70,6 @@ pub fn server_addr() -> SocketAddr {
             PANICKED.store(true, Ordering::SeqCst);
             prev(info)
         }));
-        let luns = vec![
-            (0, lun(1 << 20, 512, 0, true)),
-            (1, lun(256 << 10, 4096, 1, false)),
-        ];
         let mut registry = Registry::default();
         registry.targets.insert(
             TARGET.to_string(),
@@ -72,7 +78,7 @@ pub fn server_addr() -> SocketAddr {
                 alias: None,
                 allowed_initiators: None,
                 chap: None,
-                device: Arc::new(DeviceServer::new(TARGET, luns)),
+                device: Arc::new(device()),
             },
         );
         let (tx, rx) = channel();
@@ -109,6 +115,27 @@ impl LoginChoice {
     /// Our MaxRecvDataSegmentLength.
     pub fn mrdsl(self) -> u32 {
         if self.0 & 0x10 != 0 { 512 } else { 262_144 }
+    }
+
+    /// What a login with these keys negotiates (the target accepts them
+    /// all as offered), for the in-memory harness.
+    pub fn params(self) -> SessionParams {
+        let on = |bit: u8| self.0 & bit != 0;
+        let mut p = SessionParams {
+            header_digest: on(0x01),
+            data_digest: on(0x02),
+            initiator_max_recv_dsl: self.mrdsl(),
+            target_max_recv_dsl: crate::proto::login::LoginOffer::default().max_recv_dsl,
+            ..SessionParams::default()
+        };
+        if !self.discovery() {
+            p.immediate_data = !on(0x04);
+            p.initial_r2t = on(0x08);
+            p.first_burst_length = if on(0x20) { 512 } else { 65536 };
+            p.max_burst_length = if on(0x20) { 1024 } else { 262_144 };
+            p.max_outstanding_r2t = if on(0x80) { 4 } else { 1 };
+        }
+        p
     }
 
     fn keys(self) -> TextPairs {

@@ -163,7 +163,7 @@ impl Negotiator {
     /// sends TargetPortalGroupTag in its first answer, RFC 7143 §13.9).
     pub(crate) fn note_declarations(&mut self, resp: &TextPairs) {
         for (k, v) in resp.iter() {
-            if matches!(rule(k), Some(Rule::Declarative)) {
+            if rule(k).is_some_and(|d| d.kind == KeyKind::Declarative) {
                 self.declared.insert(k.to_string(), v.to_string());
             }
         }
