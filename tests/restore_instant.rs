@@ -424,3 +424,49 @@ async fn bad_backup_lun_settings_fail_at_start_naming_the_lun() {
     let got = s.read16(0, (at / 512) as u64, 256, BS).await.unwrap();
     assert_same(&got, &img[at..at + 256 * 512], "encrypted backup LUN");
 }
+
+/// Wait (bounded) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(std::time::Instant::now() < until, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_a_backup_lun_and_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image();
+    let (repo, id) = make_backup(dir.path(), &img, None);
+    let inst = dir.path().join("inst");
+    std::fs::create_dir_all(&inst).unwrap();
+    let pid = inst.join("gentgt.pid");
+    let head = format!("pid_file = \"{}\"\n", pid.display());
+    let memory = "[[target.lun]]\nid = 0\nbackend = \"memory\"\nsize = \"1MiB\"\n";
+    let only_memory = format!("{head}[[target]]\nname = \"{INST}\"\n{memory}");
+    let server = ServeProcess::start_in(&inst, &only_memory);
+    let status = inst.join("gentgt.pid.reload");
+    let reload = |toml: &str, generation: u32| {
+        std::fs::write(inst.join("gentgt.toml"), toml).unwrap();
+        server.signal(libc::SIGHUP);
+        let want = format!("{generation} ok");
+        wait_for("reload status", || {
+            std::fs::read_to_string(&status).is_ok_and(|s| s.starts_with(&want))
+        });
+    };
+    let backup_lun = instant_toml(&repo, &id, "").replace("id = 0", "id = 1");
+    let backup_lun = backup_lun.split_once("[[target.lun]]").unwrap().1;
+    reload(&format!("{only_memory}[[target.lun]]{backup_lun}"), 1);
+    assert_eq!(locks(&repo), 1, "the added backup LUN holds the lock");
+    let s = login(&server).await;
+    let _ = s.test_unit_ready(1).await;
+    let at = 9 * EXTENT;
+    let got = s.read16(1, (at / 512) as u64, 128, BS).await.unwrap();
+    assert_same(&got, &img[at..at + EXTENT], "backup LUN added by reload");
+    let _ = s.logout().await;
+    reload(&only_memory, 2);
+    wait_for("lock released after the LUN was removed", || {
+        locks(&repo) == 0
+    });
+}

@@ -152,3 +152,71 @@ pub(super) fn open(
     }
     Ok(Arc::new(b))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn errors(lun_keys: &str) -> Vec<String> {
+        let text = format!(
+            "[[target]]\nname = \"iqn.2026-11.dev.gentgt:t\"\n[[target.lun]]\nid = 0\n{lun_keys}\n"
+        );
+        match Config::from_toml(&text, "test") {
+            Err(ConfigError::Invalid(e)) => e,
+            Ok(_) => vec![],
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn backup_keys_are_checked() {
+        let ok = "backend = \"backup\"\nrepository = \"/r\"\nbackup = \"17-ab\"";
+        assert_eq!(errors(ok), Vec::<String>::new());
+        let cases = [
+            ("backend = \"backup\"\nbackup = \"1\"", "needs repository"),
+            ("backend = \"backup\"\nrepository = \"/r\"", "needs backup"),
+            (&format!("{ok}\npath = \"a.img\""), "not path"),
+            (&format!("{ok}\noverlay = \"o\""), "only used with writable"),
+            (
+                &format!("{ok}\nwritable = true\nread_only = true"),
+                "contradict",
+            ),
+            (&format!("{ok}\ncache_size = 4096"), "cache_size"),
+            (&format!("{ok}\ntracking = \"volatile\""), "do not track"),
+            (
+                &format!("{ok}\nkey_file = \"k\"\npassphrase_env = \"P\""),
+                "not both",
+            ),
+            (
+                "backend = \"backup\"\nrepository = \"/r\"\nbackup = \"../x\"",
+                "not a backup id",
+            ),
+            (
+                "backend = \"memory\"\nsize = 4096\nwritable = true",
+                "writable is for backend = \"backup\" LUNs only",
+            ),
+            ("backend = \"memory\"", "size is required"),
+        ];
+        for (keys, needle) in cases {
+            let e = errors(keys);
+            assert!(e.iter().any(|m| m.contains(needle)), "{keys}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn two_writable_luns_on_one_overlay_are_refused() {
+        let lun = |id| {
+            format!(
+                "[[target.lun]]\nid = {id}\nbackend = \"backup\"\nrepository = \"/r\"\n\
+                 backup = \"b\"\nwritable = true\noverlay = \"o\"\n"
+            )
+        };
+        let text = format!(
+            "[[target]]\nname = \"iqn.2026-11.dev.gentgt:t\"\n{}{}",
+            lun(0),
+            lun(1)
+        );
+        let e = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(e.contains("already used"), "{e}");
+    }
+}
