@@ -30,7 +30,10 @@ fn precreate_read_only(cfg: &Config, data_dir: &Path) {
         if let (true, Some(p)) = (lun.read_only, &lun.path) {
             let p = data_dir.join(p);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::File::create(&p).unwrap().set_len(lun.size.0).unwrap();
+            fs::File::create(&p)
+                .unwrap()
+                .set_len(lun.size_bytes())
+                .unwrap();
         }
     }
 }
@@ -38,6 +41,12 @@ fn precreate_read_only(cfg: &Config, data_dir: &Path) {
 fn build(cfg: &Config, data_dir: &Path) -> Registry {
     precreate_read_only(cfg, data_dir);
     build_registry(cfg, data_dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn serves_a_backup(cfg: &Config) -> bool {
+    let luns = cfg.targets.iter().flat_map(|t| &t.luns);
+    luns.into_iter()
+        .any(|l| l.backend == gentgt::config::BackendKind::Backup)
 }
 
 type Ident = (String, u64, String, [u8; 16]);
@@ -59,6 +68,11 @@ fn every_shipped_config_loads_and_builds() {
     assert!(files.len() >= 3, "{files:?}");
     for path in files {
         let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        if serves_a_backup(&cfg) {
+            // Needs a repository with that backup: tests/restore_instant.rs
+            // builds and serves it on one.
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
         let reg = build(&cfg, dir.path());
         // Every portal has a tag, and each tag is a target port group.
@@ -75,13 +89,13 @@ fn every_shipped_config_loads_and_builds() {
             for lun in t.luns.iter().filter(|l| l.views_on()) {
                 let view = &entry.device.luns[&lun.view_lun_id()];
                 assert!(view.read_only && view.view_of.is_some());
-                assert_eq!(view.backend.size(), lun.size.0);
+                assert_eq!(view.backend.size(), lun.size_bytes());
             }
             for lun in &t.luns {
                 let unit = &entry.device.luns[&lun.id];
-                assert_eq!(unit.backend.size(), lun.size.0);
+                assert_eq!(unit.backend.size(), lun.size_bytes());
                 assert_eq!(unit.block_size, lun.block_size);
-                assert_eq!(unit.read_only, lun.read_only);
+                assert_eq!(unit.read_only, lun.write_protected());
                 if let Some(p) = &lun.path {
                     assert!(dir.path().join(p).is_file());
                 }

@@ -8,12 +8,16 @@
 use std::io;
 
 pub mod aligned;
+pub mod backup;
+mod chunk_cache;
 pub mod file;
 pub mod memory;
+pub mod overlay;
 mod rangelock;
 mod ring;
 pub mod uring;
 
+pub use backup::{BackupBackend, InstantOptions};
 pub use file::FileBackend;
 pub use memory::MemoryBackend;
 pub use uring::{UringBackend, UringOptions};

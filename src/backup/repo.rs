@@ -395,12 +395,16 @@ impl Repo {
 
     /// Read a chunk, decode it and check it against its id.
     pub fn get_chunk(&self, digest: &str) -> Result<Vec<u8>> {
-        let id = parse_id(digest)?;
-        let loc = self.chunk_loc(&id).ok_or_else(|| BackupError::Corrupt {
-            what: format!("chunk {digest}"),
+        self.get_chunk_id(&parse_id(digest)?)
+    }
+
+    /// [`Repo::get_chunk`] by parsed id (instant-restore LUNs keep ids parsed).
+    pub fn get_chunk_id(&self, id: &blake3::Hash) -> Result<Vec<u8>> {
+        let loc = self.chunk_loc(id).ok_or_else(|| BackupError::Corrupt {
+            what: format!("chunk {}", id.to_hex()),
             why: "not in the repository index".into(),
         })?;
-        self.read_chunk(&id, &loc)
+        self.read_chunk(id, &loc)
     }
 
     pub(super) fn read_chunk(&self, id: &blake3::Hash, loc: &Loc) -> Result<Vec<u8>> {

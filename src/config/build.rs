@@ -1,8 +1,10 @@
 //! Turn a validated configuration into the registry the target serves.
 
 use super::identity::{self, identity_path};
-use super::schema::{ChapConfig, Config, IoEngine, LunConfig, TargetConfig, TrackingMode};
-use super::{ConfigError, portals, validate};
+use super::schema::{
+    BackendKind, ChapConfig, Config, IoEngine, LunConfig, TargetConfig, TrackingMode,
+};
+use super::{ConfigError, backup_lun, portals, validate};
 use crate::backend::{Backend, FileBackend, MemoryBackend, UringOptions, uring};
 use crate::cbt::Tracker;
 use crate::proto::login::ChapSecrets;
@@ -71,11 +73,14 @@ pub(super) fn build_lun(
     if let Some(rel) = lun.path.as_ref().filter(|p| p.is_relative()) {
         create_dir(data_dir.join(rel).parent().unwrap_or(data_dir))?;
     }
-    let backend = open_backend(lun, path.as_deref()).map_err(|source| ConfigError::Storage {
-        what: format!("target {target:?} LUN {}: cannot open backend", lun.id),
-        path: path.clone().unwrap_or_default(),
-        source,
-    })?;
+    let backend = match lun.backend {
+        BackendKind::Backup => backup_lun::open(target, lun, data_dir)?,
+        _ => open_backend(lun, path.as_deref()).map_err(|source| ConfigError::Storage {
+            what: format!("target {target:?} LUN {}: cannot open backend", lun.id),
+            path: path.clone().unwrap_or_default(),
+            source,
+        })?,
+    };
     let identity = match (&path, stored.get(&(target, lun.id))) {
         (_, Some(id)) => id.clone(),
         (Some(p), None) => {
@@ -83,9 +88,15 @@ pub(super) fn build_lun(
             identity::load_or_create(&idp)
                 .map_err(|reason| ConfigError::Identity { path: idp, reason })?
         }
-        (None, None) => identity::derived_identity(target, lun.id),
+        // Another backup is another disk: its own designators.
+        (None, None) => match (&lun.backend, &lun.backup) {
+            (BackendKind::Backup, Some(b)) => {
+                identity::derived_identity(&format!("{target}/backup/{b}"), lun.id)
+            }
+            _ => identity::derived_identity(target, lun.id),
+        },
     };
-    let mut unit = LogicalUnit::new(backend, lun.block_size, identity, lun.read_only)
+    let mut unit = LogicalUnit::new(backend, lun.block_size, identity, lun.write_protected())
         .with_removable(lun.removable);
     unit.visible_to = lun.initiators.clone();
     match path {
@@ -137,7 +148,7 @@ pub(super) fn setup_tracking(
         unit.cbt.max_lease = Duration::from_millis(ms);
         unit.cbt.default_lease = unit.cbt.default_lease.min(unit.cbt.max_lease);
     }
-    let capacity = lun.size.0 / u64::from(lun.block_size);
+    let capacity = unit.backend.size() / u64::from(lun.block_size);
     // Validation made it a power of two that fits a u32.
     let extent_blocks =
         u32::try_from(lun.extent_bytes() / u64::from(lun.block_size)).unwrap_or(u32::MAX);
@@ -237,7 +248,7 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), ConfigError> {
 
 /// The one place that names the backend constructors.
 fn open_backend(lun: &LunConfig, path: Option<&Path>) -> io::Result<Arc<dyn Backend>> {
-    let size = lun.size.0;
+    let size = lun.size_bytes();
     Ok(match path {
         Some(p) if lun.io == IoEngine::Uring => {
             let opts = UringOptions {

@@ -5,6 +5,7 @@
 //! again and reads every stored LUN identity before it creates anything, so
 //! a bad configuration leaves no file or directory behind.
 
+mod backup_lun;
 mod build;
 pub mod identity;
 #[cfg(test)]
@@ -48,6 +49,12 @@ pub enum ConfigError {
     /// A stored LUN identity cannot be used; we refuse to invent a new one.
     #[error("LUN identity file {}: {reason}", path.display())]
     Identity { path: PathBuf, reason: String },
+    /// A backup LUN's repository, backup or overlay cannot be used.
+    #[error("{what}: {source}")]
+    Backup {
+        what: String,
+        source: crate::backend::backup::InstantError,
+    },
     /// Creating the data directory or opening a backend failed.
     #[error("{what} {}: {source}", path.display())]
     Storage {
@@ -118,7 +125,7 @@ impl Config {
                     id: 0,
                     backend: BackendKind::File,
                     path: Some(PathBuf::from("lun0.img")),
-                    size: Size(1 << 30),
+                    size: Some(Size(1 << 30)),
                     block_size: 512,
                     read_only: false,
                     removable: false,
@@ -131,6 +138,13 @@ impl Config {
                     view_space: None,
                     io: Default::default(),
                     direct: false,
+                    repository: None,
+                    backup: None,
+                    key_file: None,
+                    passphrase_env: None,
+                    cache_size: None,
+                    writable: false,
+                    overlay: None,
                 }],
                 max_lock_lease_ms: None,
                 max_view_lease_ms: None,

@@ -168,7 +168,7 @@ fn file_of(lun: &LunConfig, data_dir: &Path) -> Option<PathBuf> {
 /// Opening would refuse to truncate; find out before closing the old unit.
 fn check_no_shrink(target: &str, lun: &LunConfig, path: &Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
-        Ok(m) if m.len() > lun.size.0 => Err(ConfigError::Storage {
+        Ok(m) if m.len() > lun.size_bytes() => Err(ConfigError::Storage {
             what: format!("target {target:?} LUN {}: shrinking", lun.id),
             path: path.to_path_buf(),
             source: io::Error::new(

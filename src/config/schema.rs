@@ -143,6 +143,8 @@ pub enum TrackingMode {
 pub enum BackendKind {
     File,
     Memory,
+    /// A backup served from its repository (instant restore).
+    Backup,
 }
 
 impl fmt::Display for BackendKind {
@@ -150,6 +152,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::File => "file",
             BackendKind::Memory => "memory",
+            BackendKind::Backup => "backup",
         })
     }
 }
@@ -173,7 +176,10 @@ pub struct LunConfig {
     /// File backend only; relative paths are under the data directory.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    pub size: Size,
+    /// Needed by file and memory LUNs; a backup LUN's comes from the
+    /// backup (and must match it when given).
+    #[serde(default)]
+    pub size: Option<Size>,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
     #[serde(default)]
@@ -216,6 +222,29 @@ pub struct LunConfig {
     /// (buffered, with a warning, where the filesystem refuses it).
     #[serde(default)]
     pub direct: bool,
+    /// Backup LUNs (backend = "backup", see backup_lun.rs): the
+    /// repository directory.
+    #[serde(default)]
+    pub repository: Option<PathBuf>,
+    /// Backup LUNs: the id of the backup to serve.
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// Backup LUNs of an encrypted repository: its key file...
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// ...or the environment variable holding its passphrase.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+    /// Backup LUNs: most memory for decoded chunks. Default 64 MiB.
+    #[serde(default)]
+    pub cache_size: Option<Size>,
+    /// Backup LUNs: accept writes (into the overlay). Default false.
+    #[serde(default)]
+    pub writable: bool,
+    /// Writable backup LUNs: the copy-on-write overlay file (and
+    /// `<overlay>.map`). Default in the data directory.
+    #[serde(default)]
+    pub overlay: Option<PathBuf>,
 }
 
 impl LunConfig {
@@ -224,6 +253,7 @@ impl LunConfig {
         self.tracking.unwrap_or(match self.backend {
             BackendKind::File => TrackingMode::Persistent,
             BackendKind::Memory => TrackingMode::Volatile,
+            BackendKind::Backup => TrackingMode::Off,
         })
     }
 
@@ -239,7 +269,18 @@ impl LunConfig {
 
     /// VIEW SPACE LIMIT in bytes after defaults.
     pub fn view_space_bytes(&self) -> u64 {
-        self.view_space.map_or(self.size.0, |s| s.0)
+        self.view_space.map_or(self.size_bytes(), |s| s.0)
+    }
+
+    /// The configured size in bytes (0 when not given).
+    pub fn size_bytes(&self) -> u64 {
+        self.size.map_or(0, |s| s.0)
+    }
+
+    /// Do the SCSI commands that change the medium get DATA PROTECT?
+    /// Backup LUNs are read-only unless `writable`.
+    pub fn write_protected(&self) -> bool {
+        self.read_only || (self.backend == BackendKind::Backup && !self.writable)
     }
 
     /// Extent size in bytes after defaults.

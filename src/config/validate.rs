@@ -139,10 +139,14 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
     if bs != 512 && bs != 4096 {
         f.errors
             .push(format!("{what}: block_size {bs} is not 512 or 4096"));
-    } else if lun.size.0 == 0 || !lun.size.0.is_multiple_of(u64::from(bs)) {
+    } else if lun.size.is_none() && lun.backend != BackendKind::Backup {
+        f.errors.push(format!("{what}: size is required"));
+    } else if lun.size.is_some()
+        && (lun.size_bytes() == 0 || !lun.size_bytes().is_multiple_of(u64::from(bs)))
+    {
         f.errors.push(format!(
             "{what}: size {} is not a positive multiple of the block size {bs}",
-            lun.size.0
+            lun.size_bytes()
         ));
     }
     match (lun.backend, &lun.path) {
@@ -155,7 +159,10 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
             .push(format!("{what}: memory backend takes no path")),
         _ => {}
     }
-    check_io(what, lun, f);
+    super::backup_lun::check(what, lun, f);
+    if lun.backend != BackendKind::Backup {
+        check_io(what, lun, f);
+    }
     for name in lun.initiators.iter().flatten() {
         if let Err(e) = check_iscsi_name(name) {
             f.errors.push(format!("{what}: initiators {name:?}: {e}"));
@@ -322,7 +329,10 @@ fn check_shared_files(cfg: &Config, data_dir: &Path, f: &mut Findings) {
     let mut seen: BTreeMap<PathBuf, String> = BTreeMap::new();
     for t in &cfg.targets {
         for lun in &t.luns {
-            let Some(path) = &lun.path else { continue };
+            let overlay = super::backup_lun::overlay_path(&t.name, lun, Path::new(""));
+            let Some(path) = lun.path.as_ref().or(overlay.as_ref()) else {
+                continue;
+            };
             let what = format!("target {:?} LUN {}", t.name, lun.id);
             match seen.get(&normalize(&data_dir.join(path))) {
                 Some(first) => f.errors.push(format!(
