@@ -42,10 +42,14 @@ host_do() { # ACTION
 
 # Modules from the unpacked kernel package (not under the host's
 # /lib/modules, so modprobe -d); network on the user-net NIC; iscsid.
+# scsi_dh_alua too: gentgt reports TPGS (implicit ALUA), so multipathd
+# asks for the alua hardware handler; a real host's kernel loads it on
+# demand, but its request_module here looks in the host's /lib/modules and
+# fails, and dm then refuses the table (-EINVAL).
 guest_setup() {
     local m
     for m in virtio_net iscsi_tcp sd_mod crc32c_generic crc32c-intel ext4 \
-        dm_multipath dm_round_robin dm_service_time dm_queue_length; do
+        dm_multipath dm_round_robin dm_service_time dm_queue_length scsi_dh_alua; do
         modprobe -d "$KROOT" "$m" 2>/dev/null || say "modprobe $m failed"
     done
     ip link set lo up
