@@ -5,6 +5,7 @@ pub mod backup;
 pub mod buffers;
 pub mod cbt;
 pub mod config;
+pub mod durable;
 pub mod fuzz;
 pub mod initiator;
 pub mod metrics;

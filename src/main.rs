@@ -202,15 +202,16 @@ fn serve(args: ServeArgs) -> Result<()> {
     raise_fd_limit();
     // Everything that touches the disk happens here, before the runtime
     // starts, so no blocking I/O runs on the reactor.
-    let cfg = match &args.config {
+    let mut cfg = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default_config(),
     };
-    let addrs = if args.listen.is_empty() {
-        cfg.listen_addrs()?
-    } else {
-        args.listen.clone()
-    };
+    if !args.listen.is_empty() {
+        // --listen replaces `listen`; portal groups must name its portals.
+        cfg.listen = args.listen.iter().map(|a| a.to_string()).collect();
+        cfg.validate()?;
+    }
+    let addrs = cfg.listen_addrs()?;
     let data_dir = args
         .data_dir
         .or_else(|| cfg.data_dir.clone())

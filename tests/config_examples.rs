@@ -61,7 +61,11 @@ fn every_shipped_config_loads_and_builds() {
         let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().unwrap();
         let reg = build(&cfg, dir.path());
-        assert_eq!(reg.portal_group_tag, 1);
+        // Every portal has a tag, and each tag is a target port group.
+        assert_eq!(reg.portal_tags.len(), cfg.listen.len());
+        for (_, tag) in &reg.portal_tags {
+            assert!(reg.port_groups.ids().contains(tag), "{}", path.display());
+        }
         assert_eq!(reg.targets.len(), cfg.targets.len(), "{}", path.display());
         for t in &cfg.targets {
             let entry = reg.target(&t.name).unwrap();

@@ -1,29 +1,19 @@
 //! Durable file operations shared by the repository's writers.
 
 use super::{BackupError, Result};
-use std::fs::{self, File};
-use std::io::Write;
+use crate::durable;
+use std::fs;
 use std::path::Path;
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(BackupError::io(dir))
+    durable::sync_dir(dir).map_err(BackupError::io(dir))
 }
 
-/// Write `data` to `tmp`, fsync it, rename it to `dest`, fsync `dest`'s
-/// directory: after this returns the file is there whole, or (on a crash
-/// before) not at all.
+/// Write `data` to `tmp` (in the repository's `tmp/`, same filesystem),
+/// fsync it, rename it to `dest`, fsync `dest`'s directory: after this
+/// returns the file is there whole, or (on a crash before) not at all.
 pub fn write_atomic(tmp: &Path, dest: &Path, data: &[u8]) -> Result<()> {
-    let written = File::create(tmp)
-        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
-        .map_err(BackupError::io(tmp));
-    if let Err(e) = written {
-        let _ = fs::remove_file(tmp);
-        return Err(e);
-    }
-    fs::rename(tmp, dest).map_err(BackupError::io(dest))?;
-    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+    durable::replace_via(tmp, dest, |w| w.write_all(data)).map_err(BackupError::io(dest))
 }
 
 /// Names of the entries of `dir` (none if it does not exist).

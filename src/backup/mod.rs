@@ -11,7 +11,8 @@
 //! - [`run`] / [`pass`]: the loop (close, copy, converge, lock, copy, release).
 //! - [`view`]: the version-2 way: one pass over a point-in-time view, and
 //!   the fallback to the loop above.
-//! - [`restore`], [`verify`]: reading the repository back.
+//! - [`restore`] (files, devices), [`restore_lun`] (iSCSI): fast full
+//!   restores, resumable; [`verify`]: reading the repository back.
 
 pub mod crypto;
 pub mod format;
@@ -22,9 +23,12 @@ pub mod lock;
 pub mod manifest;
 pub mod pack;
 pub mod pass;
+pub mod progress;
 pub mod prune;
 pub mod repo;
 pub mod restore;
+pub mod restore_lun;
+pub mod rollback;
 pub mod run;
 pub mod upgrade;
 pub mod verify;
@@ -43,7 +47,9 @@ use thiserror::Error;
 
 pub use manifest::{ExtentRef, LunId, Manifest, Method, Stats};
 pub use repo::{CreateOptions, Repo, RepoOptions};
-pub use restore::{restore_to_file, restore_to_lun};
+pub use restore::{RestoreOptions, RestoreReport, restore_to_file, restore_to_path};
+pub use restore_lun::restore_lun;
+pub use rollback::{RollbackOptions, RollbackReport, rollback};
 pub use run::{BackupOptions, BackupSummary, LockHook, LockInfo, backup};
 pub use verify::{VerifyOptions, VerifyReport, verify, verify_with};
 pub use view::{MethodChoice, ViewHook, ViewPhase};

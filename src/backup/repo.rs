@@ -76,7 +76,9 @@ pub struct Repo {
     pub(super) index: RwLock<Index>,
     store: Arc<Store>,
     pipeline: Pipeline,
-    read_cache: Mutex<Option<(PackId, Arc<File>)>>,
+    /// Packs open for reading, most recent last (parallel restores read
+    /// a few packs at once).
+    read_cache: Mutex<Vec<(PackId, Arc<File>)>>,
     tmp_seq: AtomicU64,
     _lock: Option<RepoLock>,
 }
@@ -416,17 +418,29 @@ impl Repo {
             .map_err(corrupt)
     }
 
-    /// The last pack opened stays open: restores read packs in runs.
+    /// The last few packs opened stay open: restores read packs in runs,
+    /// several workers at once.
     fn pack_file(&self, id: &PackId, path: &Path) -> std::io::Result<Arc<File>> {
+        const OPEN_PACKS: usize = 16;
         let mut c = locked(&self.read_cache);
-        if let Some((cid, f)) = c.as_ref()
-            && cid == id
-        {
-            return Ok(f.clone());
+        if let Some(k) = c.iter().position(|(cid, _)| cid == id) {
+            let e = c.remove(k);
+            let f = e.1.clone();
+            c.push(e);
+            return Ok(f);
         }
         let f = Arc::new(File::open(path)?);
-        *c = Some((*id, f.clone()));
+        if c.len() >= OPEN_PACKS {
+            c.remove(0);
+        }
+        c.push((*id, f.clone()));
         Ok(f)
+    }
+
+    /// The id a chunk of `data` has in this repository (keyed BLAKE3 when
+    /// encrypted), to tell whether data already present is a chunk's.
+    pub fn chunk_id(&self, data: &[u8]) -> blake3::Hash {
+        self.codec.chunk_id(data)
     }
 
     /// Every chunk indexed or written by this process: (id hex, stored bytes).

@@ -1,118 +1,473 @@
-//! Writing a backup's image back: to a (sparse) file, or onto a LUN.
+//! Writing a backup's image back, fast: to a file or block device here,
+//! onto a LUN over iSCSI in [`super::restore_lun`]. Both cut the image
+//! into runs of extents of one kind (data or zeros), keep several runs in
+//! flight (chunks fetched, decrypted, decompressed and checked by
+//! workers, written at their offsets), skip or deallocate zero runs, and
+//! can resume: each extent already present is read and compared with the
+//! backup's chunk id (the repository's own, keyed when encrypted), and
+//! only those that differ are written.
+//!
+//! Everything that can be known to be wrong (no such backup, a chunk not
+//! indexed, a destination smaller than the image) fails before the first
+//! write. A failure midway names the byte (or LBA) from which the
+//! destination is not known to be restored.
 
 use super::manifest::{ExtentRef, Manifest};
+use super::progress::Progress;
 use super::repo::Repo;
 use super::{BackupError, Result};
-use crate::initiator::{ConnectOptions, Initiator};
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::Arc;
-use tokio::task::JoinSet;
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Restore to `path`: the file is truncated to the image's size, zero
-/// extents are left as holes, every chunk is checked against its digest.
-/// Returns the bytes written.
-pub fn restore_to_file(repo: &Repo, id: &str, path: &Path) -> Result<u64> {
+/// How a restore runs.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Runs in flight (worker threads for a file, commands for a LUN).
+    pub parallel: usize,
+    /// Largest data run (bytes per write; several extents per WRITE).
+    pub max_write_bytes: usize,
+    /// Print a progress line on stderr.
+    pub progress: bool,
+    /// Read what is there and write only extents that differ (files
+    /// resume by themselves when their `.restoring` marker is present).
+    pub resume: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            parallel: 16,
+            max_write_bytes: 1 << 20,
+            progress: false,
+            resume: false,
+        }
+    }
+}
+
+/// What a restore did, in bytes of the image.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RestoreReport {
+    pub backup: String,
+    pub logical_bytes: u64,
+    /// Data written.
+    pub written_bytes: u64,
+    /// Zero extents left as holes, deallocated or zeroed.
+    pub zero_bytes: u64,
+    /// Extents found already right (resume) and not written.
+    pub skipped_bytes: u64,
+    pub resumed: bool,
+    pub seconds: f64,
+}
+
+impl RestoreReport {
+    pub(super) fn add(&mut self, c: Counts) {
+        self.written_bytes += c.written;
+        self.zero_bytes += c.zeroed;
+        self.skipped_bytes += c.skipped;
+    }
+}
+
+/// Bytes of one run by what happened to them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Counts {
+    pub written: u64,
+    pub zeroed: u64,
+    pub skipped: u64,
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.written + self.zeroed + self.skipped
+    }
+}
+
+/// Consecutive extents of one kind: `count` extents from `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Run {
+    pub first: u64,
+    pub count: u64,
+    pub zero: bool,
+}
+
+/// The manifest of `id`, with every chunk it names indexed.
+pub(super) fn prepare(repo: &Repo, id: &str) -> Result<Manifest> {
     let m = repo.load(id)?;
     repo.check_indexed(&m)?;
-    let r = write_image(repo, &m, path);
-    if r.is_err() {
-        // Never leave a partial image that could pass for the backup.
-        let _ = std::fs::remove_file(path);
-    }
-    r
+    Ok(m)
 }
 
-fn write_image(repo: &Repo, m: &Manifest, path: &Path) -> Result<u64> {
-    let f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .map_err(BackupError::io(path))?;
-    f.set_len(m.lun.logical_bytes())
-        .map_err(BackupError::io(path))?;
-    let mut written = 0u64;
-    for (i, e) in m.extents.iter().enumerate() {
-        let ExtentRef::Blake3(h) = e else { continue };
-        let data = chunk_for(repo, m, i as u64, h)?;
-        let off = m.extents_offset(i as u64);
-        f.write_all_at(&data, off).map_err(BackupError::io(path))?;
-        written += data.len() as u64;
+/// Runs over `extents` (ascending): a data run holds at most `max_bytes`,
+/// a zero run at most `max_zero_blocks` blocks.
+pub(super) fn runs(
+    m: &Manifest,
+    extents: impl IntoIterator<Item = u64>,
+    max_bytes: usize,
+    max_zero_blocks: u64,
+) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    let eb = u64::from(m.lun.extent_blocks);
+    for i in extents {
+        let zero = m.extents[i as usize] == ExtentRef::Zero;
+        if let Some(r) = out.last_mut()
+            && r.zero == zero
+            && r.first + r.count == i
+        {
+            let fits = if zero {
+                (r.count + 1) * eb <= max_zero_blocks
+            } else {
+                (r.count + 1) as usize * m.lun.extent_bytes(i) <= max_bytes
+            };
+            if fits {
+                r.count += 1;
+                continue;
+            }
+        }
+        out.push(Run {
+            first: i,
+            count: 1,
+            zero,
+        });
     }
-    f.sync_all().map_err(BackupError::io(path))?;
-    Ok(written)
-}
-
-fn chunk_for(repo: &Repo, m: &Manifest, i: u64, h: &str) -> Result<Vec<u8>> {
-    let data = repo.get_chunk(h)?;
-    if data.len() != m.lun.extent_bytes(i) {
-        return Err(BackupError::Invalid(format!(
-            "chunk {h} is {} bytes, extent {i} is {}",
-            data.len(),
-            m.lun.extent_bytes(i)
-        )));
-    }
-    Ok(data)
+    out
 }
 
 impl Manifest {
-    fn extents_offset(&self, i: u64) -> u64 {
-        self.lun.extent_range(i).0 * u64::from(self.lun.block_size)
+    /// Byte offset and length of `count` extents from `first`.
+    pub(super) fn byte_range(&self, first: u64, count: u64) -> (u64, usize) {
+        let bs = u64::from(self.lun.block_size);
+        let (lba, _) = self.lun.extent_range(first);
+        let len = (first..first + count)
+            .map(|i| self.lun.extent_bytes(i))
+            .sum();
+        (lba * bs, len)
     }
 }
 
-/// Restore onto a LUN over iSCSI (zero extents are written as zeros).
-/// The LUN must have the image's block size and at least its capacity.
-pub async fn restore_to_lun(
-    repo: Arc<Repo>,
-    id: &str,
-    connect: &ConnectOptions,
-    lun: u64,
-    parallel: usize,
-) -> Result<u64> {
-    let m = Arc::new(repo.load(id)?);
-    repo.check_indexed(&m)?;
-    let s = Arc::new(Initiator::connect(connect).await?);
-    let _ = s.test_unit_ready(lun).await;
-    let (blocks, bs) = s.read_capacity16(lun).await?;
-    if bs != m.lun.block_size || blocks < m.lun.capacity_blocks {
-        return Err(BackupError::Invalid(format!(
-            "LUN has {blocks} blocks of {bs} bytes; the image needs {} of {}",
-            m.lun.capacity_blocks, m.lun.block_size
-        )));
-    }
-    let mut set: JoinSet<Result<u64>> = JoinSet::new();
-    let mut written = 0;
-    for i in 0..m.lun.extent_count() {
-        while set.len() >= parallel.max(1) {
-            written += joined(set.join_next().await)?;
+/// The image of `count` extents from `first`, every chunk checked.
+pub(super) fn fetch(repo: &Repo, m: &Manifest, first: u64, count: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(m.byte_range(first, count).1);
+    for i in first..first + count {
+        match &m.extents[i as usize] {
+            ExtentRef::Zero => out.resize(out.len() + m.lun.extent_bytes(i), 0),
+            ExtentRef::Blake3(h) => {
+                let data = repo.get_chunk(h)?;
+                if data.len() != m.lun.extent_bytes(i) {
+                    return Err(BackupError::Invalid(format!(
+                        "chunk {h} is {} bytes, extent {i} is {}",
+                        data.len(),
+                        m.lun.extent_bytes(i)
+                    )));
+                }
+                out.extend_from_slice(&data);
+            }
         }
-        let (s, m, repo) = (s.clone(), m.clone(), repo.clone());
-        set.spawn(async move {
-            let (lba, _) = m.lun.extent_range(i);
-            let data = match &m.extents[i as usize] {
-                ExtentRef::Zero => vec![0; m.lun.extent_bytes(i)],
-                ExtentRef::Blake3(h) => chunk_for(&repo, &m, i, h)?,
-            };
-            s.write16(lun, lba, &data, m.lun.block_size, false).await?;
-            Ok(data.len() as u64)
-        });
     }
-    while let Some(r) = set.join_next().await {
-        written += joined(Some(r))?;
-    }
-    s.sync_cache(lun).await?;
-    if let Ok(s) = Arc::try_unwrap(s) {
-        let _ = s.logout().await;
-    }
-    Ok(written)
+    Ok(out)
 }
 
-fn joined(r: Option<std::result::Result<Result<u64>, tokio::task::JoinError>>) -> Result<u64> {
-    match r {
-        None => Ok(0),
-        Some(r) => r.map_err(|e| BackupError::Invalid(format!("restore task failed: {e}")))?,
+/// True when `data` is what extent `i` of the backup holds.
+pub(super) fn extent_matches(repo: &Repo, m: &Manifest, i: u64, data: &[u8]) -> bool {
+    match &m.extents[i as usize] {
+        ExtentRef::Zero => data.iter().all(|&b| b == 0),
+        ExtentRef::Blake3(h) => repo.chunk_id(data).to_hex().as_str() == h,
     }
+}
+
+/// The sub-runs of `run` whose extents differ from `current` (the
+/// destination's bytes of the run).
+pub(super) fn differing(repo: &Repo, m: &Manifest, run: Run, current: &[u8]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    let mut at = 0;
+    for i in run.first..run.first + run.count {
+        let len = m.lun.extent_bytes(i);
+        let same = current
+            .get(at..at + len)
+            .is_some_and(|d| extent_matches(repo, m, i, d));
+        at += len;
+        if same {
+            continue;
+        }
+        match out.last_mut() {
+            Some(r) if r.first + r.count == i => r.count += 1,
+            _ => out.push(Run {
+                first: i,
+                count: 1,
+                zero: run.zero,
+            }),
+        }
+    }
+    out
+}
+
+/// Which runs completed, to name what a failure leaves behind.
+pub(super) struct Done(Vec<AtomicBool>);
+
+impl Done {
+    pub fn new(n: usize) -> Done {
+        Done((0..n).map(|_| AtomicBool::new(false)).collect())
+    }
+
+    pub fn mark(&self, k: usize) {
+        self.0[k].store(true, Ordering::Relaxed);
+    }
+
+    /// The first run not completed.
+    pub fn first_missing(&self) -> Option<usize> {
+        self.0.iter().position(|d| !d.load(Ordering::Relaxed))
+    }
+}
+
+/// `PATH.restoring`: present while a restore to PATH is incomplete.
+pub fn marker_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".restoring");
+    PathBuf::from(s)
+}
+
+/// Restore to a file (sparse: zero extents are holes) or a block device.
+/// A file is marked incomplete by `PATH.restoring` until done; with the
+/// marker present (an interrupted restore) or `o.resume`, extents already
+/// right are kept. Returns the bytes of data written.
+pub fn restore_to_file(repo: &Repo, id: &str, path: &Path) -> Result<u64> {
+    Ok(restore_to_path(repo, id, path, &RestoreOptions::default())?.written_bytes)
+}
+
+/// [`restore_to_file`] with options and the full report.
+pub fn restore_to_path(
+    repo: &Repo,
+    id: &str,
+    path: &Path,
+    o: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let m = prepare(repo, id)?;
+    let started = std::time::Instant::now();
+    let dest = Dest::open(path, &m, o.resume)?;
+    let runs = runs(&m, 0..m.lun.extent_count(), o.max_write_bytes, u64::MAX);
+    let mut report = RestoreReport {
+        backup: m.id.clone(),
+        logical_bytes: m.lun.logical_bytes(),
+        resumed: dest.check,
+        ..Default::default()
+    };
+    let progress = Progress::new(o.progress, m.lun.logical_bytes(), "restore");
+    let done = Done::new(runs.len());
+    let r = run_workers(repo, &m, &dest, &runs, o.parallel, &progress, &done);
+    let counts = r.and_then(|c| dest.finish().map(|()| c));
+    drop(progress);
+    match counts {
+        Ok(c) => report.add(c),
+        Err(e) => {
+            let from = done
+                .first_missing()
+                .map_or(0, |k| m.byte_range(runs[k].first, 0).0);
+            return Err(BackupError::Invalid(format!(
+                "restore of backup {id} to {} failed: {e}; bytes {from} to {} are not known to be restored (the rest is); run the same command again to resume{}",
+                path.display(),
+                m.lun.logical_bytes(),
+                if dest.marker.is_some() {
+                    " (the .restoring marker stays until it completes)"
+                } else {
+                    " with --resume"
+                }
+            )));
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The destination file and how to treat what it holds.
+struct Dest {
+    file: File,
+    path: PathBuf,
+    /// Read before writing, keep what is right.
+    check: bool,
+    /// The file is new and sparse: zero runs need nothing.
+    fresh: bool,
+    marker: Option<PathBuf>,
+}
+
+impl Dest {
+    fn open(path: &Path, m: &Manifest, resume: bool) -> Result<Dest> {
+        let size = m.lun.logical_bytes();
+        let io = BackupError::io(path);
+        let meta = std::fs::metadata(path).ok();
+        if meta
+            .as_ref()
+            .is_some_and(|md| md.file_type().is_block_device())
+        {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(io)?;
+            let have = device_size(&file).map_err(BackupError::io(path))?;
+            if have < size {
+                return Err(BackupError::Invalid(format!(
+                    "{} holds {have} bytes; backup {} needs {size}: nothing written",
+                    path.display(),
+                    m.id
+                )));
+            }
+            return Ok(Dest {
+                file,
+                path: path.into(),
+                check: resume,
+                fresh: false,
+                marker: None,
+            });
+        }
+        let marker = marker_path(path);
+        let check = resume || (marker.exists() && meta.is_some());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(!check)
+            .open(path)
+            .map_err(io)?;
+        std::fs::write(&marker, format!("{}\n", m.id)).map_err(BackupError::io(&marker))?;
+        file.set_len(size).map_err(BackupError::io(path))?;
+        Ok(Dest {
+            file,
+            path: path.into(),
+            check,
+            fresh: !check,
+            marker: Some(marker),
+        })
+    }
+
+    /// Everything durable, then the marker removed.
+    fn finish(&self) -> Result<()> {
+        self.file.sync_all().map_err(BackupError::io(&self.path))?;
+        if let Some(mk) = &self.marker {
+            std::fs::remove_file(mk).map_err(BackupError::io(mk))?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, repo: &Repo, m: &Manifest, run: Run) -> Result<Counts> {
+        let (off, len) = m.byte_range(run.first, run.count);
+        let mut c = Counts::default();
+        let todo = if self.check {
+            let mut cur = vec![0u8; len];
+            read_at_most(&self.file, &mut cur, off).map_err(BackupError::io(&self.path))?;
+            differing(repo, m, run, &cur)
+        } else {
+            vec![run]
+        };
+        for r in todo {
+            let (o, l) = m.byte_range(r.first, r.count);
+            if r.zero {
+                if !self.fresh {
+                    zero_range(&self.file, o, l as u64).map_err(BackupError::io(&self.path))?;
+                }
+                c.zeroed += l as u64;
+            } else {
+                let data = fetch(repo, m, r.first, r.count)?;
+                self.file
+                    .write_all_at(&data, o)
+                    .map_err(BackupError::io(&self.path))?;
+                c.written += l as u64;
+            }
+        }
+        c.skipped = len as u64 - c.written - c.zeroed;
+        Ok(c)
+    }
+}
+
+/// `parallel` threads take runs in order until done or one fails.
+fn run_workers(
+    repo: &Repo,
+    m: &Manifest,
+    dest: &Dest,
+    runs: &[Run],
+    parallel: usize,
+    progress: &Progress,
+    done: &Done,
+) -> Result<Counts> {
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<BackupError>> = Mutex::new(None);
+    let total = Mutex::new(Counts::default());
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= runs.len() || failed.lock().is_ok_and(|f| f.is_some()) {
+                        return;
+                    }
+                    match dest.run(repo, m, runs[k]) {
+                        Ok(c) => {
+                            done.mark(k);
+                            progress.add(c.total());
+                            let mut t = total.lock().unwrap_or_else(|e| e.into_inner());
+                            t.written += c.written;
+                            t.zeroed += c.zeroed;
+                            t.skipped += c.skipped;
+                        }
+                        Err(e) => {
+                            let mut f = failed.lock().unwrap_or_else(|e| e.into_inner());
+                            f.get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(total.into_inner().unwrap_or_else(|e| e.into_inner())),
+    }
+}
+
+/// Read up to `buf.len()` bytes at `off`; past the end reads as zeros.
+fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match f.read_at(&mut buf[at..], off + at as u64) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[at..].fill(0);
+    Ok(())
+}
+
+/// Make `[off, off + len)` read as zeros: punch a hole (files, and block
+/// devices that support it), else zero the range, else write zeros.
+fn zero_range(f: &File, off: u64, len: u64) -> std::io::Result<()> {
+    for mode in [
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        libc::FALLOC_FL_ZERO_RANGE,
+    ] {
+        // SAFETY: fallocate(2) on an open descriptor; no memory involved.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], off + at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Size of a block device (seek to its end).
+fn device_size(f: &File) -> std::io::Result<u64> {
+    use std::io::Seek;
+    let mut f = f;
+    f.seek(std::io::SeekFrom::End(0))
 }

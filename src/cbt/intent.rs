@@ -9,9 +9,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::map::ExtentMap;
 use super::persist::{
-    HIGH_WATER_SLACK, LOG_HEADER_LEN, LOG_MAGIC, Meta, fsync_dir, list_logs, log_name, record_crc,
-    write_meta,
+    HIGH_WATER_SLACK, LOG_HEADER_LEN, LOG_MAGIC, Meta, list_logs, log_name, record_crc, write_meta,
 };
+use crate::durable::sync_dir;
 
 #[derive(Default)]
 struct LogState {
@@ -53,7 +53,7 @@ impl IntentLog {
         h.extend_from_slice(&crc32c::crc32c(&h).to_le_bytes());
         file.write_all(&h)?;
         file.sync_all()?;
-        fsync_dir(dir)?;
+        sync_dir(dir)?;
         let mut st = self.lock();
         st.files.push((epoch, Arc::new(file)));
         st.logged = 0;
@@ -112,7 +112,7 @@ impl IntentLog {
                 fs::remove_file(dir.join(log_name(e)))?;
             }
         }
-        fsync_dir(dir)
+        sync_dir(dir)
     }
 }
 

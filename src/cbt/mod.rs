@@ -56,6 +56,7 @@ mod store;
 mod tracker;
 pub mod view;
 mod views;
+pub mod wire;
 
 #[cfg(test)]
 mod crash_tests;
@@ -134,7 +135,10 @@ impl Status {
     /// FLAGS byte of REPORT TRACKING / VPD C0h, without WRITE LOCKED (bit2),
     /// which belongs to the write-lock layer.
     pub fn flags(&self) -> u8 {
-        u8::from(self.tracking_on) | u8::from(self.persistent) << 1 | u8::from(self.recovered) << 3
+        let bit = |on: bool, f: u8| if on { f } else { 0 };
+        bit(self.tracking_on, wire::flag::TRACKING_ON)
+            | bit(self.persistent, wire::flag::PERSISTENT)
+            | bit(self.recovered, wire::flag::RECOVERED)
     }
 }
 

@@ -12,9 +12,11 @@
 //!   a good one is damage (see `read_log`). Appends live in `intent.rs`.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering::SeqCst;
+
+use crate::durable;
 
 use super::map::{CHUNK_EXTENTS, ExtentMap};
 
@@ -105,28 +107,8 @@ impl Meta {
     }
 }
 
-pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Replace `dir/name` with `bytes` atomically and durably.
-fn write_atomic(
-    dir: &Path,
-    name: &str,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let file = File::create(&tmp)?;
-    let mut w = BufWriter::new(file);
-    write(&mut w)?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    fs::rename(&tmp, dir.join(name))?;
-    fsync_dir(dir)
-}
-
 pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> io::Result<()> {
-    write_atomic(dir, "meta", |w| w.write_all(&meta.encode()))
+    durable::replace(&dir.join("meta"), |w| w.write_all(&meta.encode()))
 }
 
 /// `Ok(None)`: no meta file.
@@ -158,7 +140,7 @@ pub(crate) fn write_snapshot(
     epoch: u64,
     map: &ExtentMap,
 ) -> io::Result<()> {
-    write_atomic(dir, "snapshot", |w| {
+    durable::replace(&dir.join("snapshot"), |w| {
         let mut cw = CrcWriter { w, crc: 0 };
         cw.put(SNAP_MAGIC)?;
         cw.put(uuid)?;

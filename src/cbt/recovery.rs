@@ -276,5 +276,5 @@ fn remove_tracking_files(dir: &Path) -> io::Result<()> {
             fs::remove_file(entry.path())?;
         }
     }
-    persist::fsync_dir(dir)
+    crate::durable::sync_dir(dir)
 }

@@ -7,6 +7,7 @@ use gentgt::backup::lock::LockMode;
 use gentgt::backup::{self, BackupOptions, MethodChoice};
 use gentgt::initiator::ConnectOptions;
 use gentgt::scsi::lun::DEFAULT_CBT_INITIATOR;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +84,31 @@ pub struct RestoreArgs {
     lun: u64,
     #[arg(long, value_name = "NAME", default_value = DEFAULT_CBT_INITIATOR)]
     initiator: String,
+    /// Writes (and chunk reads) in flight.
+    #[arg(long, value_name = "Q", default_value_t = 16)]
+    parallel: usize,
+    /// Largest WRITE in KiB (several extents per command).
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    max_write_kib: usize,
+    /// Read what the destination holds and write only extents that differ
+    /// (a file with its PATH.restoring marker resumes without it).
+    #[arg(long)]
+    resume: bool,
+    /// Print progress on stderr also when it is not a terminal.
+    #[arg(long)]
+    progress: bool,
+    /// Print a machine-readable report.
+    #[arg(long)]
+    json: bool,
+    /// Roll the LUN back: write only the extents changed since the
+    /// backup's generation (same tracking UUID), fenced by a Write
+    /// Exclusive persistent reservation, then verify them.
+    #[arg(long, requires = "portal")]
+    changed_only: bool,
+    /// With --changed-only: go on although other initiators are
+    /// registered, and take over a crashed rollback's reservation.
+    #[arg(long, requires = "changed_only")]
+    force: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -150,18 +176,82 @@ pub fn run_backup(a: BackupArgs) -> Result<()> {
 }
 
 pub fn run_restore(a: RestoreArgs) -> Result<()> {
+    // The shared lock is held for the whole restore: no prune or gc can
+    // remove a chunk it still has to read.
     let repo = Arc::new(a.access.open(LockMode::Shared, "restore")?);
-    let written = match (&a.to_file, a.portal, &a.target) {
-        (Some(path), None, _) => backup::restore_to_file(&repo, &a.backup, path)?,
+    let o = backup::RestoreOptions {
+        parallel: a.parallel.max(1),
+        max_write_bytes: a.max_write_kib.clamp(4, 16 * 1024) << 10,
+        progress: a.progress || (!a.json && std::io::stderr().is_terminal()),
+        resume: a.resume,
+    };
+    if a.changed_only {
+        return run_rollback(repo, &a, &o);
+    }
+    let r = match (&a.to_file, a.portal, &a.target) {
+        (Some(path), None, _) => backup::restore_to_path(&repo, &a.backup, path, &o)?,
         (None, Some(portal), Some(target)) => {
             let c = ConnectOptions::new(portal, &a.initiator, Some(target));
-            runtime()?.block_on(backup::restore_to_lun(repo, &a.backup, &c, a.lun, 8))?
+            runtime()?.block_on(backup::restore_lun(repo, &a.backup, &c, a.lun, &o))?
         }
         _ => bail!("give --to-file PATH or --portal P --target T [--lun N]"),
     };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
     println!(
-        "restored backup {}: {written} bytes of data written",
-        a.backup
+        "restored backup {}{}: {} bytes: {} written, {} zero, {} already right; {:.2} s, {:.1} MiB/s",
+        r.backup,
+        if r.resumed { " (resumed)" } else { "" },
+        r.logical_bytes,
+        r.written_bytes,
+        r.zero_bytes,
+        r.skipped_bytes,
+        r.seconds,
+        r.logical_bytes as f64 / r.seconds.max(1e-6) / (1024.0 * 1024.0),
+    );
+    Ok(())
+}
+
+fn run_rollback(
+    repo: Arc<backup::Repo>,
+    a: &RestoreArgs,
+    o: &backup::RestoreOptions,
+) -> Result<()> {
+    let (Some(portal), Some(target)) = (a.portal, &a.target) else {
+        bail!("--changed-only needs --portal P --target T [--lun N]");
+    };
+    let c = ConnectOptions::new(portal, &a.initiator, Some(target));
+    let ro = backup::RollbackOptions {
+        parallel: o.parallel,
+        max_write_bytes: o.max_write_bytes,
+        force: a.force,
+        progress: o.progress,
+    };
+    let r = runtime()?.block_on(backup::rollback(repo, &a.backup, &c, a.lun, &ro))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "rolled LUN {} back to backup {}: {} extents changed since generation {} ({} bytes); wrote {} + {} zero of {} LUN bytes ({:.3} %), {} already right; {} extents verified; {:.2} s",
+        a.lun,
+        r.backup,
+        r.changed_extents,
+        r.since_generation,
+        r.changed_bytes,
+        r.written_bytes,
+        r.zero_bytes,
+        r.lun_bytes,
+        r.written_fraction * 100.0,
+        r.skipped_bytes,
+        r.verified_extents,
+        r.seconds,
+    );
+    println!(
+        "note: the rolled-back extents now carry generation {} or later: the next incremental backup copies them again",
+        r.open_generation_after
     );
     Ok(())
 }

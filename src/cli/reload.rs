@@ -31,12 +31,10 @@ pub fn status_path(pid_file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Write `text` to `path` atomically (readers never see half a file).
+/// Write `text` to `path` atomically (readers never see half a file) and
+/// durably.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    gentgt::durable::replace_bytes(path, text.as_bytes())
 }
 
 /// Install the SIGHUP handler (before anything could send one: the

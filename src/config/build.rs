@@ -2,10 +2,11 @@
 
 use super::identity::{self, identity_path};
 use super::schema::{ChapConfig, Config, IoEngine, LunConfig, TargetConfig, TrackingMode};
-use super::{ConfigError, validate};
+use super::{ConfigError, portals, validate};
 use crate::backend::{Backend, FileBackend, MemoryBackend, UringOptions, uring};
 use crate::cbt::Tracker;
 use crate::proto::login::ChapSecrets;
+use crate::scsi::alua::PortGroups;
 use crate::scsi::lun::{DEFAULT_MAX_VIEW_LEASE, ViewSettings};
 use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity};
 use crate::target::{Registry, TargetEntry};
@@ -28,6 +29,7 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
     let stored = preflight(cfg, data_dir)?;
 
     create_dir(data_dir)?;
+    let groups = Arc::new(PortGroups::new(&portals::group_settings(cfg)));
     let mut targets = BTreeMap::new();
     for t in &cfg.targets {
         let mut luns = Vec::new();
@@ -41,7 +43,7 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
             alias: t.alias.clone(),
             allowed_initiators: t.allow.clone(),
             chap: t.chap.as_ref().map(chap_secrets),
-            device: Arc::new(DeviceServer::new(&t.name, luns)),
+            device: Arc::new(DeviceServer::new(&t.name, luns).with_port_groups(groups.clone())),
         };
         targets.insert(t.name.clone(), entry);
     }
@@ -52,7 +54,9 @@ pub fn build_registry(cfg: &Config, data_dir: &Path) -> Result<Registry, ConfigE
             .as_ref()
             .and_then(|d| d.chap.as_ref())
             .map(chap_secrets),
-        portal_group_tag: 1,
+        portal_tags: portals::portal_tags(cfg),
+        port_groups: groups,
+        alua: portals::group_settings(cfg),
     })
 }
 

@@ -6,8 +6,8 @@
 
 use crate::scsi::LunIdentity;
 use md5::{Digest, Md5};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The IEEE company id in our NAA designators. Not an IEEE assignment: the
@@ -40,7 +40,8 @@ pub fn load_or_create(id_path: &Path) -> Result<LunIdentity, String> {
         return Ok(id);
     }
     let id = random_identity();
-    store(id_path, &id).map_err(|e| format!("cannot write: {e}"))?;
+    crate::durable::replace_bytes(id_path, render(&id).as_bytes())
+        .map_err(|e| format!("cannot write: {e}"))?;
     tracing::info!(path = %id_path.display(), serial = %id.serial, "created LUN identity");
     Ok(id)
 }
@@ -116,20 +117,6 @@ fn parse(text: &str) -> Result<LunIdentity, String> {
         return Err(format!("naa {naa:?} is not an NAA 6 designator"));
     }
     Ok(LunIdentity { serial, naa: bytes })
-}
-
-/// Write atomically: a crash leaves the old file or the new one, never half.
-fn store(id_path: &Path, id: &LunIdentity) -> io::Result<()> {
-    let mut tmp = id_path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(render(id).as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, id_path)?;
-    // The rename is durable only once the directory itself is synced.
-    let dir = id_path.parent().filter(|p| !p.as_os_str().is_empty());
-    File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod identity;
 mod io_tests;
 #[cfg(test)]
 mod lun_map_tests;
+pub mod portals;
 mod reload;
 mod schema;
 mod validate;
@@ -20,8 +21,8 @@ mod view_tests;
 pub use build::build_registry;
 pub use reload::{keep_restart_settings, needs_restart, rebuild_registry};
 pub use schema::{
-    AdminConfig, BackendKind, ChapConfig, Config, DiscoveryConfig, IoEngine, LunConfig, Size,
-    TargetConfig, TrackingMode, format_size, parse_size,
+    AdminConfig, BackendKind, ChapConfig, Config, DiscoveryConfig, IoEngine, LunConfig,
+    PortalGroupConfig, Size, TargetConfig, TrackingMode, format_size, parse_size,
 };
 pub use validate::{MAX_LUN_ID, check_iscsi_name};
 
@@ -107,6 +108,7 @@ impl Config {
             data_dir: None,
             listen: vec!["127.0.0.1:3260".to_string()],
             discovery: None,
+            portal_groups: Vec::new(),
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET.to_string(),
                 alias: Some("default".to_string()),

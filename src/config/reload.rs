@@ -11,7 +11,7 @@
 
 use super::build::{Leases, build_lun, chap_secrets, create_dir, preflight, setup_tracking};
 use super::schema::{Config, LunConfig};
-use super::{ConfigError, validate};
+use super::{ConfigError, portals, validate};
 use crate::scsi::{DeviceServer, LogicalUnit};
 use crate::target::{Registry, TargetEntry};
 use std::collections::BTreeMap;
@@ -32,6 +32,9 @@ pub fn rebuild_registry(
     let findings = validate::check(next, data_dir);
     if !findings.errors.is_empty() {
         return Err(ConfigError::Invalid(findings.errors));
+    }
+    if let Some(why) = portals::membership_change(current, next) {
+        return Err(ConfigError::Invalid(vec![why]));
     }
     let stored = preflight(next, data_dir)?;
     let (kept, fresh) = classify(current, running, next);
@@ -208,7 +211,9 @@ fn assemble(running: &Registry, next: &Config, mut units: Units) -> Registry {
             .collect();
         let device = match running.target(&t.name) {
             Some(old) if same_units(&old.device, &luns) => old.device.clone(),
-            _ => Arc::new(DeviceServer::new(&t.name, luns)),
+            _ => Arc::new(
+                DeviceServer::new(&t.name, luns).with_port_groups(running.port_groups.clone()),
+            ),
         };
         let entry = TargetEntry {
             name: t.name.clone(),
@@ -226,7 +231,10 @@ fn assemble(running: &Registry, next: &Config, mut units: Units) -> Registry {
             .as_ref()
             .and_then(|d| d.chap.as_ref())
             .map(chap_secrets),
-        portal_group_tag: running.portal_group_tag.max(1),
+        portal_tags: portals::portal_tags(next),
+        // The running groups: a reload pushes the new states into them.
+        port_groups: running.port_groups.clone(),
+        alua: portals::group_settings(next),
     }
 }
 

@@ -20,6 +20,10 @@ pub struct Config {
     pub discovery: Option<DiscoveryConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    /// Target portal groups (each one ALUA target port group); portals
+    /// not listed form tag 1, active/optimized.
+    #[serde(default, rename = "portal_group")]
+    pub portal_groups: Vec<PortalGroupConfig>,
     /// Longest CBT write-lock lease in milliseconds, for every target that
     /// does not set its own. Optional; default 30000.
     #[serde(default)]
@@ -55,6 +59,22 @@ pub struct Config {
     /// Admin HTTP endpoint (metrics, health); absent = none.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+}
+
+/// One target portal group: its tag (also its target port group id and
+/// relative target port identifier), its portals and its ALUA state.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortalGroupConfig {
+    pub tag: u16,
+    /// Listen addresses ("ip:port"), each one of the `listen` portals.
+    pub portals: Vec<String>,
+    /// Applied by a reload; default active/optimized.
+    #[serde(default)]
+    pub alua_state: crate::scsi::alua::AccessState,
+    /// PREF bit in REPORT TARGET PORT GROUPS.
+    #[serde(default)]
+    pub preferred: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

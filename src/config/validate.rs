@@ -27,6 +27,7 @@ pub struct Findings {
 pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
     let mut f = Findings::default();
     check_listen(&cfg.listen, &mut f);
+    super::portals::check(cfg, &mut f);
     if let Some(a) = &cfg.admin
         && let Err(e) = a.listen.parse::<SocketAddr>()
     {

@@ -70,10 +70,7 @@ pub fn server_addr() -> SocketAddr {
             PANICKED.store(true, Ordering::SeqCst);
             prev(info)
         }));
-        let mut registry = Registry {
-            portal_group_tag: 1,
-            ..Default::default()
-        };
+        let mut registry = Registry::default();
         registry.targets.insert(
             TARGET.to_string(),
             TargetEntry {

@@ -18,36 +18,11 @@ pub use view::*;
 #[cfg(test)]
 mod tests;
 
-pub const OPCODE: u8 = 0xc0;
-/// The newest version this client speaks; it also accepts [`VERSION_1`]
-/// (a target without views).
-pub const VERSION: u8 = 2;
-pub const VERSION_1: u8 = 1;
-pub const VPD_PAGE: u8 = 0xc0;
-pub const REPORT_LEN: usize = 96;
-pub const CLOSE_LEN: usize = 32;
-pub const LOCK_LEN: usize = 32;
-pub const HEADER_LEN: usize = 48;
-pub const DESCRIPTOR_LEN: usize = 24;
-/// VPD C0h: 4-byte header + 60.
-pub const VPD_LEN: usize = 64;
-/// STARTING LBA is a 40-bit field.
-pub const MAX_START_LBA: u64 = (1 << 40) - 1;
-
-/// Service actions.
-pub const SA_REPORT: u8 = 0x00;
-pub const SA_CLOSE: u8 = 0x01;
-pub const SA_CHANGES: u8 = 0x02;
-pub const SA_ACQUIRE: u8 = 0x03;
-pub const SA_RENEW: u8 = 0x04;
-pub const SA_RELEASE: u8 = 0x05;
-pub const SA_OPEN_VIEW: u8 = 0x06;
-pub const SA_RENEW_VIEW: u8 = 0x07;
-pub const SA_RELEASE_VIEW: u8 = 0x08;
-/// Byte 1 bit 5 of GET CHANGED EXTENTS.
-pub const AS_OF_VIEW: u8 = 0x20;
-/// VIEW LUN of a LUN with views off.
-pub const NO_VIEW_LUN: u16 = 0xffff;
+pub use crate::cbt::wire::{
+    AS_OF_VIEW, CLOSE_LEN, DESCRIPTOR_LEN, HEADER_LEN, LOCK_LEN, MAX_START_LBA, NO_VIEW_LUN,
+    OPCODE, REPORT_LEN, VERSION, VERSION_1, VIEW_LEN, VPD_LEN, VPD_PAGE, VPD_PAGE_LEN,
+};
+use crate::cbt::wire::{DESC_DEALLOCATED, PAGE_COMPLETE, flag, sa};
 
 /// A reply that does not follow the contract, or a request that cannot be
 /// expressed in it.
@@ -138,19 +113,19 @@ fn typed_loss(e: CbtClientError) -> CbtClientError {
     }
 }
 
-fn cdb(sa: u8) -> [u8; 16] {
+fn cdb(action: u8) -> [u8; 16] {
     let mut c = [0u8; 16];
     c[0] = OPCODE;
-    c[1] = sa;
+    c[1] = action;
     c
 }
 
 pub fn report_tracking_cdb() -> [u8; 16] {
-    cdb(SA_REPORT)
+    cdb(sa::REPORT_TRACKING)
 }
 
 pub fn close_generation_cdb() -> [u8; 16] {
-    cdb(SA_CLOSE)
+    cdb(sa::CLOSE_GENERATION)
 }
 
 pub fn get_changed_extents_cdb(since: u64, start_lba: u64) -> Result<[u8; 16], CbtWireError> {
@@ -167,7 +142,7 @@ pub fn get_changed_extents_cdb_as_of(
     if start_lba > MAX_START_LBA {
         return Err(CbtWireError::LbaTooLarge(start_lba));
     }
-    let mut c = cdb(SA_CHANGES);
+    let mut c = cdb(sa::GET_CHANGED_EXTENTS);
     if as_of_view {
         c[1] |= AS_OF_VIEW;
     }
@@ -177,21 +152,21 @@ pub fn get_changed_extents_cdb_as_of(
 }
 
 pub fn acquire_cdb(lease_ms: u32, drain_ms: u32) -> [u8; 16] {
-    let mut c = cdb(SA_ACQUIRE);
+    let mut c = cdb(sa::ACQUIRE_WRITE_LOCK);
     c[2..6].copy_from_slice(&lease_ms.to_be_bytes());
     c[6..10].copy_from_slice(&drain_ms.to_be_bytes());
     c
 }
 
 pub fn renew_cdb(token: u64, lease_ms: u32) -> [u8; 16] {
-    let mut c = cdb(SA_RENEW);
+    let mut c = cdb(sa::RENEW_WRITE_LOCK);
     c[2..10].copy_from_slice(&token.to_be_bytes());
     c[10..14].copy_from_slice(&lease_ms.to_be_bytes());
     c
 }
 
 pub fn release_cdb(token: u64) -> [u8; 16] {
-    let mut c = cdb(SA_RELEASE);
+    let mut c = cdb(sa::RELEASE_WRITE_LOCK);
     c[2..10].copy_from_slice(&token.to_be_bytes());
     c
 }
@@ -210,24 +185,29 @@ pub struct TrackingFlags {
 
 impl TrackingFlags {
     fn parse(what: &'static str, version: u8, b: u8) -> Result<TrackingFlags, CbtWireError> {
-        let known = if version >= VERSION { 0x3f } else { 0x0f };
+        let known = if version >= VERSION {
+            flag::KNOWN_V2
+        } else {
+            flag::KNOWN_V1
+        };
         if b & !known != 0 {
             return Err(CbtWireError::Layout(format!(
                 "{what}: FLAGS {b:#04x} has reserved bits set (version {version})"
             )));
         }
-        if b & 0x20 != 0 && b & 0x10 == 0 {
+        let on = |f: u8| b & f != 0;
+        if on(flag::VIEW_LOST) && !on(flag::VIEW_OPEN) {
             return Err(CbtWireError::Layout(format!(
                 "{what}: VIEW LOST without VIEW OPEN"
             )));
         }
         Ok(TrackingFlags {
-            tracking_on: b & 1 != 0,
-            persistent: b & 2 != 0,
-            write_locked: b & 4 != 0,
-            recovered: b & 8 != 0,
-            view_open: b & 0x10 != 0,
-            view_lost: b & 0x20 != 0,
+            tracking_on: on(flag::TRACKING_ON),
+            persistent: on(flag::PERSISTENT),
+            write_locked: on(flag::WRITE_LOCKED),
+            recovered: on(flag::RECOVERED),
+            view_open: on(flag::VIEW_OPEN),
+            view_lost: on(flag::VIEW_LOST),
         })
     }
 }
@@ -423,12 +403,12 @@ pub fn parse_changes(d: &[u8], since: u64, start_lba: u64) -> Result<ExtentsPage
             "{W}: DESCRIPTOR LENGTH {desc_len} is not a multiple of {DESCRIPTOR_LEN}"
         )));
     }
-    if d[4] & !1 != 0 {
+    if d[4] & !PAGE_COMPLETE != 0 {
         return Err(CbtWireError::Layout(format!("{W}: FLAGS {:#04x}", d[4])));
     }
     reserved(W, d, &[(5, 8), (40, 48)])?;
     let page = ExtentsPage {
-        complete: d[4] & 1 != 0,
+        complete: d[4] & PAGE_COMPLETE != 0,
         open_generation: u64_at(d, 8),
         next_lba: u64_at(d, 16),
         uuid: uuid_at(d, 24),
@@ -443,7 +423,7 @@ pub fn parse_changes(d: &[u8], since: u64, start_lba: u64) -> Result<ExtentsPage
 
 fn parse_descriptor(x: &[u8]) -> Result<ExtentDescriptor, CbtWireError> {
     let flags = u32_at(x, 12);
-    if flags & !1 != 0 {
+    if flags & !DESC_DEALLOCATED != 0 {
         return Err(CbtWireError::Layout(format!(
             "descriptor FLAGS {flags:#010x} has reserved bits set"
         )));
@@ -451,7 +431,7 @@ fn parse_descriptor(x: &[u8]) -> Result<ExtentDescriptor, CbtWireError> {
     Ok(ExtentDescriptor {
         lba: u64_at(x, 0),
         blocks: u32_at(x, 8),
-        deallocated: flags & 1 != 0,
+        deallocated: flags & DESC_DEALLOCATED != 0,
         generation: u64_at(x, 16),
     })
 }
@@ -501,14 +481,14 @@ pub fn parse_lock(d: &[u8]) -> Result<LockGrant, CbtWireError> {
 pub fn parse_vpd(d: &[u8]) -> Result<TrackingVpd, CbtWireError> {
     const W: &str = "VPD page C0h";
     exact(W, d, VPD_LEN)?;
-    if d[1] != VPD_PAGE || u16::from_be_bytes([d[2], d[3]]) as usize != VPD_LEN - 4 {
+    if d[1] != VPD_PAGE || u16::from_be_bytes([d[2], d[3]]) as usize != VPD_PAGE_LEN {
         return Err(CbtWireError::Layout(format!(
             "{W}: bad header {:02x?}",
             &d[..4]
         )));
     }
     let v = version(W, d[4])?;
-    reserved(W, d, &[(6, 8), (36, 64)])?;
+    reserved(W, d, &[(6, 8), (36, VPD_LEN)])?;
     Ok(TrackingVpd {
         version: v,
         flags: TrackingFlags::parse(W, v, d[5])?,

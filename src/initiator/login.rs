@@ -5,7 +5,7 @@
 use super::ConnectOptions;
 use super::error::{InitiatorError, Result};
 use super::negotiate::{Negotiator, offers};
-use crate::proto::chap::{chap_md5, decode_binary, encode_hex as encode_binary};
+use crate::proto::chap::{ChapError, InitiatorChap};
 use crate::proto::negotiation::SessionParams;
 use crate::proto::text::TextPairs;
 use crate::proto::{Opcode, Pdu};
@@ -18,8 +18,6 @@ const T_BIT: u8 = 0x80;
 const C_BIT: u8 = 0x40;
 /// Bound on login round trips, so a target cannot keep us talking forever.
 const MAX_ROUNDS: u32 = 32;
-/// Bound on a CHAP challenge we are willing to hash.
-const MAX_CHALLENGE: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -65,9 +63,13 @@ pub(crate) struct LoginDriver {
     /// Text of a response split over several PDUs (C bit).
     partial: Vec<u8>,
     neg: Negotiator,
-    /// Our mutual-CHAP identifier and challenge, once sent.
-    our_challenge: Option<(u8, Vec<u8>)>,
+    /// Our side of CHAP, when we have credentials.
+    chap: Option<InitiatorChap>,
     rounds: u32,
+}
+
+fn auth_failed(e: ChapError) -> InitiatorError {
+    InitiatorError::AuthFailed(format!("CHAP: {e}"))
 }
 
 fn stages(flags: u8) -> (u8, u8) {
@@ -85,7 +87,10 @@ impl LoginDriver {
             phase: Phase::AuthMethod,
             partial: Vec::new(),
             neg: Negotiator::new(offers(opts)),
-            our_challenge: None,
+            chap: opts
+                .chap
+                .as_ref()
+                .map(|(user, secret)| InitiatorChap::new(user, secret, opts.mutual_chap.clone())),
             rounds: 0,
         }
     }
@@ -116,7 +121,7 @@ impl LoginDriver {
             }
             None => t.push("SessionType", "Discovery"),
         }
-        if self.opts.chap.is_some() {
+        if self.chap.is_some() {
             t.push("AuthMethod", "CHAP,None");
             self.phase = Phase::AuthMethod;
             self.request(SECURITY, OPERATIONAL, false, &t)
@@ -171,6 +176,9 @@ impl LoginDriver {
             )));
         }
         let text = TextPairs::parse(&std::mem::take(&mut self.partial))?;
+        if self.phase != Phase::Operational {
+            self.neg.note_declarations(&text);
+        }
         match self.phase {
             Phase::AuthMethod => self.on_auth_method(&text, transit, nsg),
             Phase::ChapChallenge => self.on_chap_challenge(&text),
@@ -190,8 +198,7 @@ impl LoginDriver {
     fn on_auth_method(&mut self, t: &TextPairs, transit: bool, nsg: u8) -> Result<LoginNext> {
         match t.get("AuthMethod") {
             Some("CHAP") => {
-                let mut out = TextPairs::new();
-                out.push("CHAP_A", "5");
+                let out = self.chap()?.algorithms();
                 self.phase = Phase::ChapChallenge;
                 Ok(LoginNext::Send(self.request(SECURITY, 0, false, &out)))
             }
@@ -208,41 +215,16 @@ impl LoginDriver {
         }
     }
 
+    fn chap(&mut self) -> Result<&mut InitiatorChap> {
+        self.chap
+            .as_mut()
+            .ok_or_else(|| InitiatorError::AuthFailed("no CHAP credentials".into()))
+    }
+
+    /// The target's CHAP_A/CHAP_I/CHAP_C: answer, and challenge it back
+    /// for mutual CHAP.
     fn on_chap_challenge(&mut self, t: &TextPairs) -> Result<LoginNext> {
-        if t.get("CHAP_A") != Some("5") {
-            return Err(InitiatorError::AuthFailed(format!(
-                "target chose CHAP_A={:?}, we offered 5 (MD5)",
-                t.get("CHAP_A")
-            )));
-        }
-        let id = t
-            .get("CHAP_I")
-            .and_then(|v| v.parse::<u8>().ok())
-            .ok_or_else(|| InitiatorError::AuthFailed("missing or bad CHAP_I".into()))?;
-        let challenge = t
-            .get("CHAP_C")
-            .and_then(decode_binary)
-            .filter(|c| !c.is_empty() && c.len() <= MAX_CHALLENGE)
-            .ok_or_else(|| InitiatorError::AuthFailed("missing or bad CHAP_C".into()))?;
-        let Some((user, secret)) = self.opts.chap.clone() else {
-            return Err(InitiatorError::AuthFailed("no CHAP credentials".into()));
-        };
-        let mut out = TextPairs::new();
-        out.push("CHAP_N", user);
-        out.push(
-            "CHAP_R",
-            encode_binary(&chap_md5(id, secret.as_bytes(), &challenge)),
-        );
-        if self.opts.mutual_chap.is_some() {
-            let our_id: u8 = rand::random();
-            let our_c: [u8; 16] = rand::random();
-            if our_c[..] == challenge[..] {
-                return Err(InitiatorError::AuthFailed("challenge reflected".into()));
-            }
-            out.push("CHAP_I", our_id.to_string());
-            out.push("CHAP_C", encode_binary(&our_c));
-            self.our_challenge = Some((our_id, our_c.to_vec()));
-        }
+        let out = self.chap()?.respond(t).map_err(auth_failed)?;
         self.phase = Phase::ChapResponse;
         Ok(LoginNext::Send(self.request(
             SECURITY,
@@ -252,25 +234,9 @@ impl LoginDriver {
         )))
     }
 
+    /// For mutual CHAP, the target's CHAP_N/CHAP_R must answer ours.
     fn on_chap_response(&mut self, t: &TextPairs, transit: bool, nsg: u8) -> Result<LoginNext> {
-        if let Some((user, secret)) = &self.opts.mutual_chap {
-            let (id, challenge) = self
-                .our_challenge
-                .clone()
-                .ok_or_else(|| InitiatorError::AuthFailed("no challenge sent".into()))?;
-            if t.get("CHAP_N") != Some(user.as_str()) {
-                return Err(InitiatorError::AuthFailed(format!(
-                    "target CHAP_N={:?}, expected {user}",
-                    t.get("CHAP_N")
-                )));
-            }
-            let got = t.get("CHAP_R").and_then(decode_binary).unwrap_or_default();
-            if !crate::proto::chap::verify(id, secret.as_bytes(), &challenge, &got) {
-                return Err(InitiatorError::AuthFailed(
-                    "target's CHAP_R does not match the mutual secret".into(),
-                ));
-            }
-        }
+        self.chap()?.verify_target(t).map_err(auth_failed)?;
         self.phase = Phase::SecurityTransit;
         self.on_security_transit(&TextPairs::new(), transit, nsg)
     }

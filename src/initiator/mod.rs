@@ -14,6 +14,7 @@ mod error;
 mod login;
 mod mgmt;
 mod negotiate;
+pub mod pr;
 mod session;
 mod wire;
 

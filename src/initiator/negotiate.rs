@@ -199,6 +199,16 @@ impl Negotiator {
         Ok(reply)
     }
 
+    /// Keep the declarations of a security-stage response (the target
+    /// sends TargetPortalGroupTag in its first answer, RFC 7143 §13.9).
+    pub(crate) fn note_declarations(&mut self, resp: &TextPairs) {
+        for (k, v) in resp.iter() {
+            if matches!(rule(k), Some(Rule::Declarative)) {
+                self.declared.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+
     /// The target's declarations (TargetAlias, TargetPortalGroupTag, ...).
     pub(crate) fn declared(&self) -> &HashMap<String, String> {
         &self.declared

@@ -154,6 +154,38 @@ fn mutual_chap_checks_the_target() {
     assert!(matches!(run(false), Err(InitiatorError::AuthFailed(_))));
 }
 
+/// CHAP_I is a number, which RFC 7143 lets the target write in hex: a
+/// login with CHAP_I=0x4d answers identifier 77 and completes.
+#[test]
+fn chap_identifier_in_hex_completes_the_login() {
+    let mut o = opts(Some("iqn.t"));
+    o.chap = Some(("alice".into(), "secret-one".into()));
+    let mut d = LoginDriver::new(&o, 1);
+    d.start();
+    send(
+        d.on_response(&resp(0, 0, &[("AuthMethod", "CHAP")]))
+            .unwrap(),
+    );
+    let challenge = [3u8; 16];
+    let c = encode_binary(&challenge);
+    let chap = [("CHAP_A", "5"), ("CHAP_I", "0x4d"), ("CHAP_C", c.as_str())];
+    let r = send(d.on_response(&resp(0, 1, &chap)).unwrap());
+    let want = chap_md5(0x4d, b"secret-one", &challenge);
+    assert_eq!(
+        decode_binary(text(&r).get("CHAP_R").unwrap()).unwrap(),
+        want
+    );
+    assert_eq!(
+        text(&r).get("CHAP_I"),
+        None,
+        "one-way CHAP: no challenge back"
+    );
+    let op = send(d.on_response(&resp(T | 1, 2, &[])).unwrap());
+    assert_eq!(op.bhs.flags(), T | (1 << 2) | 3);
+    let done = d.on_response(&resp(T | (1 << 2) | 3, 3, &[])).unwrap();
+    assert!(matches!(done, LoginNext::Done(_)));
+}
+
 #[test]
 fn login_failure_is_typed() {
     let mut d = LoginDriver::new(&opts(Some("iqn.nope")), 1);

@@ -156,6 +156,7 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x9e, Some(0x10), "READ CAPACITY(16)", [0x9e, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x01, CTL], In, sbc::read_capacity16, false, false),
     row!(0x9e, Some(0x12), "GET LBA STATUS", [0x9e, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, sbc::lbastatus::get_lba_status, false, false),
     row!(0xa0, None, "REPORT LUNS", [0xa0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, CTL], In, spc::report_luns, false, true),
+    row!(0xa3, Some(0x0a), "REPORT TARGET PORT GROUPS", [0xa3, FF, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL], In, spc::rtpg::report_target_port_groups, false, false),
     row!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x1f, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, CTL], In, spc::rsoc::report_supported_opcodes, false, false),
     row!(0xa8, None, "READ(12)", [0xa8, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], In, sbc::rw::read, false, false),
     row!(0xaa, None, "WRITE(12)", [0xaa, RW_FLAGS, FF, FF, FF, FF, FF, FF, FF, FF, GROUP, CTL], Out, sbc::rw::write, true, false),

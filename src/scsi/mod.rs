@@ -3,6 +3,7 @@
 //! a status, sense and data-in bytes. The transport computes residuals from
 //! `ScsiResult::transfer_len` and its own Expected Data Transfer Length.
 
+pub mod alua;
 pub mod cdb;
 mod data;
 mod hold;

@@ -60,7 +60,15 @@ pub enum SenseReason {
     ReservationsPreempted,
     ReservationsReleased,
     RegistrationsPreempted,
+    /// ALUA: a target port group's state changed (reload).
+    AsymmetricAccessStateChanged,
     // NOT READY
+    /// ALUA: LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN STANDBY STATE.
+    PortInStandby,
+    /// ALUA: LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE.
+    PortUnavailable,
+    /// ALUA: LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION.
+    AccessStateTransition,
     MediumNotPresent,
     InitializingCommandRequired,
     SanitizeInProgress,
@@ -127,6 +135,10 @@ impl SenseReason {
             ReservationsPreempted => (UNIT_ATTENTION, 0x2a, 0x03),
             ReservationsReleased => (UNIT_ATTENTION, 0x2a, 0x04),
             RegistrationsPreempted => (UNIT_ATTENTION, 0x2a, 0x05),
+            AsymmetricAccessStateChanged => (UNIT_ATTENTION, 0x2a, 0x06),
+            PortInStandby => (NOT_READY, 0x04, 0x0b),
+            PortUnavailable => (NOT_READY, 0x04, 0x0c),
+            AccessStateTransition => (NOT_READY, 0x04, 0x0a),
             MediumNotPresent => (NOT_READY, 0x3a, 0x00),
             InitializingCommandRequired => (NOT_READY, 0x04, 0x02),
             SanitizeInProgress => (NOT_READY, 0x04, 0x1b),

@@ -2,6 +2,7 @@
 //! after the checks every command shares (LUN exists, unit attention,
 //! reserved bits, write protection).
 
+use super::alua::PortGroups;
 use super::cdb::{self, Ctx};
 use super::pr;
 use super::removable;
@@ -30,6 +31,8 @@ pub struct DeviceServer {
     pub(crate) last_checkpoint: Mutex<Instant>,
     /// Live nexuses by port name and the PREEMPT AND ABORT hook.
     pub(crate) pr: pr::ServerPr,
+    /// The target port groups (ALUA), shared by every device server.
+    pub port_groups: Arc<PortGroups>,
 }
 
 impl DeviceServer {
@@ -48,7 +51,15 @@ impl DeviceServer {
             copies: CopyResults::default(),
             last_checkpoint: Mutex::new(Instant::now()),
             pr: pr::ServerPr::default(),
+            port_groups: Arc::default(),
         }
+    }
+
+    /// Serve through these target port groups (default: one, tag 1,
+    /// active/optimized).
+    pub fn with_port_groups(mut self, groups: Arc<PortGroups>) -> DeviceServer {
+        self.port_groups = groups;
+        self
     }
 
     /// Execute one command (blocking: may do backend I/O). Safe to call
@@ -108,6 +119,11 @@ impl DeviceServer {
                 return Err(SenseReason::SanitizeInProgress.into());
             }
             if let Some(reason) = self.ua.take(cmd.nexus.id, cmd.lun) {
+                return Err(reason.into());
+            }
+            // ALUA: what the state of this nexus's target port refuses.
+            let state = self.port_groups.state(cmd.nexus.relative_port);
+            if let Some(reason) = state.refusal(desc) {
                 return Err(reason.into());
             }
         }
@@ -177,6 +193,16 @@ impl DeviceServer {
                 .establish_all(lun, SenseReason::BusDeviceReset, true);
             // The reset aborts every task of the LUN, held changes too.
             self.abort_held(Some(lun), None, None);
+        }
+    }
+
+    /// A target port group's access state changed: ASYMMETRIC ACCESS
+    /// STATE CHANGED for every I_T nexus on every LUN (all LUNs are
+    /// reachable through every group).
+    pub fn access_states_changed(&self) {
+        for &lun in self.luns.keys() {
+            self.ua
+                .establish_all(lun, SenseReason::AsymmetricAccessStateChanged, false);
         }
     }
 

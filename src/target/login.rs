@@ -22,12 +22,14 @@ pub struct LoggedIn {
     pub control: mpsc::UnboundedReceiver<SessionControl>,
 }
 
-/// Run the login phase. `Ok(None)` means the login failed and the
-/// connection should close (the failure response has been sent).
+/// Run the login phase through a portal of group `tag`. `Ok(None)` means
+/// the login failed and the connection should close (the failure response
+/// has been sent).
 pub async fn login_phase(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     shared: &Shared,
+    tag: u16,
 ) -> io::Result<Option<LoggedIn>> {
     let framing = Framing::default();
     let mut machine = TargetLogin::new(LoginOffer::default());
@@ -66,7 +68,8 @@ pub async fn login_phase(
         if let Some(t) = crate::metrics::named_target(&pdu.data, &shared.registry.load()) {
             target = t;
         }
-        match machine.on_pdu(&pdu, shared.registry.load().as_ref()) {
+        let registry = shared.registry.load();
+        match machine.on_pdu(&pdu, &registry.through_portal(tag)) {
             LoginStep::Respond(resp) => wire::write_pdus(wr, &[resp], &framing).await?,
             LoginStep::Fail(resp) => {
                 let status = u16::from_be_bytes([resp.bhs.0[36], resp.bhs.0[37]]);

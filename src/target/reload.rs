@@ -37,6 +37,8 @@ pub struct ReloadSummary {
     pub sessions_ended: usize,
     /// Sessions moved to a new device server (LUN set changed).
     pub sessions_moved: usize,
+    /// Portal group tags whose ALUA state (or preference) changed.
+    pub alua_changed: Vec<u16>,
 }
 
 impl fmt::Display for ReloadSummary {
@@ -59,7 +61,12 @@ impl fmt::Display for ReloadSummary {
             list(&self.chap_changed),
             self.sessions_ended,
             self.sessions_moved
-        )
+        )?;
+        if !self.alua_changed.is_empty() {
+            let tags: Vec<String> = self.alua_changed.iter().map(u16::to_string).collect();
+            write!(f, "; ALUA state changed: portal groups {}", tags.join(" "))?;
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +136,7 @@ pub(super) fn apply(
             sum.chap_changed.push(name.clone());
         }
     }
+    sum.alua_changed = push_access_states(&next);
     sum.targets_added = next
         .targets
         .keys()
@@ -136,6 +144,18 @@ pub(super) fn apply(
         .cloned()
         .collect();
     (sum, retired)
+}
+
+/// Set the states `next` asks for; when any changed, every nexus of every
+/// target sees ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.16.2.7).
+fn push_access_states(next: &Registry) -> Vec<u16> {
+    let changed = next.port_groups.apply(&next.alua);
+    if !changed.is_empty() {
+        for t in next.targets.values() {
+            t.device.access_states_changed();
+        }
+    }
+    changed
 }
 
 fn allowed(t: &TargetEntry, initiator: &str) -> bool {

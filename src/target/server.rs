@@ -21,6 +21,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 pub struct Server {
     registry: Arc<Registry>,
     listeners: Vec<TcpListener>,
+    /// Each listener's address as configured (what portal groups name).
+    configured: Vec<SocketAddr>,
     settings: TargetSettings,
     metrics: Arc<Metrics>,
     admin: Option<TcpListener>,
@@ -37,6 +39,7 @@ impl Server {
         Ok(Server {
             registry,
             listeners,
+            configured: addrs.to_vec(),
             settings: TargetSettings::default(),
             metrics: Arc::default(),
             admin: None,
@@ -102,6 +105,7 @@ impl Server {
         let mut shared = Shared::new(self.registry.clone(), self.settings, portals);
         shared.metrics = self.metrics.clone();
         shared.stats = self.stats.clone();
+        shared.portal_keys = self.configured.clone();
         self.metrics.watch_targets(self.registry.clone());
         let shared = Arc::new(shared);
         for t in shared.registry.load().targets.values() {
@@ -109,8 +113,8 @@ impl Server {
             reload::wire_abort_hook(&shared, &t.device);
         }
         let mut accept_tasks = JoinSet::new();
-        for l in self.listeners {
-            accept_tasks.spawn(accept_loop(l, shared.clone()));
+        for (l, key) in self.listeners.into_iter().zip(self.configured) {
+            accept_tasks.spawn(accept_loop(l, shared.clone(), key));
         }
         accept_tasks.spawn(housekeeping(shared.clone()));
         if let Some(l) = self.admin {
@@ -197,15 +201,16 @@ async fn maintenance_loop(shared: Arc<Shared>) {
 }
 
 /// Connections run detached from the accept loop, so that stopping to
-/// accept at shutdown does not cut sessions that are logging out.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// accept at shutdown does not cut sessions that are logging out. `key`
+/// is the listener's configured address: it names its portal group.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, key: SocketAddr) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 debug!(%peer, "connection");
                 shared.metrics.connection_accepted();
                 match limit::admit(&shared) {
-                    Some(slot) => tokio::spawn(connection(stream, shared.clone(), slot)),
+                    Some(slot) => tokio::spawn(connection(stream, shared.clone(), slot, key)),
                     None => tokio::spawn(limit::refuse(stream, shared.clone(), peer)),
                 };
             }
@@ -218,9 +223,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// One connection; `_slot` holds its place under the connection limit
-/// until the connection ends.
-async fn connection(stream: TcpStream, shared: Arc<Shared>, _slot: limit::Slot) {
+/// One connection through the portal configured as `key`; `_slot` holds
+/// its place under the connection limit until the connection ends.
+async fn connection(stream: TcpStream, shared: Arc<Shared>, _slot: limit::Slot, key: SocketAddr) {
     let _counted = shared.stats.connection();
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
@@ -228,9 +233,10 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, _slot: limit::Slot) 
     let (mut rd, mut wr) = stream.into_split();
     let peer_text = peer.map(|p| p.to_string()).unwrap_or_default();
     let conn_span = info_span!("conn", peer = %peer_text);
+    let tag = shared.registry.load().tag_of(key);
     let login = tokio::time::timeout(
         shared.settings.login_timeout,
-        login_phase(&mut rd, &mut wr, &shared),
+        login_phase(&mut rd, &mut wr, &shared, tag),
     )
     .instrument(conn_span.clone())
     .await;

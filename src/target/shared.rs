@@ -121,6 +121,9 @@ pub struct Shared {
     /// Connections over the limit still waiting for their refusal.
     pub refusing: AtomicUsize,
     pub portals: Vec<SocketAddr>,
+    /// `portals` as configured (same order): the addresses portal groups
+    /// name (a bound port 0 or wildcard differs from its configuration).
+    pub portal_keys: Vec<SocketAddr>,
     pub shutdown: CancellationToken,
     /// Operator metrics (the server replaces this default with its own).
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -153,6 +156,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
             settings,
+            portal_keys: portals.clone(),
             portals,
             shutdown: CancellationToken::new(),
             metrics: Arc::default(),

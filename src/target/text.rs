@@ -39,10 +39,13 @@ impl Session {
     /// session, only its own in a normal one.
     fn visible_targets(&self) -> Vec<(String, Vec<String>)> {
         let registry = self.shared.registry.load();
-        let tpgt = registry.portal_group_tag.max(1);
+        // Each portal with its own group's tag (RFC 7143 §13.3).
         let addrs: Vec<String> = announced_portals(&self.shared.portals, self.local_addr)
             .iter()
-            .map(|a| format!("{a},{tpgt}"))
+            .map(|&(a, i)| {
+                let key = self.shared.portal_keys.get(i).copied().unwrap_or(a);
+                format!("{a},{}", registry.tag_of(key))
+            })
             .collect();
         registry
             .targets
@@ -60,17 +63,21 @@ impl Session {
 /// (0.0.0.0, [::]) must not be announced as such: it is announced with the
 /// address this connection reached (the host answers there on every
 /// port), or left out when that address is of a family it cannot serve.
-fn announced_portals(portals: &[SocketAddr], local: Option<SocketAddr>) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = Vec::new();
-    for p in portals {
+/// Each address comes with the index of the portal it stands for.
+fn announced_portals(
+    portals: &[SocketAddr],
+    local: Option<SocketAddr>,
+) -> Vec<(SocketAddr, usize)> {
+    let mut out: Vec<(SocketAddr, usize)> = Vec::new();
+    for (i, p) in portals.iter().enumerate() {
         let a = match (p.ip().is_unspecified(), local) {
             (false, _) => *p,
             // A [::] socket is dual-stack: it serves IPv4 clients too.
             (true, Some(l)) if p.is_ipv6() || l.is_ipv4() => SocketAddr::new(l.ip(), p.port()),
             (true, _) => continue,
         };
-        if !out.contains(&a) {
-            out.push(a);
+        if !out.iter().any(|(o, _)| *o == a) {
+            out.push((a, i));
         }
     }
     out
@@ -85,25 +92,29 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn addrs(v: Vec<(SocketAddr, usize)>) -> Vec<SocketAddr> {
+        v.into_iter().map(|(a, _)| a).collect()
+    }
+
     #[test]
     fn every_portal_is_announced() {
         let bound = [a("127.0.0.1:3260"), a("10.0.0.5:3261")];
         let got = announced_portals(&bound, Some(a("127.0.0.1:3260")));
-        assert_eq!(got, bound);
+        assert_eq!(got, [(bound[0], 0), (bound[1], 1)]);
     }
 
     #[test]
     fn wildcard_portals_take_the_reached_address() {
         let bound = [a("0.0.0.0:3260"), a("10.0.0.5:3261"), a("[::]:3262")];
-        let got = announced_portals(&bound, Some(a("10.0.0.5:3261")));
+        let got = addrs(announced_portals(&bound, Some(a("10.0.0.5:3261"))));
         assert_eq!(
             got,
             [a("10.0.0.5:3260"), a("10.0.0.5:3261"), a("10.0.0.5:3262")]
         );
         // An IPv6 client cannot use an IPv4 wildcard portal.
         let got = announced_portals(&bound, Some(a("[fd00::1]:3262")));
-        assert_eq!(got, [a("10.0.0.5:3261"), a("[fd00::1]:3262")]);
+        assert_eq!(got, [(a("10.0.0.5:3261"), 1), (a("[fd00::1]:3262"), 2)]);
         // Without the connection's address, a wildcard says nothing.
-        assert_eq!(announced_portals(&bound, None), [a("10.0.0.5:3261")]);
+        assert_eq!(announced_portals(&bound, None), [(a("10.0.0.5:3261"), 1)]);
     }
 }

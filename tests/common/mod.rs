@@ -111,7 +111,6 @@ impl TestTarget {
         }
         let mut registry = Registry {
             discovery_chap: opts.discovery_chap.clone(),
-            portal_group_tag: 1,
             ..Default::default()
         };
         registry.targets.insert(

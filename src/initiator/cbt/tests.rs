@@ -176,7 +176,7 @@ fn report_version_2_inconsistent_views_are_refused() {
 fn vpd(version: u8, flags: u8) -> Vec<u8> {
     let mut d = vec![0u8; VPD_LEN];
     d[1] = VPD_PAGE;
-    d[3] = (VPD_LEN - 4) as u8;
+    d[3] = VPD_PAGE_LEN as u8;
     d[4] = version;
     d[5] = flags;
     d[8..12].copy_from_slice(&128u32.to_be_bytes());

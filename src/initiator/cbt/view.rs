@@ -6,12 +6,11 @@
 //! ordinary READs; only the control path is here.
 
 use super::{
-    CbtClientError, CbtWireError, NO_VIEW_LUN, SA_OPEN_VIEW, SA_RELEASE_VIEW, SA_RENEW_VIEW,
-    TrackingFlags, cdb, exact, reserved, u32_at, u64_at,
+    CbtClientError, CbtWireError, NO_VIEW_LUN, TrackingFlags, VIEW_LEN, cdb, exact, reserved,
+    u32_at, u64_at,
 };
+use crate::cbt::wire::sa;
 use crate::initiator::session::Session;
-
-pub const VIEW_LEN: usize = 32;
 
 /// The view fields of a version-2 REPORT TRACKING for a LUN with views on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,21 +40,21 @@ pub struct ViewGrant {
 }
 
 pub fn open_view_cdb(lease_ms: u32, drain_ms: u32) -> [u8; 16] {
-    let mut c = cdb(SA_OPEN_VIEW);
+    let mut c = cdb(sa::OPEN_VIEW);
     c[2..6].copy_from_slice(&lease_ms.to_be_bytes());
     c[6..10].copy_from_slice(&drain_ms.to_be_bytes());
     c
 }
 
 pub fn renew_view_cdb(token: u64, lease_ms: u32) -> [u8; 16] {
-    let mut c = cdb(SA_RENEW_VIEW);
+    let mut c = cdb(sa::RENEW_VIEW);
     c[2..10].copy_from_slice(&token.to_be_bytes());
     c[10..14].copy_from_slice(&lease_ms.to_be_bytes());
     c
 }
 
 pub fn release_view_cdb(token: u64) -> [u8; 16] {
-    let mut c = cdb(SA_RELEASE_VIEW);
+    let mut c = cdb(sa::RELEASE_VIEW);
     c[2..10].copy_from_slice(&token.to_be_bytes());
     c
 }

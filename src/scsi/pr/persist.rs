@@ -13,9 +13,10 @@
 //! the name is the rest of the line.
 
 use super::state::{PrState, PrType, Registration, Reservation};
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use crate::durable;
+use std::fs;
+use std::io;
+use std::path::Path;
 
 const MAGIC: &str = "gentgt-pr 1";
 /// A state file larger than this is not ours (bounds what load reads).
@@ -111,32 +112,10 @@ pub fn load(path: &Path) -> io::Result<Option<PrState>> {
     decode(&fs::read_to_string(path)?).map(Some)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
-/// Make a rename or unlink in `path`'s directory durable.
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
-}
-
-/// Write the state durably: temp file, fsync, rename over, fsync the
-/// directory. A crash leaves either the old or the new state.
+/// Write the state durably (temp file, fsync, rename over, fsync the
+/// directory): a crash leaves either the old or the new state.
 pub fn store(path: &Path, st: &PrState) -> io::Result<()> {
-    let tmp = tmp_path(path);
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(encode(st).as_bytes())?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(path)
+    durable::replace_bytes(path, encode(st).as_bytes())
 }
 
 /// APTPL turned off: nothing may survive a restart.
@@ -144,7 +123,7 @@ pub fn remove(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
-        Ok(()) => sync_dir(path),
+        Ok(()) => durable::sync_parent(path),
     }
 }
 
@@ -208,7 +187,7 @@ mod tests {
         assert_eq!(load(&p).unwrap(), None);
         store(&p, &sample()).unwrap();
         assert_eq!(load(&p).unwrap(), Some(sample()));
-        assert!(!tmp_path(&p).exists());
+        assert!(!durable::tmp_path(&p).exists());
         remove(&p).unwrap();
         assert_eq!(load(&p).unwrap(), None);
         remove(&p).unwrap();

@@ -40,6 +40,9 @@ pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         if ctx.lu.is_some_and(|l| l.removable) {
             d[1] = 0x80; // RMB: the medium can be ejected (START STOP UNIT LOEJ)
         }
+        if ctx.server.port_groups.ids().len() > 1 {
+            d[6] |= 0x10; // MULTIP: reachable through more than one port
+        }
         return Ok(data_in(cmd, d, alloc));
     }
     let lu = ctx.lu()?;
@@ -78,6 +81,7 @@ fn standard(pdt: u8) -> Vec<u8> {
     d[2] = 0x06; // SPC-4
     d[3] = 0x10 | 0x02; // HISUP, response data format 2
     d[4] = (d.len() - 5) as u8;
+    d[5] = 0x10; // TPGS 01b: implicit ALUA (REPORT TARGET PORT GROUPS)
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(VENDOR);
     d[16..32].copy_from_slice(PRODUCT);
@@ -136,6 +140,8 @@ fn device_identification(ctx: &Ctx, lu: &LogicalUnit) -> Vec<u8> {
     let mut rel = vec![0, 0];
     rel.extend_from_slice(&ctx.nexus.relative_port.to_be_bytes());
     designator(&mut d, ISCSI | BINARY, PIV | ASSOC_PORT | 0x04, &rel);
+    // Target port group: the port's own (see scsi::alua).
+    designator(&mut d, ISCSI | BINARY, PIV | ASSOC_PORT | 0x05, &rel);
     // SCSI name strings: the target port, then the target device.
     let port = format!(
         "{},t,0x{:04x}",

@@ -5,6 +5,7 @@ pub mod inquiry;
 pub mod mode;
 pub mod modeselect;
 pub mod rsoc;
+pub mod rtpg;
 pub mod startstop;
 pub mod xcopy;
 

@@ -269,6 +269,18 @@ fn vpd_c0_layout_and_listing() {
     assert_eq!(v.open_generation, 2);
 }
 
+/// The two lengths of the contract's VPD page: the target sends VPD_LEN
+/// bytes with VPD_PAGE_LEN (the bytes after the header) in PAGE LENGTH.
+#[test]
+fn vpd_c0_lengths_follow_the_contract() {
+    use crate::cbt::wire::{VPD_LEN, VPD_PAGE_LEN};
+    let (h, _) = harness();
+    let r = h.good(&[0x12, 1, 0xc0, 0, 255, 0], &[], 255);
+    assert_eq!(r.data_in.len(), VPD_LEN);
+    let page_len = u16::from_be_bytes([r.data_in[2], r.data_in[3]]);
+    assert_eq!(usize::from(page_len), VPD_PAGE_LEN);
+}
+
 fn rsoc_all() -> Vec<u8> {
     vec![0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 0]
 }

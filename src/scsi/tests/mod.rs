@@ -1,6 +1,7 @@
 //! Device server tests: CDBs run through `DeviceServer::execute` over
 //! memory and file backends.
 
+mod alua;
 mod cbt;
 mod fuzz;
 mod lock;

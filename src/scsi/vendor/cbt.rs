@@ -15,51 +15,16 @@ use crate::scsi::sense::{Sense, SenseReason};
 use crate::scsi::server::DeviceServer;
 use crate::scsi::{LogicalUnit, ScsiCommand, ScsiResult};
 
-/// The vendor-specific CBT opcode.
-pub const OPCODE: u8 = 0xc0;
-/// The INQUIRY VPD page carrying the tracking summary.
-pub const VPD_PAGE: u8 = 0xc0;
-/// Wire contract version (bump it when the layout is extended).
-pub const VERSION: u8 = 2;
-
-/// Service actions of opcode C0h.
-pub mod sa {
-    pub const REPORT_TRACKING: u16 = 0x00;
-    pub const CLOSE_GENERATION: u16 = 0x01;
-    pub const GET_CHANGED_EXTENTS: u16 = 0x02;
-    pub const ACQUIRE_WRITE_LOCK: u16 = 0x03;
-    pub const RENEW_WRITE_LOCK: u16 = 0x04;
-    pub const RELEASE_WRITE_LOCK: u16 = 0x05;
-    pub const OPEN_VIEW: u16 = 0x06;
-    pub const RENEW_VIEW: u16 = 0x07;
-    pub const RELEASE_VIEW: u16 = 0x08;
-}
-
-pub const REPORT_LEN: usize = 96;
-pub const CLOSE_LEN: usize = 32;
-pub const HEADER_LEN: usize = 48;
-pub const DESCRIPTOR_LEN: usize = 24;
-/// VPD C0h page length (bytes after the 4-byte header).
-pub const VPD_LEN: usize = 60;
+use crate::cbt::wire::{
+    AS_OF_VIEW, CLOSE_LEN, DESC_DEALLOCATED, DESCRIPTOR_LEN, HEADER_LEN, NO_VIEW_LUN,
+    PAGE_COMPLETE, REPORT_LEN, VERSION, VPD_PAGE_LEN, flag, sa,
+};
+pub use crate::cbt::wire::{OPCODE, VPD_PAGE};
 
 /// Descriptors per GET CHANGED EXTENTS reply at most, whatever the
 /// allocation length: bounds the memory one command can make the target
 /// allocate (1.5 MiB). The appliance pages on from NEXT LBA.
 const MAX_DESCRIPTORS: usize = 1 << 16;
-
-/// FLAGS bit 2 (WRITE LOCKED), owned by the write-lock layer.
-const FLAG_WRITE_LOCKED: u8 = 0x04;
-/// FLAGS bit 4 (VIEW OPEN) and bit 5 (VIEW LOST).
-const FLAG_VIEW_OPEN: u8 = 0x10;
-const FLAG_VIEW_LOST: u8 = 0x20;
-/// GET CHANGED EXTENTS byte 1 bit 5.
-const AS_OF_VIEW: u8 = 0x20;
-/// VIEW LUN when views are off.
-const NO_VIEW_LUN: u16 = 0xffff;
-/// GET CHANGED EXTENTS header FLAGS bit 0.
-const FLAG_COMPLETE: u8 = 0x01;
-/// Descriptor FLAGS bit 0.
-const FLAG_DEALLOCATED: u32 = 0x01;
 
 /// Checks made for opcode C0h before the service action or any CDB field
 /// is looked at: LUN, access, tracking.
@@ -94,7 +59,8 @@ pub fn listed(lu: Option<&LogicalUnit>, opcode: u8, sa: Option<u16>) -> bool {
     let Some(l) = lu.filter(|l| l.tracker.is_some()) else {
         return false;
     };
-    let view_sa = sa.is_some_and(|a| (sa::OPEN_VIEW..=sa::RELEASE_VIEW).contains(&a));
+    let views = u16::from(sa::OPEN_VIEW)..=u16::from(sa::RELEASE_VIEW);
+    let view_sa = sa.is_some_and(|a| views.contains(&a));
     !view_sa || l.cbt.view.is_some()
 }
 
@@ -103,7 +69,7 @@ pub fn listed(lu: Option<&LogicalUnit>, opcode: u8, sa: Option<u16>) -> bool {
 pub fn vpd_page(lu: &LogicalUnit) -> Option<Vec<u8>> {
     let status = lu.tracker.as_ref()?.status();
     // Offsets below are page offsets minus the 4-byte header.
-    let mut d = vec![0u8; VPD_LEN];
+    let mut d = vec![0u8; VPD_PAGE_LEN];
     d[0] = VERSION;
     d[1] = flags(lu, &status);
     d[4..8].copy_from_slice(&status.extent_blocks.to_be_bytes());
@@ -115,9 +81,9 @@ pub fn vpd_page(lu: &LogicalUnit) -> Option<Vec<u8>> {
 fn flags(lu: &LogicalUnit, status: &Status) -> u8 {
     let locked = lu.cbt_lock.status().is_some();
     let view = lu.tracker.as_ref().and_then(|t| t.view());
-    let mut f = status.flags() | if locked { FLAG_WRITE_LOCKED } else { 0 };
+    let mut f = status.flags() | if locked { flag::WRITE_LOCKED } else { 0 };
     if let Some(v) = view {
-        f |= FLAG_VIEW_OPEN | if v.lost() { FLAG_VIEW_LOST } else { 0 };
+        f |= flag::VIEW_OPEN | if v.lost() { flag::VIEW_LOST } else { 0 };
     }
     f
 }
@@ -260,7 +226,7 @@ fn encode_page(page: &ChangedPage, uuid: &[u8; 16]) -> Vec<u8> {
     let mut d = vec![0u8; HEADER_LEN];
     let desc_len = u32::try_from(n * DESCRIPTOR_LEN).unwrap_or(u32::MAX);
     d[0..4].copy_from_slice(&desc_len.to_be_bytes());
-    d[4] = if page.complete { FLAG_COMPLETE } else { 0 };
+    d[4] = if page.complete { PAGE_COMPLETE } else { 0 };
     d[8..16].copy_from_slice(&page.open_generation.to_be_bytes());
     d[16..24].copy_from_slice(&page.next_lba.to_be_bytes());
     d[24..40].copy_from_slice(uuid);
@@ -270,7 +236,7 @@ fn encode_page(page: &ChangedPage, uuid: &[u8; 16]) -> Vec<u8> {
         // The tracker splits runs so NUMBER OF BLOCKS fits its u32 field.
         let blocks = u32::try_from(x.blocks).unwrap_or(u32::MAX);
         d.extend_from_slice(&blocks.to_be_bytes());
-        let flags = if x.deallocated { FLAG_DEALLOCATED } else { 0 };
+        let flags = if x.deallocated { DESC_DEALLOCATED } else { 0 };
         d.extend_from_slice(&flags.to_be_bytes());
         d.extend_from_slice(&x.generation.to_be_bytes());
     }

@@ -31,6 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::cbt::Tracker;
+use crate::cbt::wire::LOCK_LEN;
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte, data_in};
 use crate::scsi::sense::{Sense, SenseReason};
@@ -38,9 +39,6 @@ use crate::scsi::{LogicalUnit, OwnedCommand, ScsiCommand, ScsiResult, status};
 
 /// Called once with a submitted command's result.
 pub type DoneFn = Box<dyn FnOnce(ScsiResult) + Send>;
-
-/// Reply length of all three service actions.
-const REPLY_LEN: usize = 32;
 
 /// A change waiting for the lock to end.
 pub(crate) struct Held {
@@ -252,11 +250,11 @@ fn lease_for(lu: &LogicalUnit, requested_ms: u64) -> Duration {
 }
 
 fn reply(cmd: &ScsiCommand, token: u64, generation: u64, lease: Duration) -> ScsiResult {
-    let mut r = vec![0u8; REPLY_LEN];
+    let mut r = vec![0u8; LOCK_LEN];
     r[0..8].copy_from_slice(&token.to_be_bytes());
     r[8..16].copy_from_slice(&generation.to_be_bytes());
     r[16..20].copy_from_slice(&ms(lease).to_be_bytes());
-    data_in(cmd, r, REPLY_LEN as u64)
+    data_in(cmd, r, LOCK_LEN as u64)
 }
 
 /// Reserved CDB bytes `from..15` and the top bits of byte 1 must be zero

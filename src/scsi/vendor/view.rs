@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::lock::{check_reserved, conflict, ms};
+use crate::cbt::wire::VIEW_LEN;
 use crate::cbt::{OpenRequest, Tracker, View, ViewError};
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, data_in};
@@ -14,8 +15,6 @@ use crate::scsi::lun::ViewSettings;
 use crate::scsi::sense::{Sense, SenseReason};
 use crate::scsi::viewlun::BackendSource;
 use crate::scsi::{LogicalUnit, ScsiCommand, ScsiResult};
-
-const REPLY_LEN: usize = 32;
 
 /// The LUN's tracker and view settings; views off → the service action is
 /// unknown (INVALID FIELD IN CDB, as the spec asks).
@@ -43,12 +42,12 @@ fn lease_for(settings: &ViewSettings, requested_ms: u64) -> Duration {
 }
 
 fn reply(cmd: &ScsiCommand, v: &View, lease: Duration, view_lun: u64) -> ScsiResult {
-    let mut r = vec![0u8; REPLY_LEN];
+    let mut r = vec![0u8; VIEW_LEN];
     r[0..8].copy_from_slice(&v.token.to_be_bytes());
     r[8..16].copy_from_slice(&v.generation.to_be_bytes());
     r[16..20].copy_from_slice(&ms(lease).to_be_bytes());
     r[20..22].copy_from_slice(&(view_lun as u16).to_be_bytes());
-    data_in(cmd, r, REPLY_LEN as u64)
+    data_in(cmd, r, VIEW_LEN as u64)
 }
 
 fn failure(e: ViewError) -> Result<ScsiResult, Sense> {
