@@ -149,8 +149,14 @@ async fn fence(s: &Session, lun: u64, force: bool) -> Result<()> {
         Some(_) => (PR_PREEMPT, ROLLBACK_KEY),
         None => (PR_RESERVE, 0),
     };
-    s.pr_out(lun, sa, PR_WRITE_EXCLUSIVE, ROLLBACK_KEY, sa_key)
-        .await?;
+    if let Err(e) = s
+        .pr_out(lun, sa, PR_WRITE_EXCLUSIVE, ROLLBACK_KEY, sa_key)
+        .await
+    {
+        // Not fenced: leave no registration behind either.
+        let _ = s.pr_out(lun, PR_REGISTER, 0, ROLLBACK_KEY, 0).await;
+        return Err(e.into());
+    }
     Ok(())
 }
 
