@@ -68,24 +68,9 @@ pub async fn write_pdus<W: AsyncWrite + Unpin>(
     w.write_all(&out).await
 }
 
-/// PDUs to send, of which the first `spans.len()` take their data segment
-/// from `body` (Data-In straight from the command's buffer: no copy).
-#[derive(Debug, Default)]
-pub struct Reply {
-    pub pdus: Vec<Pdu>,
-    pub body: Vec<u8>,
-    pub spans: Vec<Range<usize>>,
-}
-
-impl Reply {
-    /// PDUs that carry their own data.
-    pub fn plain(pdus: Vec<Pdu>) -> Reply {
-        Reply {
-            pdus,
-            ..Reply::default()
-        }
-    }
-}
+/// The PDUs to send: the protocol core's type (no I/O in it), written out
+/// here.
+pub use crate::proto::conn::Reply;
 
 /// Data segments at least this long go to the socket by reference; shorter
 /// ones are cheaper to copy next to their header.
