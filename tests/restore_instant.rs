@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ServeProcess, require_tool, run};
+use common::{ServeProcess, gentgt_cli as gentgt, require_tool, run};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use rand::{RngCore, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -38,16 +38,6 @@ fn image() -> Vec<u8> {
         }
     }
     img
-}
-
-fn gentgt(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gentgt"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
 }
 
 fn ok(args: &[&str]) -> String {

@@ -353,3 +353,14 @@ pub fn wait_for_portal(child: &mut Child, within: std::time::Duration) -> Option
     });
     rx.recv_timeout(within).ok()?.parse().ok()
 }
+
+/// `gentgt ARGS` run to completion: (success, stdout + stderr).
+pub fn gentgt_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gentgt"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}

@@ -9,7 +9,6 @@ use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use rand::{Rng, SeedableRng};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 pub const TARGET: &str = "iqn.2026-11.dev.gentgt:restore";
@@ -71,13 +70,7 @@ impl Env {
 
     /// `gentgt ARGS`: (success, stdout + stderr).
     pub fn gentgt(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_gentgt"))
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        crate::common::gentgt_cli(args)
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
