@@ -158,3 +158,20 @@ fio_run() { # WHAT DEV SIZE [fio args]: fails the scenario on any error
 fio_write_verify() { fio_run "write+verify" "$@"; }
 fio_write_only() { fio_run "write" "$@" --do_verify=0; }
 fio_verify_only() { fio_run "verify-only" "$@" --verify_only; }
+
+# udev and multipathd up, then one session through each of the two portals
+# (replacement_timeout 5 s: a failed path must reach dm quickly, as the
+# kernel holds I/O that long for a reconnecting session), both disks seen
+# and the maps rebuilt. For the multipath and alua scenarios.
+multipath_two_portals() {
+    /lib/systemd/systemd-udevd --daemon
+    udevadm trigger
+    udevadm settle -t 20 || true
+    multipathd
+    local opts=(node.session.timeo.replacement_timeout=5)
+    iscsi_login 0 "${opts[@]}"
+    iscsi_login_more 1 "${opts[@]}"
+    session_disks 2 >/dev/null
+    udevadm settle -t 20 || true
+    multipath -r >/dev/null 2>&1 || true
+}

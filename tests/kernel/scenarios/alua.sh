@@ -88,18 +88,7 @@ defaults {
 }
 CONF
     guest_setup
-    # The kernel's ALUA device handler: attached at scan to disks with TPGS.
-    modprobe -d "$KROOT" scsi_dh_alua 2>/dev/null || say "modprobe scsi_dh_alua failed"
-    /lib/systemd/systemd-udevd --daemon
-    udevadm trigger
-    udevadm settle -t 20 || true
-    multipathd
-    local opts=(node.session.timeo.replacement_timeout=5)
-    iscsi_login 0 "${opts[@]}"
-    iscsi_login_more 1 "${opts[@]}"
-    session_disks 2 >/dev/null
-    udevadm settle -t 20 || true
-    multipath -r >/dev/null 2>&1 || true
+    multipath_two_portals
     local d0 d1 map dev pid
     d0=$(disk_of_portal 0)
     d1=$(disk_of_portal 1)

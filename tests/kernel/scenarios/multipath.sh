@@ -46,18 +46,7 @@ defaults {
 }
 CONF
     guest_setup
-    /lib/systemd/systemd-udevd --daemon
-    udevadm trigger
-    udevadm settle -t 20 || true
-    multipathd
-    # A failed path must reach dm quickly: replacement_timeout is how long
-    # the kernel holds I/O for a session that is reconnecting.
-    local opts=(node.session.timeo.replacement_timeout=5)
-    iscsi_login 0 "${opts[@]}"
-    iscsi_login_more 1 "${opts[@]}"
-    session_disks 2 >/dev/null
-    udevadm settle -t 20 || true
-    multipath -r >/dev/null 2>&1 || true
+    multipath_two_portals
     wait_paths 2 0 30
     local map dev pid
     map=$(multipathd show maps raw format "%n" | head -n 1)
