@@ -3,6 +3,7 @@
 //! answer over several Text Responses with the C bit and a Target Transfer
 //! Tag the initiator echoes to fetch the next part. No I/O.
 
+use super::login::SessionType;
 use super::pdu::{Opcode, Pdu};
 use super::text::{MAX_TEXT_BYTES, TextPairs};
 
@@ -51,6 +52,26 @@ pub fn answer_text(request: &TextPairs, targets: &[(String, Vec<String>)]) -> Te
         }
     }
     out
+}
+
+/// `answer_text` for a session of `kind` whose own target is `own`: a
+/// normal session asking "SendTargets=All" (or "") learns only its own
+/// target (RFC 7143 §13.2).
+pub fn answer_session_text(
+    request: &TextPairs,
+    kind: SessionType,
+    own: Option<&str>,
+    targets: &[(String, Vec<String>)],
+) -> TextPairs {
+    let mut req = request.clone();
+    if kind == SessionType::Normal {
+        for (k, v) in req.0.iter_mut() {
+            if k == "SendTargets" && (v.is_empty() || v == "All") {
+                *v = own.unwrap_or_default().to_string();
+            }
+        }
+    }
+    answer_text(&req, targets)
 }
 
 /// iSCSI names carry a type prefix (RFC 7143 §4.2.7.3).

@@ -18,17 +18,7 @@ impl Session {
         let kind = self.kind;
         let own = self.target_name.clone();
         let reply = self.text.on_request(&pdu, max, |req| {
-            // A normal session asking "SendTargets=All" learns only its
-            // own target (RFC 7143 §13.2); "" means the same.
-            let mut req = req.clone();
-            if kind == SessionType::Normal {
-                for (k, v) in req.0.iter_mut() {
-                    if k == "SendTargets" && (v.is_empty() || v == "All") {
-                        *v = own.clone().unwrap_or_default();
-                    }
-                }
-            }
-            discovery::answer_text(&req, &targets)
+            discovery::answer_session_text(req, kind, own.as_deref(), &targets)
         });
         self.send(vec![reply]).await
     }

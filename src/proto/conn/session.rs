@@ -5,7 +5,6 @@
 use super::{CloseReason, Connection, Env};
 use crate::proto::dataout::NO_TTT;
 use crate::proto::discovery;
-use crate::proto::login::SessionType;
 use crate::proto::pdu::Pdu;
 use crate::proto::response;
 use std::time::{Duration, Instant};
@@ -39,17 +38,7 @@ impl Connection {
         let targets = env.targets(kind, own.as_deref());
         let max = self.cfg.params.initiator_max_recv_dsl;
         let reply = self.text.on_request(&pdu, max, |req| {
-            // A normal session asking "SendTargets=All" learns only its
-            // own target (RFC 7143 §13.2); "" means the same.
-            let mut req = req.clone();
-            if kind == SessionType::Normal {
-                for (k, v) in req.0.iter_mut() {
-                    if k == "SendTargets" && (v.is_empty() || v == "All") {
-                        *v = own.clone().unwrap_or_default();
-                    }
-                }
-            }
-            discovery::answer_text(&req, &targets)
+            discovery::answer_session_text(req, kind, own.as_deref(), &targets)
         });
         self.send(vec![reply]);
     }
