@@ -5,14 +5,13 @@
 use super::error::{InitiatorError, Result};
 use super::session::Session;
 
-/// PROUT service actions.
-pub const PR_REGISTER: u8 = 0;
-pub const PR_RESERVE: u8 = 1;
-pub const PR_RELEASE: u8 = 2;
-pub const PR_PREEMPT: u8 = 4;
-pub const PR_REGISTER_AND_IGNORE: u8 = 6;
+/// PROUT service actions: the device server's own numbers.
+pub use crate::scsi::pr::prout::{
+    PREEMPT as PR_PREEMPT, REGISTER as PR_REGISTER, REGISTER_AND_IGNORE as PR_REGISTER_AND_IGNORE,
+    RELEASE as PR_RELEASE, RESERVE as PR_RESERVE,
+};
 /// Reservation type Write Exclusive: only the holder may change the LU.
-pub const PR_WRITE_EXCLUSIVE: u8 = 1;
+pub const PR_WRITE_EXCLUSIVE: u8 = crate::scsi::pr::state::PrType::WriteExclusive as u8;
 
 /// The reservation READ RESERVATION reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
