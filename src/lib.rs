@@ -6,6 +6,7 @@ pub mod buffers;
 pub mod cbt;
 pub mod config;
 pub mod durable;
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod initiator;
 pub mod metrics;
