@@ -98,12 +98,13 @@ pub fn login(data: &[u8]) {
                 assert!(!result.initiator_name.is_empty());
                 return;
             }
-            LoginStep::Fail(p) => {
+            LoginStep::Fail(p, failure) => {
                 assert_eq!(p.opcode(), Opcode::LoginResponse);
                 assert_ne!(status(&p) >> 8, 0, "failure with a success status");
+                assert_eq!(status(&p), failure.status(), "PDU and failure disagree");
                 // The machine is finished: anything more fails too.
                 let again = login.on_pdu(&req, &dir);
-                assert!(matches!(again, LoginStep::Fail(_)));
+                assert!(matches!(again, LoginStep::Fail(..)));
                 return;
             }
         }

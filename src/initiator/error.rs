@@ -3,6 +3,7 @@
 //! `AuthFailed`), or the whole connection (`Io`, `ConnectionClosed`, ...).
 
 use crate::proto::PduError;
+use crate::proto::login::LoginFailure;
 use crate::proto::text::TextError;
 use thiserror::Error;
 
@@ -18,7 +19,7 @@ pub enum InitiatorError {
     #[error("bad text keys: {0}")]
     Text(#[from] TextError),
     /// Login Response with a non-zero Status-Class (RFC 7143 §11.13.5).
-    #[error("login failed: status class {class:#04x} detail {detail:#04x}")]
+    #[error("login failed: {}", failure_words(*class, *detail))]
     LoginFailed { class: u8, detail: u8 },
     /// CHAP could not complete, or the target failed to prove itself.
     #[error("authentication failed: {0}")]
@@ -61,3 +62,10 @@ impl InitiatorError {
 }
 
 pub type Result<T> = std::result::Result<T, InitiatorError>;
+
+/// The target's login refusal in words, e.g. "authorization failure
+/// (0x0202)".
+fn failure_words(class: u8, detail: u8) -> String {
+    LoginFailure::from_status(u16::from_be_bytes([class, detail]))
+        .map_or_else(|| "no failure status".to_string(), |f| f.to_string())
+}

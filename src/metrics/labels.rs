@@ -85,21 +85,6 @@ impl CommandKind {
     }
 }
 
-/// Login outcome for a failure status class/detail (RFC 7143 §11.13.5).
-pub fn login_failure(status: u16) -> &'static str {
-    match status {
-        0x0000 => "success",
-        0x0201 => "auth_failure",
-        0x0202 => "acl_denied",
-        0x0203 | 0x0204 => "target_not_found",
-        0x0206 => "too_many_connections",
-        0x020a => "session_does_not_exist",
-        0x0200..=0x02ff => "negotiation_error",
-        0x0300..=0x03ff => "target_error",
-        _ => "other",
-    }
-}
-
 /// Task management function names (RFC 7143 §11.5.1).
 pub fn tmf_function(f: u8) -> &'static str {
     match f {
@@ -157,15 +142,5 @@ mod tests {
         assert_eq!(CommandKind::of(&[0x2a]), CommandKind::Write);
         assert_eq!(CommandKind::of(&[0x12]), CommandKind::Other);
         assert_eq!(CommandKind::of(&[]), CommandKind::Other);
-    }
-
-    #[test]
-    fn login_reasons() {
-        assert_eq!(login_failure(0x0201), "auth_failure");
-        assert_eq!(login_failure(0x0202), "acl_denied");
-        assert_eq!(login_failure(0x0203), "target_not_found");
-        assert_eq!(login_failure(0x0207), "negotiation_error");
-        assert_eq!(login_failure(0x0301), "target_error");
-        assert_eq!(login_failure(0x0101), "other");
     }
 }

@@ -181,7 +181,7 @@ impl Metrics {
     }
 
     /// A login ended: `result` is "success" or a failure reason
-    /// ([`labels::login_failure`], "timeout", "closed", ...). `target` is
+    /// ([`LoginFailure::label`](crate::proto::login::LoginFailure::label), "timeout", "closed", ...). `target` is
     /// empty for discovery and for names the registry does not know.
     pub fn login(&self, target: &str, result: &'static str) {
         let labels = LoginLabels {

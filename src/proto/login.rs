@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 
 use super::chap::{self, Challenge};
+pub use super::login_failure::LoginFailure;
 use super::negotiation::{Negotiator, SessionParams};
 use super::pdu::{C_BIT, Opcode, Pdu, T_BIT};
 use super::text::{MAX_TEXT_BYTES, TextPairs};
@@ -113,29 +114,8 @@ pub enum LoginStep {
     Respond(Pdu),
     /// Send this final response (caller fills TSIH) and enter full feature.
     Complete(Box<Pdu>, Box<LoginResult>),
-    /// Send this response (it carries the failure status) and close.
-    Fail(Pdu),
-}
-
-/// Login status class/detail values (RFC 7143 §11.13.5), as `class << 8 |
-/// detail`.
-pub mod status {
-    pub const SUCCESS: u16 = 0x0000;
-    pub const INITIATOR_ERROR: u16 = 0x0200;
-    pub const AUTH_FAILURE: u16 = 0x0201;
-    pub const AUTHORIZATION_FAILURE: u16 = 0x0202;
-    pub const NOT_FOUND: u16 = 0x0203;
-    pub const TARGET_REMOVED: u16 = 0x0204;
-    pub const UNSUPPORTED_VERSION: u16 = 0x0205;
-    pub const TOO_MANY_CONNECTIONS: u16 = 0x0206;
-    pub const MISSING_PARAMETER: u16 = 0x0207;
-    pub const CANT_INCLUDE_IN_SESSION: u16 = 0x0208;
-    pub const SESSION_TYPE_UNSUPPORTED: u16 = 0x0209;
-    pub const SESSION_DOES_NOT_EXIST: u16 = 0x020a;
-    pub const INVALID_DURING_LOGIN: u16 = 0x020b;
-    pub const TARGET_ERROR: u16 = 0x0300;
-    pub const SERVICE_UNAVAILABLE: u16 = 0x0301;
-    pub const OUT_OF_RESOURCES: u16 = 0x0302;
+    /// Send this response (it carries the failure's status) and close.
+    Fail(Pdu, LoginFailure),
 }
 
 /// Login stages (CSG and NSG of byte 1).
@@ -187,7 +167,7 @@ enum Auth {
 
 /// Header fields fixed by the first request of a login.
 #[derive(Debug, Clone, Copy)]
-struct Identity {
+pub(crate) struct Identity {
     isid: [u8; 6],
     tsih: u16,
     cid: u16,
@@ -227,8 +207,8 @@ impl SecurityKeys {
     }
 }
 
-/// A login ended with this status (class/detail).
-type Failed = u16;
+/// A login ended with this failure.
+type Failed = LoginFailure;
 
 /// The target side of one connection's login.
 #[derive(Debug)]
@@ -274,7 +254,7 @@ impl TargetLogin {
     /// Feed one PDU received during login.
     pub fn on_pdu(&mut self, pdu: &Pdu, dir: &dyn LoginDirectory) -> LoginStep {
         if self.finished {
-            return LoginStep::Fail(self.fail_with(status::INITIATOR_ERROR));
+            return self.fail(LoginFailure::InitiatorError);
         }
         match self.step(pdu, dir) {
             Ok(step) => step,
@@ -283,7 +263,7 @@ impl TargetLogin {
                 if self.ident.is_none() {
                     self.ident = Some(identity_of(pdu));
                 }
-                LoginStep::Fail(self.fail_with(st))
+                self.fail(st)
             }
         }
     }
@@ -291,35 +271,38 @@ impl TargetLogin {
     /// A failure response with `status`, ending the login. The caller uses
     /// this for refusals it decides itself, e.g. on `LoginStep::Complete`
     /// with a `LoginResult::tsih` naming no session, send
-    /// `fail_with(status::SESSION_DOES_NOT_EXIST)` instead of the success.
-    pub fn fail_with(&mut self, status: u16) -> Pdu {
+    /// `fail_with(LoginFailure::SessionDoesNotExist)` instead of the success.
+    pub fn fail_with(&mut self, failure: LoginFailure) -> Pdu {
         self.finished = true;
         let mut p = self.response(self.last_csg << 2, Vec::new());
-        p.bhs.0[36] = (status >> 8) as u8;
-        p.bhs.0[37] = status as u8;
+        failure.stamp(&mut p);
         p
+    }
+
+    fn fail(&mut self, failure: LoginFailure) -> LoginStep {
+        LoginStep::Fail(self.fail_with(failure), failure)
     }
 
     fn step(&mut self, pdu: &Pdu, dir: &dyn LoginDirectory) -> Result<LoginStep, Failed> {
         self.pdus += 1;
         if self.pdus > MAX_LOGIN_PDUS {
-            return Err(status::INITIATOR_ERROR);
+            return Err(LoginFailure::InitiatorError);
         }
         if pdu.opcode() != Opcode::LoginRequest {
-            return Err(status::INVALID_DURING_LOGIN);
+            return Err(LoginFailure::InvalidDuringLogin);
         }
         let (transit, csg, nsg) = self.check_header(pdu)?;
 
         self.partial.extend_from_slice(&pdu.data);
         if self.partial.len() > MAX_TEXT_BYTES {
-            return Err(status::INITIATOR_ERROR);
+            return Err(LoginFailure::InitiatorError);
         }
         if pdu.bhs.flags() & C_BIT != 0 {
             // More text follows: acknowledge with an empty response.
             return Ok(LoginStep::Respond(self.response(csg << 2, Vec::new())));
         }
         let text = std::mem::take(&mut self.partial);
-        let pairs = TextPairs::parse(&text).map_err(|_| status::INITIATOR_ERROR)?;
+        let pairs = TextPairs::parse(&text).map_err(|_| LoginFailure::InitiatorError)?;
         self.check_repeats(&pairs)?;
 
         let mut answer = TextPairs::new();
@@ -331,12 +314,12 @@ impl TargetLogin {
         if csg == STAGE_SECURITY {
             self.security(&security, &mut answer)?;
         } else if !security.is_empty() {
-            return Err(status::INITIATOR_ERROR);
+            return Err(LoginFailure::InitiatorError);
         }
         let negotiated = self
             .neg
             .negotiate(&operational)
-            .map_err(|_| status::INITIATOR_ERROR)?;
+            .map_err(|_| LoginFailure::InitiatorError)?;
         answer.0.extend(negotiated.0);
         if csg == STAGE_OPERATIONAL {
             answer.0.extend(self.neg.declare_mrdsl());
@@ -361,7 +344,7 @@ impl TargetLogin {
         self.last_csg = csg;
         // VersionMin (byte 3) must admit version 0, the only one there is.
         if pdu.bhs.0[3] != 0 || pdu.bhs.0[2] < pdu.bhs.0[3] {
-            return Err(status::UNSUPPORTED_VERSION);
+            return Err(LoginFailure::UnsupportedVersion);
         }
         let id = identity_of(pdu);
         match self.ident {
@@ -372,13 +355,13 @@ impl TargetLogin {
                     || old.cid != id.cid
                     || old.itt != id.itt
                 {
-                    return Err(status::INITIATOR_ERROR);
+                    return Err(LoginFailure::InitiatorError);
                 }
             }
         }
         self.exp_cmd_sn = pdu.bhs.cmd_sn();
         if transit && flags & C_BIT != 0 {
-            return Err(status::INITIATOR_ERROR);
+            return Err(LoginFailure::InitiatorError);
         }
         let expected_ok = match self.stage {
             None => csg == STAGE_SECURITY || csg == STAGE_OPERATIONAL,
@@ -386,14 +369,14 @@ impl TargetLogin {
         };
         // A continued text must finish in the stage it started in.
         if !expected_ok || (!self.partial.is_empty() && Some(csg) != self.stage) {
-            return Err(status::INITIATOR_ERROR);
+            return Err(LoginFailure::InitiatorError);
         }
         let legal_next = match csg {
             STAGE_SECURITY => nsg == STAGE_OPERATIONAL || nsg == STAGE_FULL_FEATURE,
             _ => nsg == STAGE_FULL_FEATURE,
         };
         if transit && !legal_next {
-            return Err(status::INITIATOR_ERROR);
+            return Err(LoginFailure::InitiatorError);
         }
         self.stage = Some(csg);
         Ok((transit, csg, nsg))
@@ -404,12 +387,12 @@ impl TargetLogin {
         let mut this_request: Vec<&str> = Vec::new();
         for (k, v) in pairs.iter() {
             if this_request.contains(&k) {
-                return Err(status::INITIATOR_ERROR);
+                return Err(LoginFailure::InitiatorError);
             }
             this_request.push(k);
             match self.seen.get(k) {
                 Some(old) if IDENTITY_KEYS.contains(&k) && old == v => {}
-                Some(_) => return Err(status::INITIATOR_ERROR),
+                Some(_) => return Err(LoginFailure::InitiatorError),
                 None => {
                     self.seen.insert(k.to_string(), v.to_string());
                 }
@@ -429,12 +412,12 @@ impl TargetLogin {
         let initiator_name = pairs
             .get("InitiatorName")
             .filter(|n| !n.is_empty())
-            .ok_or(status::MISSING_PARAMETER)?
+            .ok_or(LoginFailure::MissingParameter)?
             .to_string();
         let session_type = match pairs.get("SessionType") {
             None | Some("Normal") => SessionType::Normal,
             Some("Discovery") => SessionType::Discovery,
-            Some(_) => return Err(status::SESSION_TYPE_UNSUPPORTED),
+            Some(_) => return Err(LoginFailure::SessionTypeUnsupported),
         };
         let initiator_alias = pairs.get("InitiatorAlias").map(str::to_string);
         let (target_name, chap, portal_group_tag) = match session_type {
@@ -443,10 +426,10 @@ impl TargetLogin {
                 let name = pairs
                     .get("TargetName")
                     .filter(|n| !n.is_empty())
-                    .ok_or(status::MISSING_PARAMETER)?;
+                    .ok_or(LoginFailure::MissingParameter)?;
                 match dir.lookup_target(name, &initiator_name) {
-                    TargetLookup::NotFound => return Err(status::NOT_FOUND),
-                    TargetLookup::Forbidden => return Err(status::AUTHORIZATION_FAILURE),
+                    TargetLookup::NotFound => return Err(LoginFailure::NotFound),
+                    TargetLookup::Forbidden => return Err(LoginFailure::AuthorizationFailure),
                     TargetLookup::Allowed {
                         chap,
                         alias,
@@ -466,7 +449,7 @@ impl TargetLogin {
         if csg == STAGE_OPERATIONAL {
             // The initiator skipped the security stage.
             if chap.is_some() {
-                return Err(status::AUTH_FAILURE);
+                return Err(LoginFailure::AuthFailure);
             }
             self.auth = Auth::Done;
         }
@@ -488,7 +471,7 @@ impl TargetLogin {
         let chap = self.session.as_ref().and_then(|s| s.chap.clone());
         if let Some(methods) = &keys.auth_method {
             if !matches!(self.auth, Auth::Undecided) {
-                return Err(status::INITIATOR_ERROR);
+                return Err(LoginFailure::InitiatorError);
             }
             let offered = |m: &str| methods.split(',').any(|x| x == m);
             if chap.is_some() && offered("CHAP") {
@@ -498,15 +481,15 @@ impl TargetLogin {
                 answer.push("AuthMethod", "None");
                 self.auth = Auth::Done;
             } else {
-                return Err(status::AUTH_FAILURE);
+                return Err(LoginFailure::AuthFailure);
             }
         }
         if let Some(algs) = &keys.chap_a {
             if !matches!(self.auth, Auth::ChapChosen) {
-                return Err(status::INITIATOR_ERROR);
+                return Err(LoginFailure::InitiatorError);
             }
             if !chap::offers_md5(algs) {
-                return Err(status::AUTH_FAILURE);
+                return Err(LoginFailure::AuthFailure);
             }
             let ch = Challenge::random();
             answer.push("CHAP_A", chap::CHAP_MD5);
@@ -517,13 +500,13 @@ impl TargetLogin {
         let mutual = keys.chap_i.is_some() || keys.chap_c.is_some();
         if answering || mutual {
             let (Auth::Challenged(ours), Some(secrets)) = (&self.auth, &chap) else {
-                return Err(status::INITIATOR_ERROR);
+                return Err(LoginFailure::InitiatorError);
             };
             let (Some(n), Some(r)) = (&keys.chap_n, &keys.chap_r) else {
-                return Err(status::AUTH_FAILURE);
+                return Err(LoginFailure::AuthFailure);
             };
             ours.check(n, r, &secrets.user, &secrets.secret)
-                .map_err(|_| status::AUTH_FAILURE)?;
+                .map_err(|_| LoginFailure::AuthFailure)?;
             if mutual {
                 answer.0.extend(mutual_answer(keys, ours, secrets)?);
             }
@@ -540,7 +523,7 @@ impl TargetLogin {
         let chap_required = self.session.as_ref().is_some_and(|s| s.chap.is_some());
         match self.auth {
             Auth::Done => Ok(true),
-            Auth::Undecided if chap_required => Err(status::AUTH_FAILURE),
+            Auth::Undecided if chap_required => Err(LoginFailure::AuthFailure),
             Auth::Undecided => {
                 self.auth = Auth::Done;
                 Ok(true)
@@ -559,7 +542,7 @@ impl TargetLogin {
         self.finished = true;
         let (Some(session), Some(ident)) = (self.session.clone(), self.ident) else {
             // Unreachable: a request that transits has been identified.
-            return LoginStep::Fail(self.fail_with(status::TARGET_ERROR));
+            return self.fail(LoginFailure::TargetError);
         };
         let result = LoginResult {
             session_type: session.session_type,
@@ -579,26 +562,39 @@ impl TargetLogin {
 
     /// A Login Response with this flags byte and data; consumes a StatSN.
     fn response(&mut self, flags: u8, data: Vec<u8>) -> Pdu {
-        let mut p = Pdu::new(Opcode::LoginResponse);
-        p.bhs.set_flags(flags);
-        // VersionMax and VersionActive (bytes 2, 3) stay 0.
-        if let Some(id) = self.ident {
-            p.bhs.set_isid(id.isid);
-            p.bhs.set_tsih(id.tsih);
-            p.bhs.set_itt(id.itt);
-        }
-        p.bhs.set_stat_sn(self.stat_sn);
+        let mut p = response_header(self.ident, flags, self.stat_sn, self.exp_cmd_sn);
         self.stat_sn = self.stat_sn.wrapping_add(1);
-        p.bhs.set_exp_cmd_sn(self.exp_cmd_sn);
-        p.bhs
-            .set_max_cmd_sn(self.exp_cmd_sn.wrapping_add(CMD_WINDOW - 1));
         p.bhs.set_data_segment_len(data.len() as u32);
         p.data = data;
         p
     }
 }
 
-fn identity_of(pdu: &Pdu) -> Identity {
+/// The header of every Login Response the target sends, the machine's and
+/// the runtime's refusals alike: the request's tags echoed, this StatSN,
+/// and the CmdSN window opening at `exp_cmd_sn`.
+pub(crate) fn response_header(
+    ident: Option<Identity>,
+    flags: u8,
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+) -> Pdu {
+    let mut p = Pdu::new(Opcode::LoginResponse);
+    p.bhs.set_flags(flags);
+    // VersionMax and VersionActive (bytes 2, 3) stay 0.
+    if let Some(id) = ident {
+        p.bhs.set_isid(id.isid);
+        p.bhs.set_tsih(id.tsih);
+        p.bhs.set_itt(id.itt);
+    }
+    p.bhs.set_stat_sn(stat_sn);
+    p.bhs.set_exp_cmd_sn(exp_cmd_sn);
+    p.bhs
+        .set_max_cmd_sn(exp_cmd_sn.wrapping_add(CMD_WINDOW - 1));
+    p
+}
+
+pub(crate) fn identity_of(pdu: &Pdu) -> Identity {
     Identity {
         isid: pdu.bhs.isid(),
         tsih: pdu.bhs.tsih(),
@@ -639,14 +635,14 @@ fn mutual_answer(
     secrets: &ChapSecrets,
 ) -> Result<[(String, String); 2], Failed> {
     let (Some(i), Some(c)) = (&keys.chap_i, &keys.chap_c) else {
-        return Err(status::AUTH_FAILURE);
+        return Err(LoginFailure::AuthFailure);
     };
     let Some((name, secret)) = &secrets.mutual else {
         // The initiator wants us to authenticate, but we have no secret.
-        return Err(status::AUTH_FAILURE);
+        return Err(LoginFailure::AuthFailure);
     };
     let (id, challenge) =
-        chap::parse_challenge(i, c, Some(ours)).map_err(|_| status::AUTH_FAILURE)?;
+        chap::parse_challenge(i, c, Some(ours)).map_err(|_| LoginFailure::AuthFailure)?;
     let r = chap::chap_md5(id, secret.as_bytes(), &challenge);
     Ok([
         ("CHAP_N".into(), name.clone()),
@@ -734,7 +730,7 @@ mod tests {
     fn respond(step: LoginStep) -> (Pdu, TextPairs) {
         match step {
             LoginStep::Respond(p) => {
-                assert_eq!(status_of(&p), 0);
+                assert_eq!(LoginFailure::of_response(&p), None);
                 let t = TextPairs::parse(&p.data).unwrap();
                 (p, t)
             }
@@ -745,7 +741,7 @@ mod tests {
     fn complete(step: LoginStep) -> (Pdu, TextPairs, LoginResult) {
         match step {
             LoginStep::Complete(p, r) => {
-                assert_eq!(status_of(&p), 0);
+                assert_eq!(LoginFailure::of_response(&p), None);
                 let t = TextPairs::parse(&p.data).unwrap();
                 (*p, t, *r)
             }
@@ -753,19 +749,16 @@ mod tests {
         }
     }
 
-    fn failed(step: LoginStep) -> u16 {
+    fn failed(step: LoginStep) -> LoginFailure {
         match step {
-            LoginStep::Fail(p) => {
+            LoginStep::Fail(p, f) => {
                 assert_eq!(p.opcode(), Opcode::LoginResponse);
                 assert_eq!(p.bhs.flags() & T_BIT, 0);
-                status_of(&p)
+                assert_eq!(LoginFailure::of_response(&p), Some(f));
+                f
             }
             other => panic!("expected Fail, got {other:?}"),
         }
-    }
-
-    fn status_of(p: &Pdu) -> u16 {
-        u16::from_be_bytes([p.bhs.0[36], p.bhs.0[37]])
     }
 
     fn first_keys() -> Vec<(&'static str, &'static str)> {
@@ -843,14 +836,17 @@ mod tests {
         assert!(r.params.initial_r2t && r.params.immediate_data);
         assert_eq!(r.params.default_time2retain, 0);
         // The caller may still turn the success into a refusal.
-        let f = l.fail_with(status::SESSION_DOES_NOT_EXIST);
-        assert_eq!(status_of(&f), status::SESSION_DOES_NOT_EXIST);
+        let f = l.fail_with(LoginFailure::SessionDoesNotExist);
+        assert_eq!(
+            LoginFailure::of_response(&f),
+            Some(LoginFailure::SessionDoesNotExist)
+        );
         assert_eq!(f.bhs.flags(), 1 << 2);
         assert_eq!(f.bhs.itt(), ITT);
         // Anything after completion is refused.
         assert_eq!(
             failed(l.on_pdu(&req(true, 1, 3, &[]), &open_dir())),
-            status::INITIATOR_ERROR
+            LoginFailure::InitiatorError
         );
     }
 
@@ -931,7 +927,7 @@ mod tests {
         let mut ini = InitiatorChap::new("alice", "alice-secret", mutual);
         assert_eq!(
             failed(chap_login(&chap_dir(false), &mut ini, false)),
-            status::AUTH_FAILURE
+            LoginFailure::AuthFailure
         );
     }
 
@@ -940,17 +936,17 @@ mod tests {
         let mut ini = InitiatorChap::new("alice", "alice-secret", None);
         assert_eq!(
             failed(chap_login(&chap_dir(false), &mut ini, true)),
-            status::AUTH_FAILURE
+            LoginFailure::AuthFailure
         );
         let mut ini = InitiatorChap::new("alice", "guess", None);
         assert_eq!(
             failed(chap_login(&chap_dir(false), &mut ini, false)),
-            status::AUTH_FAILURE
+            LoginFailure::AuthFailure
         );
         let mut ini = InitiatorChap::new("mallory", "alice-secret", None);
         assert_eq!(
             failed(chap_login(&chap_dir(false), &mut ini, false)),
-            status::AUTH_FAILURE
+            LoginFailure::AuthFailure
         );
     }
 
@@ -974,7 +970,7 @@ mod tests {
             if ok {
                 respond(step);
             } else {
-                assert_eq!(failed(step), status::AUTH_FAILURE);
+                assert_eq!(failed(step), LoginFailure::AuthFailure);
             }
         }
     }
@@ -1007,7 +1003,7 @@ mod tests {
             keys.push(("AuthMethod", "CHAP,None"));
             respond(l.on_pdu(&req(true, 0, 1, &keys), &dir));
             let step = l.on_pdu(&req(false, 0, 1, &[("CHAP_A", algs)]), &dir);
-            assert_eq!(failed(step), status::AUTH_FAILURE, "{algs:?}");
+            assert_eq!(failed(step), LoginFailure::AuthFailure, "{algs:?}");
         }
     }
 
@@ -1019,7 +1015,7 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&req(true, 1, 3, &keys), &dir)),
-            status::AUTH_FAILURE
+            LoginFailure::AuthFailure
         );
 
         let mut keys = first_keys();
@@ -1027,13 +1023,13 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&req(true, 0, 1, &keys), &dir)),
-            status::AUTH_FAILURE
+            LoginFailure::AuthFailure
         );
 
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&req(true, 0, 1, &first_keys()), &dir)),
-            status::AUTH_FAILURE
+            LoginFailure::AuthFailure
         );
     }
 
@@ -1044,31 +1040,31 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&req(true, 1, 3, &keys), &open_dir())),
-            status::NOT_FOUND
+            LoginFailure::NotFound
         );
 
         let mut keys = first_keys();
         keys[0].1 = "iqn.2026-11.evil:intruder";
         let mut l = TargetLogin::new(LoginOffer::default());
         let step = l.on_pdu(&req(true, 1, 3, &keys), &open_dir());
-        assert_eq!(failed(step), status::AUTHORIZATION_FAILURE);
+        assert_eq!(failed(step), LoginFailure::AuthorizationFailure);
 
         let mut l = TargetLogin::new(LoginOffer::default());
         let step = l.on_pdu(&req(true, 1, 3, &[("TargetName", TARGET)]), &open_dir());
-        assert_eq!(failed(step), status::MISSING_PARAMETER);
+        assert_eq!(failed(step), LoginFailure::MissingParameter);
 
         let mut l = TargetLogin::new(LoginOffer::default());
         let step = l.on_pdu(
             &req(true, 1, 3, &[("InitiatorName", INITIATOR)]),
             &open_dir(),
         );
-        assert_eq!(failed(step), status::MISSING_PARAMETER);
+        assert_eq!(failed(step), LoginFailure::MissingParameter);
 
         let mut keys = first_keys();
         keys[3].1 = "Bogus";
         let mut l = TargetLogin::new(LoginOffer::default());
         let step = l.on_pdu(&req(true, 1, 3, &keys), &open_dir());
-        assert_eq!(failed(step), status::SESSION_TYPE_UNSUPPORTED);
+        assert_eq!(failed(step), LoginFailure::SessionTypeUnsupported);
     }
 
     #[test]
@@ -1093,7 +1089,7 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&req(true, 1, 3, &keys), &dir)),
-            status::AUTH_FAILURE
+            LoginFailure::AuthFailure
         );
     }
 
@@ -1105,7 +1101,7 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&req(true, 1, 3, &keys), &open_dir())),
-            status::INITIATOR_ERROR
+            LoginFailure::InitiatorError
         );
 
         // Across requests: an operational key, or a changed identity key.
@@ -1114,12 +1110,12 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         respond(l.on_pdu(&req(false, 1, 3, &keys), &open_dir()));
         let step = l.on_pdu(&req(true, 1, 3, &[("MaxBurstLength", "512")]), &open_dir());
-        assert_eq!(failed(step), status::INITIATOR_ERROR);
+        assert_eq!(failed(step), LoginFailure::InitiatorError);
 
         let mut l = TargetLogin::new(LoginOffer::default());
         respond(l.on_pdu(&req(false, 1, 3, &first_keys()), &open_dir()));
         let step = l.on_pdu(&req(true, 1, 3, &[("TargetName", "iqn.x:y")]), &open_dir());
-        assert_eq!(failed(step), status::INITIATOR_ERROR);
+        assert_eq!(failed(step), LoginFailure::InitiatorError);
     }
 
     #[test]
@@ -1128,7 +1124,10 @@ mod tests {
             let mut p = req(true, 1, 3, &[]);
             p.data = data.to_vec();
             let mut l = TargetLogin::new(LoginOffer::default());
-            assert_eq!(failed(l.on_pdu(&p, &open_dir())), status::INITIATOR_ERROR);
+            assert_eq!(
+                failed(l.on_pdu(&p, &open_dir())),
+                LoginFailure::InitiatorError
+            );
         }
     }
 
@@ -1146,7 +1145,7 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&p, &open_dir())),
-            status::UNSUPPORTED_VERSION
+            LoginFailure::UnsupportedVersion
         );
         // T and C together; CSG 3; NSG backwards.
         for flags in [
@@ -1160,7 +1159,7 @@ mod tests {
             let mut l = TargetLogin::new(LoginOffer::default());
             assert_eq!(
                 failed(l.on_pdu(&p, &open_dir())),
-                status::INITIATOR_ERROR,
+                LoginFailure::InitiatorError,
                 "{flags:#x}"
             );
         }
@@ -1170,7 +1169,7 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&p, &open_dir())),
-            status::INVALID_DURING_LOGIN
+            LoginFailure::InvalidDuringLogin
         );
         // ITT or ISID changed mid-login; stage going backwards.
         for change in 0..3 {
@@ -1184,7 +1183,10 @@ mod tests {
                 1 => p.bhs.set_isid([1, 2, 3, 4, 5, 6]),
                 _ => p.bhs.set_flags(T_BIT | 1),
             }
-            assert_eq!(failed(l.on_pdu(&p, &open_dir())), status::INITIATOR_ERROR);
+            assert_eq!(
+                failed(l.on_pdu(&p, &open_dir())),
+                LoginFailure::InitiatorError
+            );
         }
         // Security keys in the operational stage.
         let mut keys = ok.clone();
@@ -1192,7 +1194,7 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&req(true, 1, 3, &keys), &open_dir())),
-            status::INITIATOR_ERROR
+            LoginFailure::InitiatorError
         );
         // Target-only keys from the initiator.
         let mut keys = ok;
@@ -1200,7 +1202,7 @@ mod tests {
         let mut l = TargetLogin::new(LoginOffer::default());
         assert_eq!(
             failed(l.on_pdu(&req(true, 1, 3, &keys), &open_dir())),
-            status::INITIATOR_ERROR
+            LoginFailure::InitiatorError
         );
     }
 
@@ -1269,7 +1271,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(last, Some(status::INITIATOR_ERROR));
+        assert_eq!(last, Some(LoginFailure::InitiatorError));
     }
 
     proptest! {

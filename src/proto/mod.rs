@@ -8,6 +8,7 @@ pub mod dataout;
 pub mod digest;
 pub mod discovery;
 pub mod login;
+pub mod login_failure;
 pub mod lun;
 pub mod negotiation;
 pub mod pdu;

@@ -5,8 +5,8 @@
 
 use super::shared::Shared;
 use super::wire::{self, ReadOutcome};
-use crate::proto::login::status;
-use crate::proto::pdu::{Framing, Opcode, Pdu};
+use crate::proto::login::LoginFailure;
+use crate::proto::pdu::{Framing, Opcode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,22 +81,9 @@ pub(super) async fn refuse(stream: TcpStream, shared: Arc<Shared>, peer: SocketA
     if req.opcode() != Opcode::LoginRequest {
         return;
     }
-    let resp = out_of_resources(&req);
+    let resp = LoginFailure::OutOfResources.refuse_first(&req);
     if wire::write_pdus(&mut wr, &[resp], &framing).await.is_ok() {
         // FIN after the response, so the initiator reads it before EOF.
         let _ = wr.shutdown().await;
     }
-}
-
-/// A final Login Response with status 0302h echoing the request's tags.
-fn out_of_resources(req: &Pdu) -> Pdu {
-    let mut p = Pdu::new(Opcode::LoginResponse);
-    p.bhs.set_isid(req.bhs.isid());
-    p.bhs.set_tsih(0);
-    p.bhs.set_itt(req.bhs.itt());
-    p.bhs.set_exp_cmd_sn(req.bhs.cmd_sn());
-    p.bhs.set_max_cmd_sn(req.bhs.cmd_sn());
-    p.bhs.0[36] = (status::OUT_OF_RESOURCES >> 8) as u8;
-    p.bhs.0[37] = status::OUT_OF_RESOURCES as u8;
-    p
 }

@@ -4,8 +4,8 @@
 
 use super::shared::{SessionControl, Shared};
 use super::wire::{self, ReadOutcome};
-use crate::proto::login::{LoginOffer, LoginResult, LoginStep, TargetLogin};
-use crate::proto::pdu::{Framing, Opcode, Pdu};
+use crate::proto::login::{LoginFailure, LoginOffer, LoginResult, LoginStep, TargetLogin};
+use crate::proto::pdu::{Framing, Opcode};
 use std::io;
 use std::time::Duration;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -54,14 +54,13 @@ pub async fn login_phase(
         if first && pdu.bhs.tsih() != 0 {
             // Adding a connection to an existing session: we negotiate
             // MaxConnections=1, so there is nothing to add to.
-            let detail = if shared.session_exists(pdu.bhs.tsih()) {
-                0x06 // too many connections
+            let failure = if shared.session_exists(pdu.bhs.tsih()) {
+                LoginFailure::TooManyConnections
             } else {
-                0x0a // session does not exist
+                LoginFailure::SessionDoesNotExist
             };
-            wire::write_pdus(wr, &[failure_response(&pdu, 0x02, detail)], &framing).await?;
-            let reason = crate::metrics::labels::login_failure(0x0200 | u16::from(detail));
-            shared.metrics.login(&target, reason);
+            wire::write_pdus(wr, &[failure.refuse_first(&pdu)], &framing).await?;
+            shared.metrics.login(&target, failure.label());
             return Ok(None);
         }
         first = false;
@@ -71,16 +70,10 @@ pub async fn login_phase(
         let registry = shared.registry.load();
         match machine.on_pdu(&pdu, &registry.through_portal(tag)) {
             LoginStep::Respond(resp) => wire::write_pdus(wr, &[resp], &framing).await?,
-            LoginStep::Fail(resp) => {
-                let status = u16::from_be_bytes([resp.bhs.0[36], resp.bhs.0[37]]);
+            LoginStep::Fail(resp, failure) => {
                 wire::write_pdus(wr, &[resp], &framing).await?;
-                let reason = crate::metrics::labels::login_failure(status);
-                shared.metrics.login(&target, reason);
-                info!(
-                    result = reason,
-                    status = format_args!("{status:#06x}"),
-                    "login failed"
-                );
+                shared.metrics.login(&target, failure.label());
+                info!(result = failure.label(), %failure, "login failed");
                 return Ok(None);
             }
             LoginStep::Complete(resp, result) => {
@@ -126,17 +119,4 @@ async fn register(shared: &Shared, result: LoginResult) -> LoggedIn {
         nexus_id,
         control,
     }
-}
-
-/// A bare login response carrying a failure status.
-fn failure_response(req: &Pdu, class: u8, detail: u8) -> Pdu {
-    let mut p = Pdu::new(Opcode::LoginResponse);
-    p.bhs.set_isid(req.bhs.isid());
-    p.bhs.set_tsih(req.bhs.tsih());
-    p.bhs.set_itt(req.bhs.itt());
-    p.bhs.set_exp_cmd_sn(req.bhs.cmd_sn());
-    p.bhs.set_max_cmd_sn(req.bhs.cmd_sn());
-    p.bhs.0[36] = class;
-    p.bhs.0[37] = detail;
-    p
 }
