@@ -12,4 +12,4 @@ pub mod initiator;
 pub mod metrics;
 pub mod proto;
 pub mod scsi;
-pub mod target;
+pub mod server;

@@ -6,7 +6,7 @@ mod cli;
 use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use gentgt::config::{self, Config, build_registry, format_size};
-use gentgt::target::{Registry, Server};
+use gentgt::server::{Registry, Server};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 
 use gentgt::config::{Config, build_registry, rebuild_registry};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
-use gentgt::target::{Registry, ReloadRequest, ReloadSummary, Server};
+use gentgt::server::{Registry, ReloadRequest, ReloadSummary, Server};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

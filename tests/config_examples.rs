@@ -2,7 +2,7 @@
 //! naming the problem and leave nothing on disk; LUN identity is stable.
 
 use gentgt::config::{Config, ConfigError, build_registry};
-use gentgt::target::Registry;
+use gentgt::server::Registry;
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,7 @@ mod common;
 
 use common::{INITIATOR, LunSpec, TargetOptions, TestTarget};
 use gentgt::initiator::{ConnectOptions, Initiator, InitiatorError, Session};
-use gentgt::target::TargetSettings;
+use gentgt::server::TargetSettings;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use gentgt::initiator::{ConnectOptions, Initiator};
-use gentgt::target::TargetSettings;
+use gentgt::server::TargetSettings;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use gentgt::initiator::{ConnectOptions, Initiator, Session, parse_sense};
 use gentgt::proto::pdu::{self, Framing, Opcode, Pdu};
-use gentgt::target::StatsSnapshot;
+use gentgt::server::StatsSnapshot;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

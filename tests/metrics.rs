@@ -7,7 +7,7 @@ mod common;
 use common::{INITIATOR, LunSpec, TargetOptions, TestTarget};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use gentgt::proto::login::ChapSecrets;
-use gentgt::target::TargetSettings;
+use gentgt::server::TargetSettings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;

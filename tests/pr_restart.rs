@@ -6,7 +6,7 @@
 
 use gentgt::config::{Config, build_registry};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
-use gentgt::target::Server;
+use gentgt::server::Server;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 
 use gentgt::config::{Config, build_registry, rebuild_registry};
 use gentgt::initiator::{ConnectOptions, Initiator, InitiatorError, Session};
-use gentgt::target::{Registry, ReloadRequest, ReloadSummary, Server, TargetSettings};
+use gentgt::server::{Registry, ReloadRequest, ReloadSummary, Server, TargetSettings};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -9,7 +9,7 @@ mod common;
 
 use gentgt::config::{Config, build_registry};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
-use gentgt::target::Server;
+use gentgt::server::Server;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;

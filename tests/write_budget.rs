@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use gentgt::proto::pdu::{Opcode, Pdu};
-use gentgt::target::TargetSettings;
+use gentgt::server::TargetSettings;
 use std::time::Duration;
 
 const KIB: u32 = 1024;

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use gentgt::config::{Config, keep_restart_settings, needs_restart, rebuild_registry};
-use gentgt::target::{Registry, ReloadRequest};
+use gentgt::server::{Registry, ReloadRequest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,7 +99,7 @@ async fn reload_once(state: &mut Running, tx: &mpsc::Sender<ReloadRequest>) -> R
     let (reply, answer) = oneshot::channel();
     let max_connections = Some(
         next.max_connections
-            .unwrap_or(gentgt::target::shared::DEFAULT_MAX_CONNECTIONS),
+            .unwrap_or(gentgt::server::shared::DEFAULT_MAX_CONNECTIONS),
     );
     tx.send(ReloadRequest {
         registry: registry.clone(),

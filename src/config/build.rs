@@ -11,7 +11,7 @@ use crate::proto::login::ChapSecrets;
 use crate::scsi::alua::PortGroups;
 use crate::scsi::lun::{DEFAULT_MAX_VIEW_LEASE, ViewSettings};
 use crate::scsi::{DeviceServer, LogicalUnit, LunIdentity};
-use crate::target::{Registry, TargetEntry};
+use crate::server::{Registry, TargetEntry};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};

@@ -84,7 +84,7 @@ fn transport_timers_are_configurable_and_bounded() {
     use std::time::Duration;
     let base = config("", "memory");
     let d = Config::from_toml(&base, "t").unwrap().transport_settings();
-    let defaults = crate::target::TargetSettings::default();
+    let defaults = crate::server::TargetSettings::default();
     assert_eq!(d.login_timeout, defaults.login_timeout);
     assert_eq!(d.nop_interval, defaults.nop_interval);
     assert_eq!(d.busy_poll, Duration::from_micros(50));

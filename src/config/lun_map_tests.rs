@@ -3,7 +3,7 @@
 //! validation, and reload (a change redefines the LUN, like other keys).
 
 use super::{Config, ConfigError, build_registry, rebuild_registry};
-use crate::target::Registry;
+use crate::server::Registry;
 use std::sync::Arc;
 
 const T: &str = "iqn.2026-11.dev.gentgt:t";

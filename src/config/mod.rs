@@ -1,5 +1,5 @@
 //! Configuration: the TOML schema, its validation, and building the
-//! [`Registry`](crate::target::Registry) the target serves from it.
+//! [`Registry`](crate::server::Registry) the target serves from it.
 //!
 //! Loading and validating never touch the disk; [`build_registry`] validates
 //! again and reads every stored LUN identity before it creates anything, so
@@ -162,17 +162,17 @@ impl Config {
     }
 
     /// The transport's tunables: the configured ones over the defaults.
-    pub fn transport_settings(&self) -> crate::target::TargetSettings {
+    pub fn transport_settings(&self) -> crate::server::TargetSettings {
         use std::time::Duration;
-        let d = crate::target::TargetSettings::default();
+        let d = crate::server::TargetSettings::default();
         let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
-        crate::target::TargetSettings {
+        crate::server::TargetSettings {
             max_connections: self
                 .max_connections
-                .unwrap_or(crate::target::shared::DEFAULT_MAX_CONNECTIONS),
+                .unwrap_or(crate::server::shared::DEFAULT_MAX_CONNECTIONS),
             busy_poll: Duration::from_micros(
                 self.busy_poll_us
-                    .unwrap_or(crate::target::shared::DEFAULT_BUSY_POLL_US),
+                    .unwrap_or(crate::server::shared::DEFAULT_BUSY_POLL_US),
             ),
             login_timeout: ms(self.login_timeout_ms, d.login_timeout),
             nop_interval: ms(self.nop_interval_ms, d.nop_interval),

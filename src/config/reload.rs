@@ -13,7 +13,7 @@ use super::build::{Leases, build_lun, chap_secrets, create_dir, preflight, setup
 use super::schema::{Config, LunConfig};
 use super::{ConfigError, portals, validate};
 use crate::scsi::{DeviceServer, LogicalUnit};
-use crate::target::{Registry, TargetEntry};
+use crate::server::{Registry, TargetEntry};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 
 use super::{Config, ConfigError, build_registry, rebuild_registry};
 use crate::scsi::{DeviceServer, Nexus, ScsiCommand, status};
-use crate::target::Registry;
+use crate::server::Registry;
 use std::path::Path;
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use crate::proto::negotiation::SessionParams;
 use crate::proto::pdu::{self, Bhs, Framing, Opcode, Pdu};
 use crate::proto::text::TextPairs;
 use crate::scsi::{DeviceServer, LogicalUnit};
-use crate::target::{Registry, Server, TargetEntry};
+use crate::server::{Registry, Server, TargetEntry};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -57,16 +57,16 @@ pub fn parse_sense(s: &[u8]) -> Option<(u8, u8, u8)> {
     }
 }
 
-/// The 8-byte LUN field for a LUN number ([`crate::proto::lun::encode`]).
+/// The 8-byte LUN field for a LUN number ([`crate::scsi::lun_field::encode`]).
 /// Larger values are taken to be an already-encoded LUN field and pass
 /// through unchanged.
 pub fn encode_lun(lun: u64) -> u64 {
-    crate::proto::lun::encode(lun).unwrap_or(lun)
+    crate::scsi::lun_field::encode(lun).unwrap_or(lun)
 }
 
 /// Inverse of [`encode_lun`]: other forms pass through unchanged.
 pub fn decode_lun(field: u64) -> u64 {
-    crate::proto::lun::decode(field).unwrap_or(field)
+    crate::scsi::lun_field::decode(field).unwrap_or(field)
 }
 
 fn command_pdu(lun: u64, cdb: &[u8], edtl: u32, read: bool, write: bool) -> Pdu {

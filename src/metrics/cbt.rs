@@ -3,7 +3,7 @@
 //! rare next to the writes that change it.
 
 use super::labels::LunLabels;
-use crate::target::Registry as TargetRegistry;
+use crate::server::Registry as TargetRegistry;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;

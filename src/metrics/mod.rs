@@ -15,7 +15,7 @@ mod session;
 pub use labels::CommandKind;
 pub use session::{InFlight, LunMetrics, SessionMetrics};
 
-use crate::target::Registry as TargetRegistry;
+use crate::server::Registry as TargetRegistry;
 use labels::*;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::scsi::ScsiResult;
-use crate::target::admin::{self as http, MAX_REQUEST, respond};
+use crate::server::admin::{self as http, MAX_REQUEST, respond};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

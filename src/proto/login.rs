@@ -44,7 +44,7 @@ pub enum TargetLookup {
     },
 }
 
-/// The registry as login sees it (implemented by src/target).
+/// The registry as login sees it (implemented by src/server).
 pub trait LoginDirectory {
     fn lookup_target(&self, target_name: &str, initiator_name: &str) -> TargetLookup;
     /// CHAP required for discovery sessions, if any.

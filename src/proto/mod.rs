@@ -9,7 +9,6 @@ pub mod digest;
 pub mod discovery;
 pub mod login;
 pub mod login_failure;
-pub mod lun;
 pub mod negotiation;
 pub mod pdu;
 pub mod response;

@@ -230,16 +230,18 @@ pub struct MediumChange<'a> {
     _order: RwLockReadGuard<'a, ()>,
 }
 
-/// The LUN field of a LUN number ([`crate::proto::lun::encode`]; numbers
+/// The LUN field of a LUN number ([`crate::scsi::lun_field::encode`]; numbers
 /// past the single-level range are not configurable).
 pub fn encode_lun(lun: u64) -> [u8; 8] {
-    crate::proto::lun::encode(lun).unwrap_or(0).to_be_bytes()
+    crate::scsi::lun_field::encode(lun)
+        .unwrap_or(0)
+        .to_be_bytes()
 }
 
 /// The LUN number of a LUN field; forms other than single level map to
 /// `u64::MAX` (no such LUN).
 pub fn decode_lun(raw: [u8; 8]) -> u64 {
-    crate::proto::lun::decode(u64::from_be_bytes(raw)).unwrap_or(u64::MAX)
+    crate::scsi::lun_field::decode(u64::from_be_bytes(raw)).unwrap_or(u64::MAX)
 }
 
 impl LogicalUnit {

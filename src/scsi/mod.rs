@@ -9,6 +9,7 @@ mod data;
 mod hold;
 mod inline;
 pub mod lun;
+pub mod lun_field;
 mod maintenance;
 pub mod pr;
 mod reconfig;

@@ -7,7 +7,7 @@ use gentgt::backend::{Backend, FileBackend, MemoryBackend};
 use gentgt::cbt::Tracker;
 use gentgt::proto::login::ChapSecrets;
 use gentgt::scsi::{DeviceServer, LogicalUnit, LunIdentity};
-use gentgt::target::{Registry, Server, ServerStats, TargetEntry, TargetSettings};
+use gentgt::server::{Registry, Server, ServerStats, TargetEntry, TargetSettings};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

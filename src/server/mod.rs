@@ -1,12 +1,12 @@
 //! The only socket code: accept loop, connections, sessions, registry.
 
+pub mod accept;
 pub mod admin;
 mod limit;
 mod login;
 mod poll;
 pub mod registry;
 pub mod reload;
-pub mod server;
 mod session;
 pub mod shared;
 pub mod stats;
@@ -15,8 +15,8 @@ mod text;
 mod tmf;
 mod wire;
 
+pub use accept::{ReloadRequest, Server};
 pub use registry::{Registry, TargetEntry};
 pub use reload::ReloadSummary;
-pub use server::{ReloadRequest, Server};
 pub use shared::TargetSettings;
 pub use stats::{ServerStats, StatsSnapshot};

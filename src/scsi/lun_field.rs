@@ -1,7 +1,8 @@
 //! The 8-byte LUN field (SAM-5 §4.7), single level: peripheral device
 //! addressing (bus 0) below 256, flat space addressing below 16384. Both
 //! roles encode and decode with these; anything else is not a LUN number
-//! this project hands out.
+//! this project hands out. A SCSI rule, so it lives here: src/proto uses
+//! src/scsi, never the other way round (no import cycle).
 
 /// The largest LUN number a single-level field can carry.
 pub const MAX_SINGLE_LEVEL: u64 = 0x3fff;
