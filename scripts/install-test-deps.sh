@@ -31,7 +31,10 @@ apt_deps() {
     # libiscsi-bin: iscsi-test-cu, iscsi-ls, iscsi-inq. python3 runs
     # conformance/run (standard library only). tgt: the reference target our
     # own initiator is also tested against (tests/initiator_tgt.rs).
-    for p in libiscsi-bin python3 tgt; do
+    # strace: the power-loss harness records the target's syscalls with it
+    # (tests/power_loss.rs). e2fsprogs, util-linux: mkfs.ext4 and losetup
+    # for the restore and fault tests on loop devices.
+    for p in libiscsi-bin python3 tgt strace e2fsprogs util-linux; do
         installed "$p" || need+=("$p")
     done
     if ((${#need[@]})); then
