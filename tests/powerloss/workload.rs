@@ -106,25 +106,29 @@ fn script(rng: &mut impl Rng, phase: usize) -> Vec<Step> {
     let rounds = if phase == 0 { 3 } else { 2 };
     for round in 0..rounds {
         for _ in 0..rng.gen_range(3..=5) {
-            let region = rng.gen_range(0..WRITTEN_REGIONS);
-            let blocks = rng.gen_range(1..=16u32);
-            let lba = region * REGION_BLOCKS + rng.gen_range(0..REGION_BLOCKS - 16);
-            v.push(Step::Write {
-                lba,
-                blocks,
-                fua: rng.gen_bool(0.4),
-            });
+            let fua = rng.gen_bool(0.4);
+            v.push(random_write(rng, fua));
             if rng.gen_bool(0.2) {
                 v.push(Step::Sync);
             }
         }
         match (phase, round) {
             (0, 1) => v.extend([Step::PrRegister, Step::PrReserve, Step::Close]),
-            (0, 2) => v.push(Step::OpenView),
+            // Writes under the open view (copy before write), left unsynced
+            // by the kill -9: only the page cache holds them when the
+            // target restarts.
+            (0, 2) => v.extend([Step::OpenView, random_write(rng, false), random_write(rng, false)]),
             _ => v.push(Step::Close),
         }
     }
     v
+}
+
+fn random_write(rng: &mut impl Rng, fua: bool) -> Step {
+    let region = rng.gen_range(0..WRITTEN_REGIONS);
+    let blocks = rng.gen_range(1..=16u32);
+    let lba = region * REGION_BLOCKS + rng.gen_range(0..REGION_BLOCKS - 16);
+    Step::Write { lba, blocks, fua }
 }
 
 pub fn now() -> f64 {
