@@ -67,9 +67,11 @@ impl<'a> Book<'a> {
             return false;
         };
         matches!(c.kind, Kind::Write { fua: true, .. })
-            || self.log.cmds.iter().any(|s| {
-                s.kind == Kind::Sync && s.sent > acked && s.acked_before(self.t)
-            })
+            || self
+                .log
+                .cmds
+                .iter()
+                .any(|s| s.kind == Kind::Sync && s.sent > acked && s.acked_before(self.t))
     }
 
     /// The write sequence numbers block `b` may hold (0: zeros).
@@ -107,7 +109,10 @@ impl<'a> Book<'a> {
     }
 
     fn shown(&self, pred: impl Fn(&Cmd) -> bool) -> bool {
-        self.log.cmds.iter().any(|c| pred(c) && c.acked_before(self.t))
+        self.log
+            .cmds
+            .iter()
+            .any(|c| pred(c) && c.acked_before(self.t))
     }
 }
 
@@ -117,7 +122,10 @@ async fn read_all(s: &Session) -> Result<Vec<Option<u32>>, String> {
     let mut out = Vec::with_capacity(LUN_BLOCKS as usize);
     let mut lba = 0;
     while lba < LUN_BLOCKS {
-        let d = s.read16(0, lba, STEP, BS).await.map_err(|e| format!("READ {lba}: {e}"))?;
+        let d = s
+            .read16(0, lba, STEP, BS)
+            .await
+            .map_err(|e| format!("READ {lba}: {e}"))?;
         for (i, b) in d.chunks(BS as usize).enumerate() {
             out.push(block_seq(b, lba + i as u64));
         }
@@ -174,12 +182,20 @@ async fn check_cbt(
     let shown = book.shown(|c| matches!(c.kind, Kind::Report | Kind::Close { .. }));
     if r.uuid != book.log.uuid {
         if shown {
-            note(found, "cbt: uuid changed (forced full backup)", format!("{:02x?}", r.uuid));
+            note(
+                found,
+                "cbt: uuid changed (forced full backup)",
+                format!("{:02x?}", r.uuid),
+            );
         }
         return Ok(()); // a UUID nobody saw: appliances start afresh anyway
     }
     if r.views.as_ref().is_some_and(|v| v.generation != 0) {
-        note(found, "cbt: view survived restart", format!("{:?}", r.views));
+        note(
+            found,
+            "cbt: view survived restart",
+            format!("{:?}", r.views),
+        );
     }
     let closes: Vec<(u64, f64)> = book
         .log
@@ -194,7 +210,11 @@ async fn check_cbt(
     if let Some(&(g, _)) = closes.iter().max_by_key(|c| c.0)
         && r.open_generation <= g
     {
-        note(found, "cbt: open generation not above a closed one", format!("open {} <= {g}", r.open_generation));
+        note(
+            found,
+            "cbt: open generation not above a closed one",
+            format!("open {} <= {g}", r.open_generation),
+        );
     }
     let written_regions: BTreeSet<u64> = book
         .log
@@ -202,7 +222,10 @@ async fn check_cbt(
         .iter()
         .filter(|c| c.sent < book.t)
         .filter_map(|c| match c.kind {
-            Kind::Write { lba, blocks, .. } => Some([lba / REGION_BLOCKS, (lba + u64::from(blocks) - 1) / REGION_BLOCKS]),
+            Kind::Write { lba, blocks, .. } => Some([
+                lba / REGION_BLOCKS,
+                (lba + u64::from(blocks) - 1) / REGION_BLOCKS,
+            ]),
             _ => None,
         })
         .flatten()
@@ -215,12 +238,22 @@ async fn check_cbt(
                 note(
                     found,
                     "cbt: changed extent not listed (under-report)",
-                    format!("since {g}: LBA {b} holds {got:?}, extent {} unlisted", b / EXTENT_BLOCKS),
+                    format!(
+                        "since {g}: LBA {b} holds {got:?}, extent {} unlisted",
+                        b / EXTENT_BLOCKS
+                    ),
                 );
             }
         }
-        if let Some(x) = listed.iter().find(|&&x| !written_regions.contains(&(x * EXTENT_BLOCKS / REGION_BLOCKS))) {
-            note(found, "cbt: unwritten region listed (forced full pass)", format!("since {g}: extent {x}"));
+        if let Some(x) = listed
+            .iter()
+            .find(|&&x| !written_regions.contains(&(x * EXTENT_BLOCKS / REGION_BLOCKS)))
+        {
+            note(
+                found,
+                "cbt: unwritten region listed (forced full pass)",
+                format!("since {g}: extent {x}"),
+            );
         }
     }
     Ok(())

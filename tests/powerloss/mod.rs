@@ -80,7 +80,8 @@ fn record_phase(
 ) -> Result<String, String> {
     let out = dir.join(format!("trace.{phase}"));
     let data = dir.join("data");
-    let err = std::fs::File::create(dir.join(format!("stderr.{phase}"))).map_err(|e| e.to_string())?;
+    let err =
+        std::fs::File::create(dir.join(format!("stderr.{phase}"))).map_err(|e| e.to_string())?;
     let mut child = Command::new("strace")
         .args(["-f", "-qq", "-ttt", "-X", "raw", "-xx", "-s", "1048576"])
         .args(["-e", &format!("trace={TRACED}"), "-e", "signal=none", "-o"])
@@ -115,7 +116,8 @@ pub fn record(seed: u64) -> Result<Recording, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data = dir.path().join("data");
     std::fs::create_dir(&data).map_err(|e| e.to_string())?;
-    std::fs::write(dir.path().join("gentgt.toml"), workload::config()).map_err(|e| e.to_string())?;
+    std::fs::write(dir.path().join("gentgt.toml"), workload::config())
+        .map_err(|e| e.to_string())?;
     let rt = runtime();
     let (mut log, mut next_seq) = (Log::default(), 1);
     let mut parser = trace::Parser::new(&data);
@@ -138,28 +140,36 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// `n` crash states: first every cut with nothing unsynced kept, then
-/// with everything kept, then seeded random choices, cycling the cuts; if
-/// `n` is below the number of cuts, evenly spread cuts.
+/// with everything kept, then seeded random choices, cycling the cuts
+/// that leave something undecided (a cut that leaves nothing has one
+/// state only, checked once); if `n` is below the number of cuts, evenly
+/// spread cuts.
 pub fn plans(trace: &Trace, n: usize, seed: u64) -> Vec<Plan> {
-    let cuts = model::cuts(trace);
+    let mut cuts = model::cuts(trace);
     let mut v = Vec::with_capacity(n);
     if n < cuts.len() {
         for i in 0..n {
             let cut = cuts[i * cuts.len() / n];
             let choice = match i % 3 {
                 0 => Choice::NoneKept,
-                1 => Choice::Random(seed ^ (i as u64) << 20),
+                1 => Choice::Random(seed ^ ((i as u64) << 20)),
                 _ => Choice::AllKept,
             };
             v.push(Plan { cut, choice });
         }
         return v;
     }
-    let mut round = 0u64;
-    while v.len() < n {
+    for &cut in &cuts {
+        v.push(Plan {
+            cut,
+            choice: Choice::NoneKept,
+        });
+    }
+    cuts.retain(|&c| model::undecided(trace, c) > 0);
+    let mut round = 1u64;
+    while v.len() < n && !cuts.is_empty() {
         for &cut in &cuts {
             let choice = match round {
-                0 => Choice::NoneKept,
                 1 => Choice::AllKept,
                 r => Choice::Random(seed ^ (r << 32) ^ cut as u64),
             };
@@ -182,6 +192,10 @@ pub struct Tally {
     pub determined: usize,
     /// Violations by kind: (states, first example with its plan).
     pub violations: BTreeMap<&'static str, (usize, String)>,
+    /// Built states identical to one checked before (not checked again).
+    pub duplicates: usize,
+    /// Hashes of the states checked.
+    seen: std::collections::HashSet<u64>,
 }
 
 impl Tally {
@@ -191,10 +205,11 @@ impl Tally {
 
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "crash states built {}, checked {} ({} fully determined), violations {}",
+            "crash states built {}, checked {} (distinct; {} fully determined, {} duplicates skipped), violations {}",
             self.built,
             self.checked,
             self.determined,
+            self.duplicates,
             self.violation_states()
         );
         for (k, (n, ex)) in &self.violations {
@@ -231,19 +246,31 @@ fn serve(data: &Path, config: &Path, log: &Path) -> Result<crate::common::ServeP
 /// Build, start and check every state of `plans` on `trace` (the
 /// recording's own, or a mutated copy).
 pub fn check_states(rec: &Recording, trace: &Trace, plans: &[Plan]) -> Tally {
-    let rt = runtime();
     let mut tally = Tally::default();
-    let mut seen_determined = std::collections::HashSet::new();
+    check_into(rec, trace, plans, &mut tally);
+    tally
+}
+
+/// [`check_states`], adding to `tally` (batches of one run).
+pub fn check_into(rec: &Recording, trace: &Trace, plans: &[Plan], tally: &mut Tally) {
+    let rt = runtime();
     for plan in plans {
         let dir = tempfile::tempdir_in(rec.dir.path()).expect("state dir");
         let data = dir.path().join("data");
-        let undecided = match model::build(trace, *plan, &data) {
-            Ok(n) => n,
+        let (undecided, hash) = match model::build(trace, *plan, &data) {
+            Ok(r) => r,
             Err(e) => panic!("building {plan:?}: {e}"),
         };
         tally.built += 1;
-        if undecided == 0 && !seen_determined.insert(plan.cut) {
-            continue; // the same state as one already checked
+        // Restarting on the same files at a later cut still matters: the
+        // promises grow with `T`. Only the same files at the same cut are
+        // the same check.
+        if !tally
+            .seen
+            .insert(hash ^ (plan.cut as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        {
+            tally.duplicates += 1;
+            continue;
         }
         tally.determined += usize::from(undecided == 0);
         let t = trace.time_after(plan.cut);
@@ -271,5 +298,4 @@ pub fn check_states(rec: &Recording, trace: &Trace, plans: &[Plan]) -> Tally {
             e.0 += 1;
         }
     }
-    tally
 }

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -62,7 +63,10 @@ impl FileData {
             let (sec, inner) = (pos / SECTOR, (pos % SECTOR) as usize);
             let n = (SECTOR as usize - inner).min(data.len() - at);
             if keep(sec) {
-                let s = self.sectors.entry(sec).or_insert_with(|| vec![0; SECTOR as usize]);
+                let s = self
+                    .sectors
+                    .entry(sec)
+                    .or_insert_with(|| vec![0; SECTOR as usize]);
                 s[inner..inner + n].copy_from_slice(&data[at..at + n]);
                 self.len = self.len.max(pos + n as u64);
             }
@@ -103,7 +107,10 @@ impl Fs {
                 ino,
                 is_dir,
             } => {
-                self.dirs.entry(*dir).or_default().insert(name.clone(), *ino);
+                self.dirs
+                    .entry(*dir)
+                    .or_default()
+                    .insert(name.clone(), *ino);
                 if *is_dir {
                     self.dirs.entry(*ino).or_default();
                 }
@@ -117,20 +124,24 @@ impl Fs {
             Op::Unlink { dir, name } => {
                 self.dirs.entry(*dir).or_default().remove(name);
             }
-            Op::Write { ino, off, data } => self.files.entry(*ino).or_default().write(*off, data, keep),
+            Op::Write { ino, off, data } => {
+                self.files.entry(*ino).or_default().write(*off, data, keep)
+            }
             Op::SetLen { ino, len } => self.files.entry(*ino).or_default().set_len(*len),
             Op::Zero { ino, off, len } => self.files.entry(*ino).or_default().zero(*off, *len),
             Op::Sync { .. } => {}
         }
     }
 
-    /// Write the tree under the data directory into `out`.
-    fn materialize(&self, dir: Ino, out: &Path) -> io::Result<()> {
+    /// Write the tree under the data directory into `out`, hashing names
+    /// and contents into `h` (equal hashes: the same state).
+    fn materialize(&self, dir: Ino, out: &Path, h: &mut impl Hasher) -> io::Result<()> {
         fs::create_dir_all(out)?;
         for (name, ino) in self.dirs.get(&dir).into_iter().flatten() {
             let p = out.join(name);
+            name.hash(h);
             if self.dirs.contains_key(ino) {
-                self.materialize(*ino, &p)?;
+                self.materialize(*ino, &p, h)?;
                 continue;
             }
             let f = fs::File::create(&p)?;
@@ -138,6 +149,8 @@ impl Fs {
                 continue; // created, nothing written: empty
             };
             f.set_len(data.len)?;
+            data.len.hash(h);
+            data.sectors.hash(h);
             for (s, bytes) in &data.sectors {
                 let at = s * SECTOR;
                 let n = (data.len.saturating_sub(at)).min(SECTOR) as usize;
@@ -163,8 +176,9 @@ fn synced_before(events: &[&Event]) -> HashMap<Ino, usize> {
 
 /// Build the state of `plan` from `trace` into directory `out` (the data
 /// directory of the restarted target). Returns how many operations were
-/// undecided at this cut (0: the state is fully determined).
-pub fn build(trace: &Trace, plan: Plan, out: &Path) -> io::Result<usize> {
+/// undecided at this cut (0: the state is fully determined) and a hash
+/// of the state built.
+pub fn build(trace: &Trace, plan: Plan, out: &Path) -> io::Result<(usize, u64)> {
     let issued: Vec<&Event> = trace.events.iter().filter(|e| e.exit <= plan.cut).collect();
     let synced = synced_before(&issued);
     let durable = |e: &Event| synced.get(&e.op.owner()).is_some_and(|&s| e.exit < s);
@@ -223,14 +237,27 @@ pub fn build(trace: &Trace, plan: Plan, out: &Path) -> io::Result<usize> {
             }
         }
     }
-    fs.materialize(ROOT, out)?;
-    Ok(undecided)
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    fs.materialize(ROOT, out, &mut h)?;
+    Ok((undecided, h.finish()))
 }
 
 /// A deterministic per-sector coin for a torn write.
 fn torn_keeps(seed: u64, sector: u64) -> bool {
     let x = (seed ^ sector.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     (x >> 33) & 1 == 1
+}
+
+/// How many operations a cut at `cut` leaves undecided (issued, not
+/// yet durable): 0 means one state only, whatever the choice.
+pub fn undecided(trace: &Trace, cut: usize) -> usize {
+    let issued: Vec<&Event> = trace.events.iter().filter(|e| e.exit <= cut).collect();
+    let synced = synced_before(&issued);
+    issued
+        .iter()
+        .filter(|e| !matches!(e.op, Op::Sync { .. }))
+        .filter(|e| !synced.get(&e.op.owner()).is_some_and(|&s| e.exit < s))
+        .count()
 }
 
 /// Remove from `trace` every sync matching `pred` (the broken variant:
@@ -258,55 +285,4 @@ pub fn cuts(trace: &Trace) -> Vec<usize> {
     v.sort_unstable();
     v.dedup();
     v
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(op: Op, entry: usize, exit: usize) -> Event {
-        Event {
-            op,
-            entry,
-            exit,
-            name: String::new(),
-        }
-    }
-
-    #[test]
-    fn synced_writes_stay_unsynced_ones_may_go() {
-        let link = Op::Link {
-            dir: ROOT,
-            name: "f".into(),
-            ino: 1,
-            is_dir: false,
-        };
-        let w = |b: u8| Op::Write {
-            ino: 1,
-            off: 0,
-            data: vec![b; 4],
-        };
-        let trace = Trace {
-            events: vec![
-                ev(link, 0, 0),
-                ev(Op::Sync { ino: ROOT, full: true }, 1, 1),
-                ev(w(1), 2, 2),
-                ev(Op::Sync { ino: 1, full: false }, 3, 3),
-                ev(w(2), 4, 4),
-            ],
-            times: (0..5).map(f64::from).collect(),
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let read = |plan| {
-            let out = dir.path().join(format!("{plan:?}"));
-            build(&trace, plan, &out).unwrap();
-            fs::read(out.join("f")).ok()
-        };
-        let p = |cut, choice| Plan { cut, choice };
-        assert_eq!(read(p(0, Choice::NoneKept)), None, "name not synced");
-        assert_eq!(read(p(2, Choice::NoneKept)), Some(vec![]));
-        assert_eq!(read(p(3, Choice::NoneKept)), Some(vec![1; 4]));
-        assert_eq!(read(p(4, Choice::NoneKept)), Some(vec![1; 4]));
-        assert_eq!(read(p(4, Choice::AllKept)), Some(vec![2; 4]));
-    }
 }

@@ -16,7 +16,7 @@ pub const INITIATOR: &str = "iqn.2026-11.dev.gentgt:backup";
 /// One I_T nexus across restarts (the reservation holder's).
 pub const ISID: [u8; 6] = [0x80, 0x15, 0x15, 0x15, 0, 0];
 pub const BS: u32 = 512;
-pub const LUN_BLOCKS: u64 = 16 << 20 >> 9;
+pub const LUN_BLOCKS: u64 = (16 << 20) / BS as u64;
 /// 4 KiB extents: 8 blocks.
 pub const EXTENT_BLOCKS: u64 = 8;
 /// The intent log names regions of 1024 extents (src/cbt/map.rs).
@@ -102,7 +102,11 @@ enum Step {
 fn script(rng: &mut impl Rng, phase: usize) -> Vec<Step> {
     // After a restart the appliance closes at once (a backup right after
     // a crash): the last run's unsynced writes must still be listed then.
-    let mut v = if phase > 0 { vec![Step::Close] } else { Vec::new() };
+    let mut v = if phase > 0 {
+        vec![Step::Close]
+    } else {
+        Vec::new()
+    };
     let rounds = if phase == 0 { 3 } else { 2 };
     for round in 0..rounds {
         for _ in 0..rng.gen_range(3..=5) {
@@ -117,7 +121,11 @@ fn script(rng: &mut impl Rng, phase: usize) -> Vec<Step> {
             // Writes under the open view (copy before write), left unsynced
             // by the kill -9: only the page cache holds them when the
             // target restarts.
-            (0, 2) => v.extend([Step::OpenView, random_write(rng, false), random_write(rng, false)]),
+            (0, 2) => v.extend([
+                Step::OpenView,
+                random_write(rng, false),
+                random_write(rng, false),
+            ]),
             _ => v.push(Step::Close),
         }
     }
@@ -162,7 +170,9 @@ pub async fn login(addr: std::net::SocketAddr) -> Result<Session, String> {
     let mut o = ConnectOptions::new(addr, INITIATOR, Some(TARGET));
     o.isid = ISID;
     o.timeout = Duration::from_secs(10);
-    let s = Initiator::connect(&o).await.map_err(|e| format!("login: {e}"))?;
+    let s = Initiator::connect(&o)
+        .await
+        .map_err(|e| format!("login: {e}"))?;
     let _ = s.test_unit_ready(0).await; // power-on unit attention
     Ok(s)
 }
@@ -173,7 +183,10 @@ async fn prout_aptpl(s: &Session, sa: u8, kind: u8, key: u64, sa_key: u64) -> Re
     let mut p = key.to_be_bytes().to_vec();
     p.extend_from_slice(&sa_key.to_be_bytes());
     p.extend_from_slice(&[0, 0, 0, 0, 0x01, 0, 0, 0]);
-    let out = s.scsi(0, &cdb, Some(&p), 0).await.map_err(|e| e.to_string())?;
+    let out = s
+        .scsi(0, &cdb, Some(&p), 0)
+        .await
+        .map_err(|e| e.to_string())?;
     out.good().map(drop).map_err(|e| e.to_string())
 }
 
@@ -216,7 +229,9 @@ pub async fn run(
                 let data: Vec<u8> = (0..u64::from(blocks))
                     .flat_map(|i| block_data(seq, lba + i))
                     .collect();
-                s.write16(0, lba, &data, BS, fua).await.map_err(|e| e.to_string())?;
+                s.write16(0, lba, &data, BS, fua)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Kind::Write {
                     lba,
                     blocks,
