@@ -174,6 +174,11 @@ fn synced_before(events: &[&Event]) -> HashMap<Ino, usize> {
     m
 }
 
+/// Completed before a sync of its owner was called: survives any cut.
+fn durable(synced: &HashMap<Ino, usize>, e: &Event) -> bool {
+    synced.get(&e.op.owner()).is_some_and(|&s| e.exit < s)
+}
+
 /// Build the state of `plan` from `trace` into directory `out` (the data
 /// directory of the restarted target). Returns how many operations were
 /// undecided at this cut (0: the state is fully determined) and a hash
@@ -181,7 +186,7 @@ fn synced_before(events: &[&Event]) -> HashMap<Ino, usize> {
 pub fn build(trace: &Trace, plan: Plan, out: &Path) -> io::Result<(usize, u64)> {
     let issued: Vec<&Event> = trace.events.iter().filter(|e| e.exit <= plan.cut).collect();
     let synced = synced_before(&issued);
-    let durable = |e: &Event| synced.get(&e.op.owner()).is_some_and(|&s| e.exit < s);
+    let durable = |e: &Event| durable(&synced, e);
     let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(match plan.choice {
         Choice::Random(s) => s,
         _ => 0,
@@ -256,7 +261,7 @@ pub fn undecided(trace: &Trace, cut: usize) -> usize {
     issued
         .iter()
         .filter(|e| !matches!(e.op, Op::Sync { .. }))
-        .filter(|e| !synced.get(&e.op.owner()).is_some_and(|&s| e.exit < s))
+        .filter(|e| !durable(&synced, e))
         .count()
 }
 
