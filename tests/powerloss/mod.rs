@@ -203,6 +203,17 @@ impl Tally {
         self.violations.values().map(|v| v.0).sum()
     }
 
+    /// Add the counts of another run (another recording) to these.
+    pub fn add(&mut self, other: &Tally) {
+        self.built += other.built;
+        self.checked += other.checked;
+        self.determined += other.determined;
+        self.duplicates += other.duplicates;
+        for (k, (n, ex)) in &other.violations {
+            self.violations.entry(k).or_insert((0, ex.clone())).0 += n;
+        }
+    }
+
     pub fn summary(&self) -> String {
         let mut s = format!(
             "crash states built {}, checked {} (distinct; {} fully determined, {} duplicates skipped), violations {}",
