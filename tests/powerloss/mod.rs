@@ -16,6 +16,8 @@
 //! The recording is two runs of the target on one data directory (fresh,
 //! then restarted after a kill -9 that keeps the page cache), so the
 //! states include power cuts during and after crash recovery.
+// Shared by tests/power_loss.rs and benches/power_loss.rs; each uses part.
+#![allow(dead_code)]
 
 pub mod check;
 pub mod model;
