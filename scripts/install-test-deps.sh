@@ -30,8 +30,10 @@ apt_deps() {
     local need=() p
     # libiscsi-bin: iscsi-test-cu, iscsi-ls, iscsi-inq. python3 runs
     # conformance/run (standard library only). tgt: the reference target our
-    # own initiator is also tested against (tests/initiator_tgt.rs).
-    for p in libiscsi-bin python3 tgt; do
+    # own initiator is also tested against (tests/initiator_tgt.rs). strace
+    # records what gentgt does to its files for the power-loss harness
+    # (tests/power_loss.rs).
+    for p in libiscsi-bin python3 tgt strace; do
         installed "$p" || need+=("$p")
     done
     if ((${#need[@]})); then
