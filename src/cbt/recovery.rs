@@ -55,6 +55,11 @@ impl Tracker {
     /// new UUID (appliances then do one full pass).
     pub fn open(dir: &Path, capacity_blocks: u64, extent_blocks: u32) -> Result<Tracker, CbtError> {
         fs::create_dir_all(dir)?;
+        // The directory's own name must be durable before anything in it
+        // is promised: fsyncing the files inside does not make a new
+        // directory's entry durable, and a power cut that loses it loses
+        // meta with it — a new UUID, a full backup (tests/power_loss.rs).
+        crate::durable::sync_parent(dir)?;
         let found = match load(dir) {
             Ok(found) => found,
             Err(Corrupt(why)) => {

@@ -156,7 +156,16 @@ pub(super) fn setup_tracking(
         (TrackingMode::Off, _) => return Ok(()),
         (TrackingMode::Persistent, Some(p)) => {
             let dir = tracking_dir(&data_dir.join(p));
-            (Tracker::open(&dir, capacity, extent_blocks), dir)
+            // After a kill -9 the last run's writes may sit in the page
+            // cache only, covered by intent logs that opening the tracker
+            // checkpoints away: make them durable first, or a later power
+            // cut reverts extents no log lists any more (under-report).
+            let opened = unit
+                .backend
+                .flush()
+                .map_err(crate::cbt::CbtError::Io)
+                .and_then(|()| Tracker::open(&dir, capacity, extent_blocks));
+            (opened, dir)
         }
         _ => (Tracker::volatile(capacity, extent_blocks), PathBuf::new()),
     };
