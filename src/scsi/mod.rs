@@ -8,6 +8,7 @@ pub mod cdb;
 mod data;
 mod hold;
 mod inline;
+pub mod io_fault;
 pub mod lun;
 mod maintenance;
 pub mod pr;
@@ -16,6 +17,7 @@ pub mod removable;
 mod sbc;
 pub mod sense;
 pub mod server;
+pub mod space;
 mod spc;
 #[cfg(test)]
 mod tests;
