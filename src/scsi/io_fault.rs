@@ -49,10 +49,19 @@ pub fn write_failure(lu: &LogicalUnit, e: &io::Error, lba: u64, synced: bool) ->
     Sense::new(SenseReason::WriteError).with_information(lba)
 }
 
-/// The sense for a failed flush (SYNCHRONIZE CACHE): always sticky.
-pub fn flush_failure(lu: &LogicalUnit, e: &io::Error) -> Sense {
-    sync_lost(lu, e);
-    Sense::new(SenseReason::WriteError)
+/// Flush `lu`'s backend: every flush goes through here (SYNCHRONIZE
+/// CACHE, CBT checkpoints, shutdown), so a failure anywhere is sticky and
+/// no later flush reports success once one was lost.
+pub fn flush(lu: &LogicalUnit) -> io::Result<()> {
+    if lu.sync_lost.load(Ordering::Acquire) {
+        return Err(io::Error::other("an earlier sync of this LUN failed"));
+    }
+    lu.backend.flush().inspect_err(|e| sync_lost(lu, e))
+}
+
+/// SYNCHRONIZE CACHE: [`flush`], WRITE ERROR when it fails.
+pub fn synchronize(lu: &LogicalUnit) -> Result<(), Sense> {
+    flush(lu).map_err(|_| Sense::new(SenseReason::WriteError))
 }
 
 /// The sense for a failed read of `lu` at `lba`: the view's reasons where
@@ -167,8 +176,11 @@ mod tests {
     #[test]
     fn flush_failure_is_sticky_and_read_failure_names_the_lba() {
         let lu = lu();
-        let s = flush_failure(&lu, &errno(libc::EIO));
+        assert!(synchronize(&lu).is_ok());
+        sync_lost(&lu, &errno(libc::EIO));
+        let s = synchronize(&lu).unwrap_err();
         assert_eq!(s.reason.codes(), (0x03, 0x0c, 0x00));
+        assert!(flush(&lu).is_err(), "checkpoints and shutdown see it too");
         assert!(check_sync_intact(&lu, None).is_err());
         let r = read_failure(&lu, &errno(libc::EIO), 77);
         assert_eq!(r.reason.codes(), (0x03, 0x11, 0x00));

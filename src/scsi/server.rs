@@ -233,7 +233,7 @@ impl DeviceServer {
     pub fn flush_all(&self) -> std::io::Result<()> {
         let mut first = Ok(());
         for (&id, lu) in &self.luns {
-            if let Err(e) = lu.backend.flush() {
+            if let Err(e) = super::io_fault::flush(lu) {
                 tracing::warn!(backend = %lu.backend.describe(), error = %e, "flush failed");
                 if first.is_ok() {
                     first = Err(e);

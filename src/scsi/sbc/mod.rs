@@ -113,9 +113,6 @@ pub fn synchronize_cache(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     };
     // NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium".
     check_range(lu, lba, blocks)?;
-    super::io_fault::check_sync_intact(lu, None)?;
-    lu.backend
-        .flush()
-        .map_err(|e| super::io_fault::flush_failure(lu, &e))?;
+    super::io_fault::synchronize(lu)?;
     Ok(ScsiResult::good(Vec::new(), 0))
 }
