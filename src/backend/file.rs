@@ -1,7 +1,7 @@
 //! A backend over a regular file (sparse where the filesystem allows),
 //! using positional I/O so concurrent commands need no lock.
 
-use super::{Backend, push_run};
+use super::{Backend, SpaceUse, push_run};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -175,7 +175,7 @@ impl Backend for FileBackend {
         self.file.write_all_at(buf, offset)?;
         if fua {
             // Coarser than needed (syncs the whole file) but correct.
-            self.file.sync_data()?;
+            self.file.sync_data().map_err(super::sync_failed)?;
         }
         Ok(())
     }
@@ -211,6 +211,10 @@ impl Backend for FileBackend {
         self.in_ram || page_cached(&self.file, offset, len)
     }
 
+    fn space(&self) -> io::Result<Option<SpaceUse>> {
+        file_space(&self.file, self.size).map(Some)
+    }
+
     fn allocation(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
         self.check(offset, len)?;
         match self.map_runs(offset, len, max_runs) {
@@ -225,6 +229,25 @@ impl Backend for FileBackend {
             r => r,
         }
     }
+}
+
+/// What a sparse file of `size` bytes holds (its allocated blocks) and
+/// could still get (free space of its filesystem for unprivileged users,
+/// at most the part of `size` it does not hold yet).
+pub(crate) fn file_space(file: &File, size: u64) -> io::Result<SpaceUse> {
+    use std::os::unix::fs::MetadataExt;
+    // st_blocks counts 512-byte units whatever the filesystem's block size.
+    let allocated = file.metadata()?.blocks().saturating_mul(512).min(size);
+    // SAFETY: statvfs is plain old data; fstatvfs fills it or fails.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    Ok(SpaceUse {
+        allocated,
+        available: free.min(size - allocated),
+    })
 }
 
 /// Is every page of `[offset, offset + len)` in the page cache? Asks the

@@ -59,6 +59,43 @@ pub trait Backend: Send + Sync {
         let _ = (offset, max_runs);
         Ok(vec![(len, true)])
     }
+    /// The storage this backend holds and could still get (thin
+    /// provisioning resources); `None` where it cannot tell.
+    fn space(&self) -> io::Result<Option<SpaceUse>> {
+        Ok(None)
+    }
+}
+
+/// Bytes of storage a thin backend holds and could still allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceUse {
+    /// Allocated to the backend now.
+    pub allocated: u64,
+    /// Still allocatable: the filesystem's free space, capped by what the
+    /// backend could ever use (its size less what it holds).
+    pub available: u64,
+}
+
+/// A write reached the page cache but the sync that had to make it
+/// durable failed: what else was dirty may be lost too. Backends that sync
+/// separately from writing (FUA as write + fdatasync) tag that failure
+/// with [`sync_failed`] so the device server can tell it from the write.
+#[derive(Debug, thiserror::Error)]
+#[error("sync failed: {0}")]
+pub struct SyncFailed(pub io::Error);
+
+/// Tag `e` as the failure of a sync (keeps its kind; [`os_error`] still
+/// finds its errno).
+pub fn sync_failed(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), SyncFailed(e))
+}
+
+/// The OS error number of `e`, looking through a [`SyncFailed`] tag.
+pub fn os_error(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        let inner = e.get_ref()?.downcast_ref::<SyncFailed>()?;
+        inner.0.raw_os_error()
+    })
 }
 
 /// Refuse I/O past the end of a backend of `size` bytes (callers checked

@@ -425,6 +425,10 @@ impl Backend for UringBackend {
     fn allocation(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
         self.meta.allocation(offset, len, max_runs)
     }
+
+    fn space(&self) -> io::Result<Option<super::SpaceUse>> {
+        self.meta.space()
+    }
 }
 
 #[cfg(test)]

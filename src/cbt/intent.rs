@@ -2,7 +2,7 @@
 //! tracker: epochs, high-water mark, capacity.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -90,7 +90,17 @@ impl IntentLog {
                     st.durable_ticket = upto;
                     st.logged += batch.len() as u64;
                 }
-                Err(e) => {
+                Err(BatchError::RolledBack(e)) => {
+                    tracing::warn!("CBT intent log write failed (rolled back): {e}");
+                    // Nothing of the batch is known durable: its regions
+                    // wait for the next leader (the other changes in it
+                    // retry), and this change is refused with the cause
+                    // (ENOSPC stays ENOSPC, so the SCSI layer can say so).
+                    st.pending.extend(batch);
+                    self.cv.notify_all();
+                    return Err(e);
+                }
+                Err(BatchError::Broken(e)) => {
                     tracing::error!("CBT intent log write failed: {e}");
                     st.broken = Some(e.to_string());
                 }
@@ -116,7 +126,33 @@ impl IntentLog {
     }
 }
 
-fn write_batch(files: &[(u64, Arc<File>)], batch: &[(u64, u64)]) -> io::Result<()> {
+/// How writing a batch failed.
+enum BatchError {
+    /// A write failed (out of space, say) and the log is back at its last
+    /// record: nothing torn remains, a later append may succeed.
+    RolledBack(io::Error),
+    /// An fsync failed, or undoing a failed write did: nothing more can
+    /// be promised.
+    Broken(io::Error),
+}
+
+/// Append `buf` (whole records) to `file` and make it durable. A failed
+/// write is cut off again: a torn record followed by later good ones
+/// would end recovery's scan early and hide those.
+fn append_records(file: &File, buf: &[u8]) -> Result<(), BatchError> {
+    let mut f = file;
+    let good = f.stream_position().map_err(BatchError::Broken)?;
+    if let Err(e) = f.write_all(buf) {
+        let undo = f.set_len(good).and_then(|()| f.seek(SeekFrom::Start(good)));
+        return Err(match undo {
+            Ok(_) => BatchError::RolledBack(e),
+            Err(_) => BatchError::Broken(e),
+        });
+    }
+    file.sync_data().map_err(BatchError::Broken)
+}
+
+fn write_batch(files: &[(u64, Arc<File>)], batch: &[(u64, u64)]) -> Result<(), BatchError> {
     for (epoch, file) in files {
         let mut buf = Vec::new();
         for &(_, region) in batch.iter().filter(|(e, _)| e == epoch) {
@@ -124,17 +160,16 @@ fn write_batch(files: &[(u64, Arc<File>)], batch: &[(u64, u64)]) -> io::Result<(
             buf.extend_from_slice(&record_crc(*epoch, region).to_le_bytes());
         }
         if !buf.is_empty() {
-            (&**file).write_all(&buf)?;
-            file.sync_data()?;
+            append_records(file, &buf)?;
         }
     }
     if let Some((e, _)) = batch
         .iter()
         .find(|(e, _)| !files.iter().any(|(f, _)| f == e))
     {
-        return Err(io::Error::other(format!(
+        return Err(BatchError::Broken(io::Error::other(format!(
             "no intent log open for epoch {e}"
-        )));
+        ))));
     }
     Ok(())
 }

@@ -407,6 +407,16 @@ pub struct ChangeGuard<T: Deref<Target = Tracker>> {
     rec: InFlight,
 }
 
+impl<T: Deref<Target = Tracker>> ChangeGuard<T> {
+    /// The backend call failed. The extents stay stamped (over-reporting
+    /// is safe), but a failed UNMAP may have freed nothing: it must not
+    /// leave the "deallocated" hint behind, or a backup would zero-fill
+    /// data that is still there. Ending it as a write clears the hint.
+    pub fn failed(&mut self) {
+        self.rec.kind = ChangeKind::Write;
+    }
+}
+
 impl<T: Deref<Target = Tracker>> Drop for ChangeGuard<T> {
     fn drop(&mut self) {
         let Some(slot) = self.rec.slot else { return };

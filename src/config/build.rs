@@ -97,7 +97,8 @@ pub(super) fn build_lun(
         },
     };
     let mut unit = LogicalUnit::new(backend, lun.block_size, identity, lun.write_protected())
-        .with_removable(lun.removable);
+        .with_removable(lun.removable)
+        .with_soft_threshold(lun.soft_threshold);
     unit.visible_to = lun.initiators.clone();
     match path {
         // APTPL reservations live beside the data: "<lun path>.pr".

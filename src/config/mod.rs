@@ -136,6 +136,7 @@ impl Config {
                     views: None,
                     view_lun: None,
                     view_space: None,
+                    soft_threshold: None,
                     io: Default::default(),
                     direct: false,
                     repository: None,

@@ -215,6 +215,11 @@ pub struct LunConfig {
     /// size, so a view is never lost for space (see README).
     #[serde(default)]
     pub view_space: Option<Size>,
+    /// File LUNs: percent of the thin provisioning resources in use
+    /// (allocated / (allocated + still allocatable)) that raises the THIN
+    /// PROVISIONING SOFT THRESHOLD REACHED unit attention. Default: none.
+    #[serde(default)]
+    pub soft_threshold: Option<u8>,
     /// File LUNs: "buffered" (default) or "uring".
     #[serde(default)]
     pub io: IoEngine,

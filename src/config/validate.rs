@@ -159,6 +159,15 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
             .push(format!("{what}: memory backend takes no path")),
         _ => {}
     }
+    match (lun.soft_threshold, lun.backend) {
+        (Some(p), _) if !(1..=99).contains(&p) => f.errors.push(format!(
+            "{what}: soft_threshold {p} is not a percentage from 1 to 99"
+        )),
+        (Some(_), BackendKind::Memory | BackendKind::Backup) => f.errors.push(format!(
+            "{what}: soft_threshold needs a file backend (space is measured on its filesystem)"
+        )),
+        _ => {}
+    }
     super::backup_lun::check(what, lun, f);
     if lun.backend != BackendKind::Backup {
         check_io(what, lun, f);
@@ -483,6 +492,18 @@ mod cbt_tests {
             Err(ConfigError::Invalid(e)) => e,
             other => panic!("expected validation errors, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn soft_threshold_is_a_percentage_of_a_file_lun() {
+        let c = Config::from_toml(&lun("soft_threshold = 80", "file"), "t").unwrap();
+        assert_eq!(c.targets[0].luns[0].soft_threshold, Some(80));
+        for bad in ["soft_threshold = 0", "soft_threshold = 100"] {
+            let e = errors(&lun(bad, "file"));
+            assert!(e[0].contains("soft_threshold"), "{e:?}");
+        }
+        let e = errors(&lun("soft_threshold = 50", "memory"));
+        assert!(e[0].contains("file backend"), "{e:?}");
     }
 
     #[test]

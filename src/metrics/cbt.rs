@@ -1,4 +1,4 @@
-//! CBT state per LUN, read from the logical units at scrape time rather
+//! CBT and fault state per LUN, read from the logical units at scrape time rather
 //! than mirrored into counters: the units already hold it, and a scrape is
 //! rare next to the writes that change it.
 
@@ -41,6 +41,10 @@ struct Sample {
     view_limit: u64,
     /// Views lost since the tracker started.
     views_lost: u64,
+    /// A sync failed: SYNCHRONIZE CACHE and FUA writes fail until reopened.
+    sync_lost: bool,
+    /// The thin provisioning soft threshold is reached.
+    threshold_reached: bool,
 }
 
 impl CbtCollector {
@@ -76,6 +80,8 @@ impl CbtCollector {
                         _ => 0,
                     },
                     views_lost: lu.tracker.as_ref().map_or(0, |t| t.views_lost()),
+                    sync_lost: lu.sync_lost.load(std::sync::atomic::Ordering::Relaxed),
+                    threshold_reached: lu.space.reached(),
                 });
             }
         }
@@ -86,7 +92,7 @@ impl CbtCollector {
 /// (name, help, value of a sample)
 type Gauge = (&'static str, &'static str, fn(&Sample) -> u64);
 
-const GAUGES: [Gauge; 7] = [
+const GAUGES: [Gauge; 9] = [
     (
         "cbt_tracking_enabled",
         "1 if changed-block tracking is on for the LUN",
@@ -121,6 +127,16 @@ const GAUGES: [Gauge; 7] = [
         "cbt_view_space_limit_bytes",
         "Most data a view of the LUN may keep (0 with views off)",
         |s| s.view_limit,
+    ),
+    (
+        "lun_sync_failed",
+        "1 once a flush or FUA sync of the LUN failed (later syncs fail until it is reopened)",
+        |s| u64::from(s.sync_lost),
+    ),
+    (
+        "lun_soft_threshold_reached",
+        "1 while the LUN's thin provisioning use is at or above its soft_threshold",
+        |s| u64::from(s.threshold_reached),
     ),
 ];
 

@@ -124,6 +124,7 @@ pub static TABLE: &[CommandDesc] = &[
     row!(0x48, Some(0x01), "SANITIZE", [0x48, 0xbf, 0, 0, 0, 0, 0, FF, FF, CTL], Out, sbc::sanitize::sanitize, true, false),
     row!(0x48, Some(0x02), "SANITIZE", [0x48, 0xbf, 0, 0, 0, 0, 0, FF, FF, CTL], None, sbc::sanitize::sanitize, true, false),
     row!(0x48, Some(0x03), "SANITIZE", [0x48, 0xbf, 0, 0, 0, 0, 0, FF, FF, CTL], None, sbc::sanitize::sanitize, true, false),
+    row!(0x4d, None, "LOG SENSE", [0x4d, 0, FF, FF, 0, FF, FF, FF, FF, CTL], In, spc::log::log_sense, false, false),
     row!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, CTL], Out, spc::modeselect::mode_select10, false, false),
     row!(0x56, None, "RESERVE(10)", [0x56, 0, 0, 0, 0, 0, 0, 0, 0, CTL], None, pr::reserve6::reserve, false, false),
     row!(0x57, None, "RELEASE(10)", [0x57, 0, 0, 0, 0, 0, 0, 0, 0, CTL], None, pr::reserve6::release, false, false),

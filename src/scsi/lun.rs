@@ -108,6 +108,12 @@ pub struct LogicalUnit {
     pub visible_to: Option<Vec<String>>,
     /// The view LUN of this LU (number, unit), served beside it.
     pub view_unit: Option<(u64, Arc<LogicalUnit>)>,
+    /// A flush or a FUA write's sync failed: acknowledged data may be
+    /// lost, so no later sync may report success ([`super::io_fault`]).
+    /// Only reopening the LUN clears it.
+    pub sync_lost: AtomicBool,
+    /// Thin provisioning soft threshold ([`super::space`]).
+    pub space: super::space::SpaceWatch,
 }
 
 impl LogicalUnit {
@@ -135,6 +141,8 @@ impl LogicalUnit {
             view_of: None,
             visible_to: None,
             view_unit: None,
+            sync_lost: AtomicBool::new(false),
+            space: Default::default(),
         }
     }
 
@@ -161,6 +169,13 @@ impl LogicalUnit {
         self
     }
 
+    /// Raise THIN PROVISIONING SOFT THRESHOLD REACHED when this percent
+    /// of the LUN's mapping resources is in use.
+    pub fn with_soft_threshold(mut self, percent: Option<u8>) -> LogicalUnit {
+        self.space = super::space::SpaceWatch::new(percent);
+        self
+    }
+
     pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> LogicalUnit {
         self.tracker = Some(tracker);
         self
@@ -179,7 +194,7 @@ impl LogicalUnit {
         let order = self.order_shared();
         let change = self.begin_change(lba, blocks, kind)?;
         Ok(MediumChange {
-            _change: change,
+            change,
             _order: order,
         })
     }
@@ -217,7 +232,15 @@ impl LogicalUnit {
             // The intent could not be made durable: refusing the write is
             // the only way not to under-report it later.
             tracing::error!(error = %e, "changed-block tracking refused a change");
-            Sense::new(SenseReason::WriteError).with_information(lba)
+            let reason = match &e {
+                // No room for the intent log: a space condition like the
+                // data's own, that clears when space returns.
+                crate::cbt::CbtError::Io(io) if super::io_fault::out_of_space(io) => {
+                    SenseReason::SpaceAllocationFailedWriteProtect
+                }
+                _ => SenseReason::WriteError,
+            };
+            Sense::new(reason).with_information(lba)
         })
     }
 }
@@ -226,8 +249,17 @@ impl LogicalUnit {
 /// [`LogicalUnit::change_shared`]). Fields drop in order: the change ends
 /// (CBT in-flight count) before the write order is released.
 pub struct MediumChange<'a> {
-    _change: Option<ChangeGuard<&'a Tracker>>,
+    change: Option<ChangeGuard<&'a Tracker>>,
     _order: RwLockReadGuard<'a, ()>,
+}
+
+impl MediumChange<'_> {
+    /// The backend call failed (see [`ChangeGuard::failed`]).
+    pub fn failed(&mut self) {
+        if let Some(c) = &mut self.change {
+            c.failed();
+        }
+    }
 }
 
 /// The LUN field of a LUN number ([`crate::scsi::lun_field::encode`]; numbers

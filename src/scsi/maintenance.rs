@@ -34,7 +34,7 @@ impl DeviceServer {
             if !t.status().persistent || !(due || t.needs_checkpoint()) {
                 continue;
             }
-            if let Err(e) = t.checkpoint_with(|| lu.backend.flush()) {
+            if let Err(e) = t.checkpoint_with(|| super::io_fault::flush(lu)) {
                 // The intent logs stay: a crash over-reports, never under.
                 tracing::warn!(lun = id, error = %e, "CBT checkpoint failed");
             }

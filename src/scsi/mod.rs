@@ -8,6 +8,7 @@ pub mod cdb;
 mod data;
 mod hold;
 mod inline;
+pub mod io_fault;
 pub mod lun;
 pub mod lun_field;
 mod maintenance;
@@ -17,6 +18,7 @@ pub mod removable;
 mod sbc;
 pub mod sense;
 pub mod server;
+pub mod space;
 mod spc;
 #[cfg(test)]
 mod tests;

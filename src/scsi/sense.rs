@@ -50,6 +50,10 @@ pub enum SenseReason {
     // DATA PROTECT
     WriteProtected,
     SoftwareWriteProtected,
+    /// Thin provisioning: the write needed space the medium (the
+    /// filesystem below a file LUN) does not have (ENOSPC/EDQUOT). Hosts
+    /// pause instead of failing the disk.
+    SpaceAllocationFailedWriteProtect,
     // UNIT ATTENTION
     PowerOnReset,
     BusDeviceReset,
@@ -62,6 +66,9 @@ pub enum SenseReason {
     RegistrationsPreempted,
     /// ALUA: a target port group's state changed (reload).
     AsymmetricAccessStateChanged,
+    /// The LUN's use of its mapping resources crossed the configured soft
+    /// threshold (`soft_threshold`).
+    SoftThresholdReached,
     // NOT READY
     /// ALUA: LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN STANDBY STATE.
     PortInStandby,
@@ -126,6 +133,7 @@ impl SenseReason {
             InsufficientRegistrationResources => (ILLEGAL_REQUEST, 0x55, 0x04),
             WriteProtected => (DATA_PROTECT, 0x27, 0x00),
             SoftwareWriteProtected => (DATA_PROTECT, 0x27, 0x02),
+            SpaceAllocationFailedWriteProtect => (DATA_PROTECT, 0x27, 0x07),
             PowerOnReset => (UNIT_ATTENTION, 0x29, 0x00),
             BusDeviceReset => (UNIT_ATTENTION, 0x29, 0x03),
             ItNexusLoss => (UNIT_ATTENTION, 0x29, 0x07),
@@ -136,6 +144,7 @@ impl SenseReason {
             ReservationsReleased => (UNIT_ATTENTION, 0x2a, 0x04),
             RegistrationsPreempted => (UNIT_ATTENTION, 0x2a, 0x05),
             AsymmetricAccessStateChanged => (UNIT_ATTENTION, 0x2a, 0x06),
+            SoftThresholdReached => (UNIT_ATTENTION, 0x38, 0x07),
             PortInStandby => (NOT_READY, 0x04, 0x0b),
             PortUnavailable => (NOT_READY, 0x04, 0x0c),
             AccessStateTransition => (NOT_READY, 0x04, 0x0a),

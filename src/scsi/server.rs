@@ -149,7 +149,21 @@ impl DeviceServer {
             nexus: cmd.nexus,
             desc,
         };
-        (desc.handler)(&ctx, cmd)
+        let result = (desc.handler)(&ctx, cmd);
+        if let Some(lu) = lu.filter(|_| desc.writes) {
+            self.check_soft_threshold(lu, cmd.lun);
+        }
+        result
+    }
+
+    /// After a command that may have allocated or freed space (whether it
+    /// succeeded or not): the thin provisioning soft threshold unit
+    /// attention, once for every I_T nexus, when usage has just crossed it.
+    fn check_soft_threshold(&self, lu: &LogicalUnit, lun: u64) {
+        if lu.space.crossed(lu.backend.as_ref()) {
+            self.ua
+                .establish_all(lun, SenseReason::SoftThresholdReached, false);
+        }
     }
 
     /// A new I_T nexus: it will see a power-on unit attention.
@@ -219,7 +233,7 @@ impl DeviceServer {
     pub fn flush_all(&self) -> std::io::Result<()> {
         let mut first = Ok(());
         for (&id, lu) in &self.luns {
-            if let Err(e) = lu.backend.flush() {
+            if let Err(e) = super::io_fault::flush(lu) {
                 tracing::warn!(backend = %lu.backend.describe(), error = %e, "flush failed");
                 if first.is_ok() {
                     first = Err(e);

@@ -7,7 +7,7 @@
 //! is decided in one place each: visibility (only C0h-allowed initiators,
 //! `LogicalUnit::visible`), NOT READY without a view ([`not_ready`], called
 //! by the server), DATA PROTECT on changes (`read_only`), and the sense of
-//! a failed view read ([`read_failure`]).
+//! a failed view read ([`unavailable`]).
 
 use std::io;
 use std::sync::Arc;
@@ -106,15 +106,11 @@ pub fn not_ready(lu: &LogicalUnit, cdb: &[u8]) -> Option<Sense> {
     (reads_medium && tracker.view().is_none()).then(|| Sense::new(SenseReason::NotReadyNoView))
 }
 
-/// The sense for a failed read of `lu` at `lba`: the view's reasons where
-/// the view LUN could not read, MEDIUM ERROR otherwise.
-pub fn read_failure(lu: &LogicalUnit, e: &io::Error, lba: u64) -> Sense {
-    match ViewUnavailable::of(e) {
-        Some(ViewUnavailable::Lost) => Sense::new(SenseReason::ViewLost),
-        Some(ViewUnavailable::NoView) => Sense::new(SenseReason::NotReadyNoView),
-        None => {
-            tracing::warn!(backend = %lu.backend.describe(), error = %e, "read failed");
-            Sense::new(SenseReason::UnrecoveredReadError).with_information(lba)
-        }
-    }
+/// The sense for a read the view LUN could not serve because of the view
+/// (none open, or lost); `None` for any other error.
+pub fn unavailable(e: &io::Error) -> Option<Sense> {
+    Some(match ViewUnavailable::of(e)? {
+        ViewUnavailable::Lost => Sense::new(SenseReason::ViewLost),
+        ViewUnavailable::NoView => Sense::new(SenseReason::NotReadyNoView),
+    })
 }

@@ -3,6 +3,8 @@
 //! point real clients (libiscsi's tools, qemu-img, our initiator) at it.
 #![allow(dead_code)]
 
+pub mod bystander;
+
 use gentgt::backend::{Backend, FileBackend, MemoryBackend};
 use gentgt::cbt::Tracker;
 use gentgt::proto::login::ChapSecrets;
@@ -27,6 +29,11 @@ pub enum LunSpec<'a> {
     File {
         path: &'a Path,
         size: u64,
+        block_size: u32,
+    },
+    /// A backend the test built (e.g. one that injects faults).
+    Backend {
+        backend: Arc<dyn Backend>,
         block_size: u32,
     },
 }
@@ -99,6 +106,10 @@ impl TestTarget {
                     Arc::new(FileBackend::open(path, *size, true, opts.read_only).unwrap()),
                     *block_size,
                 ),
+                LunSpec::Backend {
+                    backend,
+                    block_size,
+                } => (backend.clone(), *block_size),
             };
             let mut lu = LogicalUnit::new(backend.clone(), bs, identity(i as u8), opts.read_only);
             if let Some(eb) = opts.cbt_extent_blocks {

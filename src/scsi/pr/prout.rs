@@ -136,7 +136,11 @@ fn save(lu: &LogicalUnit, old: &PrState, new: &PrState) -> Result<(), Sense> {
     };
     r.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "cannot store PR state");
-        Sense::new(SenseReason::InternalTargetFailure)
+        // Nothing changed; no room to record it is a resource shortage.
+        match crate::scsi::io_fault::out_of_space(&e) {
+            true => Sense::new(SenseReason::InsufficientRegistrationResources),
+            false => Sense::new(SenseReason::InternalTargetFailure),
+        }
     })
 }
 

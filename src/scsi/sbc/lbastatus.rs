@@ -58,10 +58,7 @@ pub fn block_runs(lu: &LogicalUnit, start: u64, max: usize) -> Result<Vec<BlockR
     let byte_runs = lu
         .backend
         .allocation(offset, len, max.saturating_mul(2).saturating_add(2))
-        .map_err(|e| {
-            tracing::warn!(backend = %lu.backend.describe(), error = %e, "allocation map failed");
-            Sense::new(SenseReason::UnrecoveredReadError).with_information(start)
-        })?;
+        .map_err(|e| crate::scsi::io_fault::read_failure(lu, &e, start))?;
     let mut out = Vec::new();
     let mut pos = offset;
     let mut cursor = start;

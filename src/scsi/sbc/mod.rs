@@ -113,9 +113,6 @@ pub fn synchronize_cache(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     };
     // NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium".
     check_range(lu, lba, blocks)?;
-    lu.backend.flush().map_err(|e| {
-        tracing::warn!(backend = %lu.backend.describe(), error = %e, "flush failed");
-        Sense::new(SenseReason::WriteError)
-    })?;
+    super::io_fault::synchronize(lu)?;
     Ok(ScsiResult::good(Vec::new(), 0))
 }

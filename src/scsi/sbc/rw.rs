@@ -4,7 +4,8 @@ use super::{check_range, max_transfer_blocks};
 use crate::cbt::ChangeKind;
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte};
-use crate::scsi::sense::{Sense, SenseReason};
+use crate::scsi::io_fault;
+use crate::scsi::sense::Sense;
 use crate::scsi::{ScsiCommand, ScsiResult};
 
 /// The fields READ and WRITE share, decoded from any CDB size.
@@ -83,9 +84,10 @@ pub fn read(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     // Shared with ordinary writes, excluded by COMPARE AND WRITE and the
     // other atomic writers: a read never sees one of them half done.
     let _order = lu.order_shared();
-    lu.backend
-        .read_at(offset, &mut buf)
-        .map_err(|e| crate::scsi::viewlun::read_failure(lu, &e, rw.lba))?;
+    lu.backend.read_at(offset, &mut buf).map_err(|e| {
+        let blocks = (buf.len() as u64).div_ceil(lu.block_bytes());
+        io_fault::read_failure_in(lu, &e, rw.lba, blocks)
+    })?;
     Ok(ScsiResult::good(buf, needed as u32))
 }
 
@@ -110,9 +112,11 @@ pub fn write(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
     let _change = lu.change_shared(rw.lba, have / bs, ChangeKind::Write)?;
     // WCE 0 (caching mode page): every write is write-through.
     let fua = rw.fua || !crate::scsi::spc::mode::write_cache_enabled(lu);
-    lu.backend.write_at(offset, data, fua).map_err(|e| {
-        tracing::warn!(backend = %lu.backend.describe(), error = %e, "write failed");
-        Sense::new(SenseReason::WriteError).with_information(rw.lba)
-    })?;
+    if fua {
+        io_fault::check_sync_intact(lu, Some(rw.lba))?;
+    }
+    lu.backend
+        .write_at(offset, data, fua)
+        .map_err(|e| io_fault::write_failure(lu, &e, rw.lba, fua))?;
     Ok(ScsiResult::good(Vec::new(), needed as u32))
 }

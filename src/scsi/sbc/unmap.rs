@@ -79,9 +79,9 @@ pub fn parse(lu: &LogicalUnit, data_out: &[u8], param_len: usize) -> Result<Vec<
 /// call.
 pub fn deallocate(lu: &LogicalUnit, r: Range) -> Result<(), Sense> {
     let bs = lu.block_bytes();
-    let _change = lu.change_shared(r.lba, r.blocks, ChangeKind::Unmap)?;
+    let mut change = lu.change_shared(r.lba, r.blocks, ChangeKind::Unmap)?;
     lu.backend.unmap(r.lba * bs, r.blocks * bs).map_err(|e| {
-        tracing::warn!(backend = %lu.backend.describe(), error = %e, "unmap failed");
-        Sense::new(SenseReason::WriteError).with_information(r.lba)
+        change.failed();
+        crate::scsi::io_fault::write_failure(lu, &e, r.lba, false)
     })
 }

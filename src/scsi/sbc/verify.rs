@@ -6,6 +6,7 @@ use super::{check_range, max_transfer_blocks};
 use crate::cbt::ChangeKind;
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte};
+use crate::scsi::io_fault;
 use crate::scsi::sense::{Sense, SenseReason};
 use crate::scsi::{LogicalUnit, ScsiCommand, ScsiResult};
 
@@ -28,7 +29,7 @@ pub(super) fn read_blocks(lu: &LogicalUnit, lba: u64, blocks: u64) -> Result<Vec
     let mut buf = vec![0u8; (blocks * lu.block_bytes()) as usize];
     lu.backend
         .read_at(lba * lu.block_bytes(), &mut buf)
-        .map_err(|e| crate::scsi::viewlun::read_failure(lu, &e, lba))?;
+        .map_err(|e| io_fault::read_failure_in(lu, &e, lba, blocks))?;
     Ok(buf)
 }
 
@@ -41,13 +42,13 @@ pub(super) fn write_blocks(
     fua: bool,
 ) -> Result<(), Sense> {
     let blocks = data.len() as u64 / lu.block_bytes().max(1);
+    if fua {
+        io_fault::check_sync_intact(lu, Some(lba))?;
+    }
     let _change = lu.begin_change(lba, blocks, ChangeKind::Write)?;
     lu.backend
         .write_at(lba * lu.block_bytes(), data, fua)
-        .map_err(|e| {
-            tracing::warn!(backend = %lu.backend.describe(), error = %e, "write failed");
-            Sense::new(SenseReason::WriteError).with_information(lba)
-        })
+        .map_err(|e| io_fault::write_failure(lu, &e, lba, fua))
 }
 
 /// Offset of the first byte where `a` and `b` differ.

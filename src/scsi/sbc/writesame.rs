@@ -5,7 +5,8 @@ use super::limits::MAX_WRITE_SAME_BLOCKS;
 use crate::cbt::ChangeKind;
 use crate::scsi::cdb::{CmdResult, Ctx};
 use crate::scsi::data::{be, byte};
-use crate::scsi::sense::{Sense, SenseReason};
+use crate::scsi::io_fault;
+use crate::scsi::sense::Sense;
 use crate::scsi::{LogicalUnit, ScsiCommand, ScsiResult};
 
 /// Bytes written per backend call for a non-zero pattern: large enough to
@@ -96,17 +97,17 @@ fn fill_range(lu: &LogicalUnit, lba: u64, blocks: u64, fill: Fill) -> Result<(),
         // Both read as zeros afterwards and deallocate where they can.
         Fill::Deallocate | Fill::Zeros => ChangeKind::Unmap,
     };
-    let _change = lu.change_shared(lba, blocks, kind)?;
-    let fail = |at: u64, e: std::io::Error| {
-        tracing::warn!(backend = %lu.backend.describe(), error = %e, "write same failed");
-        Sense::new(SenseReason::WriteError).with_information(at)
-    };
-    match fill {
+    let mut change = lu.change_shared(lba, blocks, kind)?;
+    let fail = |at: u64, e: std::io::Error| io_fault::write_failure(lu, &e, at, false);
+    let done = match fill {
         Fill::Deallocate => lu.backend.unmap(lba * bs, blocks * bs),
         Fill::Zeros => lu.backend.write_zeroes(lba * bs, blocks * bs),
         Fill::Pattern(p) => return write_pattern(lu, lba, blocks, p, &|at, e| fail(at, e)),
-    }
-    .map_err(|e| fail(lba, e))
+    };
+    done.map_err(|e| {
+        change.failed();
+        fail(lba, e)
+    })
 }
 
 /// Write `block` to every block of the range, a batch of blocks per call.

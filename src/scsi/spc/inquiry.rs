@@ -54,7 +54,7 @@ pub fn inquiry(ctx: &Ctx, cmd: &ScsiCommand) -> CmdResult {
         0x8f => super::copy_results::third_party_copy_vpd(),
         0xb0 => block_limits(lu),
         0xb1 => block_device_characteristics(),
-        0xb2 => logical_block_provisioning(),
+        0xb2 => logical_block_provisioning(lu),
         cbt::VPD_PAGE => cbt::vpd_page(lu).ok_or(Sense::invalid_cdb_field(2, None))?,
         _ => return Err(Sense::invalid_cdb_field(2, None)),
     };
@@ -202,6 +202,11 @@ fn block_device_characteristics() -> Vec<u8> {
 /// Logical block provisioning: UNMAP, WRITE SAME(16) and WRITE SAME(10)
 /// with UNMAP deallocate (LBPU, LBPWS, LBPWS10); deallocated blocks read
 /// zeros (LBPRZ 001b); no anchored state (ANC_SUP 0); thin provisioned.
-fn logical_block_provisioning() -> Vec<u8> {
-    vec![0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00]
+/// THRESHOLD EXPONENT gives the unit of the resource counts of the
+/// Logical Block Provisioning log page; THRESHOLD PERCENTAGE is the
+/// configured soft threshold (0: none).
+fn logical_block_provisioning(lu: &LogicalUnit) -> Vec<u8> {
+    let exponent = crate::scsi::space::threshold_exponent(lu);
+    let percent = lu.space.threshold().unwrap_or(0);
+    vec![exponent, 0x80 | 0x40 | 0x20 | 0x04, 0x02, percent]
 }

@@ -2,6 +2,7 @@
 
 pub mod copy_results;
 pub mod inquiry;
+pub mod log;
 pub mod mode;
 pub mod modeselect;
 pub mod rsoc;

@@ -283,13 +283,19 @@ fn copy_bytes(
             Sense::new(SenseReason::CopyAborted)
         })?;
         let bs = dst.block_bytes();
-        let _change = dst.change_shared((to + off) / bs, n as u64 / bs, ChangeKind::Write)?;
-        dst.backend
-            .write_at(to + off, chunk, !mode::write_cache_enabled(dst))
-            .map_err(|e| {
-                tracing::warn!(backend = %dst.backend.describe(), error = %e, "copy write failed");
-                Sense::new(SenseReason::CopyAborted)
-            })?;
+        let lba = (to + off) / bs;
+        let fua = !mode::write_cache_enabled(dst);
+        if fua {
+            crate::scsi::io_fault::check_sync_intact(dst, Some(lba))
+                .map_err(|_| Sense::new(SenseReason::CopyAborted))?;
+        }
+        let _change = dst.change_shared(lba, n as u64 / bs, ChangeKind::Write)?;
+        dst.backend.write_at(to + off, chunk, fua).map_err(|e| {
+            // Logged (and a lost sync remembered) like any write; the
+            // copy itself answers COPY ABORTED (SPC-5 §6.6.4).
+            crate::scsi::io_fault::write_failure(dst, &e, lba, fua);
+            Sense::new(SenseReason::CopyAborted)
+        })?;
     }
     Ok(())
 }

@@ -515,3 +515,46 @@ fn read_defect_data_is_empty() {
     cdb[1] = 0x0f;
     h.check(&cdb, &[], 32, INVALID_FIELD);
 }
+
+#[test]
+fn log_sense_provisioning_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileBackend::open(&dir.path().join("t.img"), 2048 * BS as u64, true, false);
+    let lu = LogicalUnit::new(Arc::new(file.unwrap()), BS, identity(1), false)
+        .with_soft_threshold(Some(70));
+    let h = Harness::with_luns(vec![(0, Arc::new(lu))]);
+    let _ = h.exec(0, &[0; 6], &[], 0); // power-on unit attention
+    let log = |page: u8, pointer: u16| {
+        let mut c = vec![0x4d, 0, 0x40 | page, 0, 0];
+        c.extend_from_slice(&pointer.to_be_bytes());
+        c.extend_from_slice(&[0x01, 0x00, 0]);
+        c
+    };
+    // Supported pages: 00h and 0Ch.
+    assert_eq!(
+        h.good(&log(0, 0), &[], 256).data_in,
+        vec![0, 0, 0, 2, 0, 0x0c]
+    );
+    // Nothing allocated yet: used 0, available the whole LUN (2048 blocks
+    // in 2^1-block units), formats binary with SCOPE 10b/01b.
+    let d = h.good(&log(0x0c, 0), &[], 256).data_in;
+    assert_eq!(&d[0..4], &[0x0c, 0, 0, 24]);
+    assert_eq!(&d[4..16], &[0, 1, 0x03, 8, 0, 0, 0x04, 0, 0, 0, 0, 0b10]);
+    assert_eq!(&d[16..28], &[0, 2, 0x03, 8, 0, 0, 0, 0, 0, 0, 0, 0b01]);
+    // PARAMETER POINTER skips parameters below it.
+    let d = h.good(&log(0x0c, 2), &[], 256).data_in;
+    assert_eq!((d[3], d[5]), (12, 2));
+    assert_eq!(&inq_of(&h, 0xb2)[4..8], &[1, 0xe4, 0x02, 70]);
+    // Unknown page, other page controls, subpages: INVALID FIELD IN CDB.
+    h.check(&log(0x0d, 0), &[], 256, INVALID_FIELD);
+    let mut c = log(0x0c, 0);
+    c[2] = 0x0c; // PC 00b: threshold values
+    h.check(&c, &[], 256, INVALID_FIELD);
+    c[2] = 0x4c;
+    c[3] = 1;
+    h.check(&c, &[], 256, INVALID_FIELD);
+}
+
+fn inq_of(h: &Harness, page: u8) -> Vec<u8> {
+    h.good(&[0x12, 1, page, 0, 255, 0], &[], 255).data_in
+}
