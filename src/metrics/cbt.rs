@@ -41,6 +41,8 @@ struct Sample {
     view_limit: u64,
     /// Views lost since the tracker started.
     views_lost: u64,
+    /// Backend calls hung now (not CBT, but LU state read the same way).
+    hung_ios: u64,
 }
 
 impl CbtCollector {
@@ -76,6 +78,7 @@ impl CbtCollector {
                         _ => 0,
                     },
                     views_lost: lu.tracker.as_ref().map_or(0, |t| t.views_lost()),
+                    hung_ios: u64::from(lu.hung.hung_calls()),
                 });
             }
         }
@@ -86,7 +89,7 @@ impl CbtCollector {
 /// (name, help, value of a sample)
 type Gauge = (&'static str, &'static str, fn(&Sample) -> u64);
 
-const GAUGES: [Gauge; 7] = [
+const GAUGES: [Gauge; 8] = [
     (
         "cbt_tracking_enabled",
         "1 if changed-block tracking is on for the LUN",
@@ -121,6 +124,12 @@ const GAUGES: [Gauge; 7] = [
         "cbt_view_space_limit_bytes",
         "Most data a view of the LUN may keep (0 with views off)",
         |s| s.view_limit,
+    ),
+    (
+        "backend_hung_ios",
+        "Backend calls of the LUN running past hung_io_timeout or abandoned; \
+         while above 0 the LUN is fenced (NOT READY)",
+        |s| s.hung_ios,
     ),
 ];
 

@@ -108,6 +108,8 @@ pub struct LogicalUnit {
     pub visible_to: Option<Vec<String>>,
     /// The view LUN of this LU (number, unit), served beside it.
     pub view_unit: Option<(u64, Arc<LogicalUnit>)>,
+    /// Backend calls known to hang; while any does, the LUN is fenced.
+    pub hung: super::hung::Fence,
 }
 
 impl LogicalUnit {
@@ -135,6 +137,7 @@ impl LogicalUnit {
             view_of: None,
             visible_to: None,
             view_unit: None,
+            hung: Default::default(),
         }
     }
 

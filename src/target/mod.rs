@@ -1,6 +1,7 @@
 //! The only socket code: accept loop, connections, sessions, registry.
 
 pub mod admin;
+mod hung;
 mod limit;
 mod login;
 mod poll;

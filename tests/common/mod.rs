@@ -29,6 +29,11 @@ pub enum LunSpec<'a> {
         size: u64,
         block_size: u32,
     },
+    /// A backend the test built (e.g. one it can make hang).
+    Backend {
+        backend: Arc<dyn Backend>,
+        block_size: u32,
+    },
 }
 
 #[derive(Default, Clone)]
@@ -99,6 +104,10 @@ impl TestTarget {
                     Arc::new(FileBackend::open(path, *size, true, opts.read_only).unwrap()),
                     *block_size,
                 ),
+                LunSpec::Backend {
+                    backend,
+                    block_size,
+                } => (backend.clone(), *block_size),
             };
             let mut lu = LogicalUnit::new(backend.clone(), bs, identity(i as u8), opts.read_only);
             if let Some(eb) = opts.cbt_extent_blocks {
