@@ -194,10 +194,11 @@ impl Bystander {
                     .collect();
                 let w = tokio::time::timeout(SOON, s.write16(BYSTANDER_LUN, lba, &data, BS, false));
                 w.await.expect("bystander write timed out").unwrap();
-                let back = tokio::time::timeout(SOON, s.read16(BYSTANDER_LUN, lba, blocks as u32, BS))
-                    .await
-                    .expect("bystander read timed out")
-                    .unwrap();
+                let back =
+                    tokio::time::timeout(SOON, s.read16(BYSTANDER_LUN, lba, blocks as u32, BS))
+                        .await
+                        .expect("bystander read timed out")
+                        .unwrap();
                 assert!(back == data, "bystander read back wrong data");
                 r.fetch_add(1, Ordering::Relaxed);
             }
@@ -363,7 +364,9 @@ async fn abort_of_a_write_stuck_in_the_backend() {
     // The session is not waiting on it: pings and the other LUN work.
     s.nop().await.unwrap();
     let other = vec![0x33u8; 4 * BS as usize];
-    s.write16(BYSTANDER_LUN, 100, &other, BS, false).await.unwrap();
+    s.write16(BYSTANDER_LUN, 100, &other, BS, false)
+        .await
+        .unwrap();
     assert_eq!(s.read16(BYSTANDER_LUN, 100, 4, BS).await.unwrap(), other);
     by.progresses(r0).await;
 
@@ -432,9 +435,17 @@ async fn lun_reset_logout_and_relogin_with_a_hung_read() {
         .expect("logout hung")
         .unwrap();
     until("the session to end", || sessions(&t) == 1).await;
-    let again = tokio::time::timeout(SOON, login(&t)).await.expect("login hung");
-    assert_eq!(sense_of(again.test_unit_ready(HUNG_LUN).await), NOT_READY_HUNG);
-    assert_eq!(again.read16(BYSTANDER_LUN, 0, 1, BS).await.unwrap().len(), 512);
+    let again = tokio::time::timeout(SOON, login(&t))
+        .await
+        .expect("login hung");
+    assert_eq!(
+        sense_of(again.test_unit_ready(HUNG_LUN).await),
+        NOT_READY_HUNG
+    );
+    assert_eq!(
+        again.read16(BYSTANDER_LUN, 0, 1, BS).await.unwrap().len(),
+        512
+    );
 
     gate.open();
     let uas = ready(&again, HUNG_LUN).await;
@@ -591,7 +602,13 @@ async fn initiator_that_stops_reading_during_data_in() {
     proxy.set(Mode::StopReading);
     let r0 = by.rounds();
     for i in 0..64u64 {
-        let p = scsi_cmd(&s, HUNG_LUN, &rw16(0x88, (i % 4) * 2048, 2048), 1 << 20, true);
+        let p = scsi_cmd(
+            &s,
+            HUNG_LUN,
+            &rw16(0x88, (i % 4) * 2048, 2048),
+            1 << 20,
+            true,
+        );
         s.send_raw_command(p).await.unwrap();
     }
     by.progresses(r0).await;
@@ -623,7 +640,13 @@ async fn half_open_connection_is_closed_by_the_ping() {
     until("its task to be gone", || t.stats.snapshot().tasks == 0).await;
     by.progresses(r0).await;
     let d = login(&t).await;
-    assert!(d.read16(HUNG_LUN, 64, 8, BS).await.unwrap().iter().all(|&b| b == 0));
+    assert!(
+        d.read16(HUNG_LUN, 64, 8, BS)
+            .await
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0)
+    );
     d.logout().await.unwrap();
     by.finish().await;
 }
@@ -661,10 +684,17 @@ async fn reset_in_the_middle_of_an_r2t() {
     until("its task to be gone", || t.stats.snapshot().tasks == 0).await;
     by.progresses(r0).await;
 
-    assert_eq!(d.read16(HUNG_LUN, 256, 64, BS).await.unwrap(), old, "partial write applied");
+    assert_eq!(
+        d.read16(HUNG_LUN, 256, 64, BS).await.unwrap(),
+        old,
+        "partial write applied"
+    );
     let after = d.cbt_all_changes(HUNG_LUN, 0, 0).await.unwrap();
     assert_eq!(before, after, "CBT recorded a write that was never applied");
-    assert!(after.iter().all(|e| e.generation <= closed.generation), "{after:?}");
+    assert!(
+        after.iter().all(|e| e.generation <= closed.generation),
+        "{after:?}"
+    );
     d.logout().await.unwrap();
     by.finish().await;
 }

@@ -311,9 +311,14 @@ mod tests {
                 Reply::plain(vec![nop.clone()]),
             ];
             let mut got = Vec::new();
-            write_replies(&mut got, &replies, &framing, std::time::Duration::from_secs(5))
-                .await
-                .unwrap();
+            write_replies(
+                &mut got,
+                &replies,
+                &framing,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
             assert_eq!(got, expected, "digests {hd}/{dd}");
         }
     }
