@@ -45,6 +45,10 @@ pub(super) struct Ticket {
     /// write-lock queue (bounded by the lock's lease), not in the backend.
     held: AtomicBool,
     since: Instant,
+    /// The device server the call went to: its fence is the one to count
+    /// (the session may switch servers at a reload meanwhile).
+    device: Arc<DeviceServer>,
+    lun: u64,
 }
 
 impl Ticket {
@@ -56,19 +60,15 @@ impl Ticket {
         self.state() == HUNG
     }
 
-    /// Give the command up. `None`: it finished already (its `Done` is on
-    /// its way); `Some(true)`: it was already reported hung.
-    fn abandon(&self) -> Option<bool> {
-        let mut cur = self.state();
-        loop {
-            if cur == DONE || cur == ABANDONED {
-                return None;
-            }
-            match self.state.compare_exchange(cur, ABANDONED, SeqCst, SeqCst) {
-                Ok(prev) => return Some(prev == HUNG),
-                Err(now) => cur = now,
-            }
-        }
+    /// Give the command up; `false` if it finished already (its `Done`
+    /// is on its way). Only the completion changes the state meanwhile,
+    /// and only to DONE.
+    fn abandon(&self) -> bool {
+        let cur = self.state();
+        (cur == RUNNING || cur == HUNG)
+            && (self.state)
+                .compare_exchange(cur, ABANDONED, SeqCst, SeqCst)
+                .is_ok()
     }
 }
 
@@ -77,8 +77,6 @@ struct Completion {
     ticket: Arc<Ticket>,
     tx: mpsc::UnboundedSender<Done>,
     itt: u32,
-    device: Arc<DeviceServer>,
-    lun: u64,
     /// The session's write data held by abandoned calls.
     stuck: Arc<AtomicU64>,
     shared: Arc<Shared>,
@@ -89,16 +87,17 @@ impl Completion {
     fn finish(self, result: crate::scsi::ScsiResult) {
         match self.ticket.state.swap(DONE, SeqCst) {
             ABANDONED => {
-                self.device.hung_call_returned(self.lun);
+                let (device, lun) = (&self.ticket.device, self.ticket.lun);
+                device.hung_call_returned(lun);
                 self.stuck.fetch_sub(self.charged, SeqCst);
                 self.shared.write_charged.fetch_sub(self.charged, SeqCst);
-                warn!(target = %self.device.target_name, lun = self.lun, itt = self.itt,
+                warn!(target = %device.target_name, lun, itt = self.itt,
                     secs = self.ticket.since.elapsed().as_secs(),
                     "abandoned backend call returned; its result is dropped");
             }
             prev => {
                 if prev == HUNG {
-                    self.device.hung_call_returned(self.lun);
+                    self.ticket.device.hung_call_returned(self.ticket.lun);
                 }
                 let _ = self.tx.send(Done {
                     itt: self.itt,
@@ -120,6 +119,8 @@ impl Session {
             state: AtomicU8::new(RUNNING),
             held: AtomicBool::new(false),
             since: Instant::now(),
+            device: device.clone(),
+            lun: task.lun,
         });
         task.pooled = true;
         task.ticket = Some(ticket.clone());
@@ -127,8 +128,6 @@ impl Session {
             ticket: ticket.clone(),
             tx: self.done_tx.clone(),
             itt,
-            device: device.clone(),
-            lun: task.lun,
             stuck: self.stuck_charged.clone(),
             shared: self.shared.clone(),
             charged: u64::from(task.charged),
@@ -150,16 +149,18 @@ impl Session {
     /// Give an executing command up (see the module docs); `false` if it
     /// finished meanwhile.
     pub(super) fn abandon(&mut self, itt: u32) -> bool {
-        let Some(task) = self.tasks.get(&itt) else {
+        let Some(ticket) = self.tasks.get(&itt).and_then(|t| t.ticket.clone()) else {
             return false;
         };
-        let Some(was_hung) = task.ticket.as_ref().and_then(|t| t.abandon()) else {
-            return false;
+        // A call reported hung has its fence count already.
+        let taken = match ticket.state() {
+            HUNG => ticket.abandon(),
+            _ => fence_then(&ticket, || ticket.abandon()),
         };
-        let task = self.tasks.remove(&itt).expect("present");
-        if !was_hung && let Some(d) = &self.device {
-            d.call_hung(task.lun);
+        if !taken {
+            return false; // it finished: its Done is on its way
         }
+        let task = self.tasks.remove(&itt).expect("present");
         warn!(target = ?self.target_name, lun = task.lun, itt,
             initiator = %self.nexus.initiator_port,
             "command stuck in the backend abandoned; LUN fenced until it returns");
@@ -200,27 +201,24 @@ impl Session {
 
     fn report_hung(&mut self, now: Instant) {
         let limit = self.shared.settings.hung_io_timeout;
-        let mut newly = Vec::new();
-        for (itt, t) in &self.tasks {
-            let Some(ticket) = &t.ticket else { continue };
-            let overdue = now.duration_since(ticket.since) >= limit;
-            if overdue
-                && !ticket.held.load(SeqCst)
-                && ticket
-                    .state
+        let overdue: Vec<(u32, u64, Arc<Ticket>)> = (self.tasks.iter())
+            .filter_map(|(itt, t)| Some((*itt, t.lun, t.ticket.clone()?)))
+            .filter(|(_, _, k)| {
+                k.state() == RUNNING && !k.held.load(SeqCst) && now.duration_since(k.since) >= limit
+            })
+            .collect();
+        for (itt, lun, ticket) in overdue {
+            let mark = || {
+                (ticket.state)
                     .compare_exchange(RUNNING, HUNG, SeqCst, SeqCst)
                     .is_ok()
-            {
-                newly.push((*itt, t.lun, now.duration_since(ticket.since)));
+            };
+            if fence_then(&ticket, mark) {
+                warn!(target = ?self.target_name, lun, itt,
+                    secs = now.duration_since(ticket.since).as_secs(),
+                    initiator = %self.nexus.initiator_port,
+                    "backend call hung; LUN fenced (new commands get NOT READY) until it returns");
             }
-        }
-        for (itt, lun, waited) in newly {
-            if let Some(d) = &self.device {
-                d.call_hung(lun);
-            }
-            warn!(target = ?self.target_name, lun, itt, secs = waited.as_secs(),
-                initiator = %self.nexus.initiator_port,
-                "backend call hung; LUN fenced (new commands get NOT READY) until it returns");
         }
         let running = self.tasks.values().any(|t| t.ticket.is_some());
         self.hang_check = running.then(|| now + self.hang_period());
@@ -263,4 +261,19 @@ impl Session {
             }
         }
     }
+}
+
+/// Fence the ticket's LUN for one more hung call, then run `mark` (which
+/// moves the ticket into HUNG or ABANDONED); undo the fence if `mark` did
+/// not take it (the call finished just then: a needless NOT READY TO READY
+/// CHANGE at worst). The fence goes up *before* the state changes, so the
+/// completion, once it sees the new state, always finds its count there
+/// (the other order could lift a fence another hung call still needs).
+fn fence_then(ticket: &Ticket, mark: impl FnOnce() -> bool) -> bool {
+    ticket.device.call_hung(ticket.lun);
+    let counted = mark();
+    if !counted {
+        ticket.device.hung_call_returned(ticket.lun);
+    }
+    counted
 }
