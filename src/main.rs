@@ -273,6 +273,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!("stopped");
         Ok(())
     });
+    // A backend call that hangs (a dead disk) still holds a blocking-pool
+    // thread; dropping the runtime would wait for it forever. Everything
+    // acknowledged is durable by now, so do not wait long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
         let _ = std::fs::remove_file(cli::reload::status_path(p));

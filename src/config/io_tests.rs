@@ -90,7 +90,8 @@ fn transport_timers_are_configurable_and_bounded() {
     assert_eq!(d.busy_poll, Duration::from_micros(50));
     let text = format!(
         "login_timeout_ms = 2500\nnop_interval_ms = 1000\nnop_timeout_ms = 700\n\
-         busy_poll_us = 0\nmax_connections = 7\n{base}"
+         busy_poll_us = 0\nmax_connections = 7\nhung_io_timeout_ms = 4000\n\
+         abort_timeout_ms = 300\nsend_stall_timeout_ms = 900\n{base}"
     );
     let s = Config::from_toml(&text, "t").unwrap().transport_settings();
     assert_eq!(s.login_timeout, Duration::from_millis(2500));
@@ -98,9 +99,14 @@ fn transport_timers_are_configurable_and_bounded() {
     assert_eq!(s.nop_timeout, Duration::from_millis(700));
     assert_eq!(s.busy_poll, Duration::ZERO);
     assert_eq!(s.max_connections, 7);
+    assert_eq!(s.hung_io_timeout, Duration::from_secs(4));
+    assert_eq!(s.abort_timeout, Duration::from_millis(300));
+    assert_eq!(s.send_stall_timeout, Duration::from_millis(900));
+    assert_eq!(d.hung_io_timeout, defaults.hung_io_timeout);
     let e = errors(&format!(
-        "nop_interval_ms = 0\nlogin_timeout_ms = 7200000\n{base}"
+        "nop_interval_ms = 0\nlogin_timeout_ms = 7200000\nabort_timeout_ms = 5\n{base}"
     ));
+    assert!(e.iter().any(|m| m.contains("abort_timeout_ms")), "{e:?}");
     assert!(e.iter().any(|m| m.contains("nop_interval_ms")), "{e:?}");
     assert!(e.iter().any(|m| m.contains("login_timeout_ms")), "{e:?}");
 }

@@ -158,6 +158,9 @@ impl Config {
             login_timeout_ms: None,
             nop_interval_ms: None,
             nop_timeout_ms: None,
+            hung_io_timeout_ms: None,
+            abort_timeout_ms: None,
+            send_stall_timeout_ms: None,
             pid_file: None,
         }
     }
@@ -178,6 +181,9 @@ impl Config {
             login_timeout: ms(self.login_timeout_ms, d.login_timeout),
             nop_interval: ms(self.nop_interval_ms, d.nop_interval),
             nop_timeout: ms(self.nop_timeout_ms, d.nop_timeout),
+            hung_io_timeout: ms(self.hung_io_timeout_ms, d.hung_io_timeout),
+            abort_timeout: ms(self.abort_timeout_ms, d.abort_timeout),
+            send_stall_timeout: ms(self.send_stall_timeout_ms, d.send_stall_timeout),
             ..d
         }
     }

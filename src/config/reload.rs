@@ -84,6 +84,9 @@ macro_rules! restart_settings {
         $each!(login_timeout_ms);
         $each!(nop_interval_ms);
         $each!(nop_timeout_ms);
+        $each!(hung_io_timeout_ms);
+        $each!(abort_timeout_ms);
+        $each!(send_stall_timeout_ms);
     };
 }
 

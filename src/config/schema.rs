@@ -52,6 +52,20 @@ pub struct Config {
     /// connection is dropped. Default 30000; needs a restart.
     #[serde(default)]
     pub nop_timeout_ms: Option<u64>,
+    /// Milliseconds a backend call may run before it counts as hung: it
+    /// is logged and its LUN fenced (NOT READY) until it returns.
+    /// Default 30000; needs a restart.
+    #[serde(default)]
+    pub hung_io_timeout_ms: Option<u64>,
+    /// Milliseconds task management waits for an executing command before
+    /// abandoning it as hung. Default 5000; needs a restart.
+    #[serde(default)]
+    pub abort_timeout_ms: Option<u64>,
+    /// Milliseconds a send to an initiator may make no progress (it
+    /// stopped reading) before the connection is dropped. Default 30000;
+    /// needs a restart.
+    #[serde(default)]
+    pub send_stall_timeout_ms: Option<u64>,
     /// Where `serve` writes its process id (`--pid-file` overrides it);
     /// `gentgt reload` finds the server through it.
     #[serde(default)]

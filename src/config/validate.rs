@@ -44,6 +44,9 @@ pub fn check(cfg: &Config, data_dir: &Path) -> Findings {
         ("login_timeout_ms", cfg.login_timeout_ms),
         ("nop_interval_ms", cfg.nop_interval_ms),
         ("nop_timeout_ms", cfg.nop_timeout_ms),
+        ("hung_io_timeout_ms", cfg.hung_io_timeout_ms),
+        ("abort_timeout_ms", cfg.abort_timeout_ms),
+        ("send_stall_timeout_ms", cfg.send_stall_timeout_ms),
     ] {
         if let Some(ms) = v.filter(|ms| !(MIN_TIMER_MS..=MAX_TIMER_MS).contains(ms)) {
             f.errors.push(format!(

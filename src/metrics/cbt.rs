@@ -45,6 +45,8 @@ struct Sample {
     sync_lost: bool,
     /// The thin provisioning soft threshold is reached.
     threshold_reached: bool,
+    /// Backend calls hung now (not CBT, but LU state read the same way).
+    hung_ios: u64,
 }
 
 impl CbtCollector {
@@ -82,6 +84,7 @@ impl CbtCollector {
                     views_lost: lu.tracker.as_ref().map_or(0, |t| t.views_lost()),
                     sync_lost: lu.sync_lost.load(std::sync::atomic::Ordering::Relaxed),
                     threshold_reached: lu.space.reached(),
+                    hung_ios: u64::from(lu.hung.hung_calls()),
                 });
             }
         }
@@ -92,7 +95,7 @@ impl CbtCollector {
 /// (name, help, value of a sample)
 type Gauge = (&'static str, &'static str, fn(&Sample) -> u64);
 
-const GAUGES: [Gauge; 9] = [
+const GAUGES: [Gauge; 10] = [
     (
         "cbt_tracking_enabled",
         "1 if changed-block tracking is on for the LUN",
@@ -137,6 +140,12 @@ const GAUGES: [Gauge; 9] = [
         "lun_soft_threshold_reached",
         "1 while the LUN's thin provisioning use is at or above its soft_threshold",
         |s| u64::from(s.threshold_reached),
+    ),
+    (
+        "backend_hung_ios",
+        "Backend calls of the LUN running past hung_io_timeout or abandoned; \
+         while above 0 the LUN is fenced (NOT READY)",
+        |s| s.hung_ios,
     ),
 ];
 

@@ -114,6 +114,8 @@ pub struct LogicalUnit {
     pub sync_lost: AtomicBool,
     /// Thin provisioning soft threshold ([`super::space`]).
     pub space: super::space::SpaceWatch,
+    /// Backend calls known to hang; while any does, the LUN is fenced.
+    pub hung: super::hung::Fence,
 }
 
 impl LogicalUnit {
@@ -143,6 +145,7 @@ impl LogicalUnit {
             view_unit: None,
             sync_lost: AtomicBool::new(false),
             space: Default::default(),
+            hung: Default::default(),
         }
     }
 

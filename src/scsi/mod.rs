@@ -7,6 +7,7 @@ pub mod alua;
 pub mod cdb;
 mod data;
 mod hold;
+pub mod hung;
 mod inline;
 pub mod io_fault;
 pub mod lun;

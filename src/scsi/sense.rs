@@ -69,6 +69,9 @@ pub enum SenseReason {
     /// The LUN's use of its mapping resources crossed the configured soft
     /// threshold (`soft_threshold`).
     SoftThresholdReached,
+    /// NOT READY TO READY CHANGE: a hung backend call returned and the
+    /// LUN serves commands again.
+    NotReadyToReady,
     // NOT READY
     /// ALUA: LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN STANDBY STATE.
     PortInStandby,
@@ -82,6 +85,10 @@ pub enum SenseReason {
     /// CBT view LUN without an open view (LOGICAL UNIT NOT READY, CAUSE
     /// NOT REPORTABLE).
     NotReadyNoView,
+    /// A backend call on the LUN hangs (see `scsi::hung`): LOGICAL UNIT
+    /// NOT READY, CAUSE NOT REPORTABLE, so hosts fail the I/O (and
+    /// multipath a path) instead of retrying into the stuck device.
+    BackendHung,
     // MEDIUM ERROR / HARDWARE ERROR
     UnrecoveredReadError,
     WriteError,
@@ -152,6 +159,8 @@ impl SenseReason {
             InitializingCommandRequired => (NOT_READY, 0x04, 0x02),
             SanitizeInProgress => (NOT_READY, 0x04, 0x1b),
             NotReadyNoView => (NOT_READY, 0x04, 0x00),
+            BackendHung => (NOT_READY, 0x04, 0x00),
+            NotReadyToReady => (UNIT_ATTENTION, 0x28, 0x00),
             SanitizeFailed => (MEDIUM_ERROR, 0x31, 0x03),
             UnrecoveredReadError => (MEDIUM_ERROR, 0x11, 0x00),
             WriteError => (MEDIUM_ERROR, 0x0c, 0x00),

@@ -118,6 +118,11 @@ impl DeviceServer {
             if lu.is_some_and(|l| l.sanitizing.load(Ordering::Acquire)) {
                 return Err(SenseReason::SanitizeInProgress.into());
             }
+            // A fenced LUN answers at once rather than queue behind a
+            // hung backend call (see `hung.rs`).
+            if lu.is_some_and(|l| l.hung.fenced()) {
+                return Err(SenseReason::BackendHung.into());
+            }
             if let Some(reason) = self.ua.take(cmd.nexus.id, cmd.lun) {
                 return Err(reason.into());
             }

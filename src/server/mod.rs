@@ -2,6 +2,7 @@
 
 pub mod accept;
 pub mod admin;
+mod hung;
 mod limit;
 mod login;
 mod poll;

@@ -67,6 +67,10 @@ pub(super) struct Session {
     pub pending_tmfs: Vec<PendingTmf>,
     /// Bytes of write data the session's tasks may hold (see `charge`).
     pub write_charged: u64,
+    /// Write data still held by this session's abandoned (hung) calls.
+    pub stuck_charged: Arc<std::sync::atomic::AtomicU64>,
+    /// When to look for calls past the hang timeout (`hung.rs`).
+    pub hang_check: Option<Instant>,
     /// R2Ts waiting for write-buffer budget, oldest first.
     pub deferred_r2ts: std::collections::VecDeque<(u32, Vec<crate::proto::dataout::R2tRequest>)>,
     /// Whether polling pays for this session now.
@@ -138,6 +142,8 @@ impl Session {
             done_tx,
             pending_tmfs: Vec::new(),
             write_charged: 0,
+            stuck_charged: Default::default(),
+            hang_check: None,
             deferred_r2ts: Default::default(),
             poll_policy: Default::default(),
             ended_writes: Default::default(),
@@ -190,7 +196,8 @@ impl Session {
         if replies.iter().all(|r| r.pdus.is_empty()) {
             return Ok(());
         }
-        let sent = wire::write_replies(&mut self.wr, replies, &self.framing_out).await;
+        let stall = self.shared.settings.send_stall_timeout;
+        let sent = wire::write_replies(&mut self.wr, replies, &self.framing_out, stall).await;
         for r in replies.iter_mut() {
             crate::buffers::give(std::mem::take(&mut r.body));
         }
@@ -294,7 +301,10 @@ impl Session {
         let Some(req) = &self.logout else {
             return Ok(());
         };
-        if self.tasks.values().any(|t| t.executing) {
+        // A call already reported hung is not waited for: the session's end
+        // abandons it (bounded by `abort_timeout`).
+        let waits = |t: &Task| t.executing && !t.ticket.as_ref().is_some_and(|k| k.is_hung());
+        if self.tasks.values().any(waits) {
             return Ok(());
         }
         let reason = req.bhs.flags() & 0x7f;
@@ -315,6 +325,7 @@ impl Session {
 
     async fn on_timer(&mut self) -> io::Result<()> {
         let now = Instant::now();
+        self.check_hung(now).await?;
         if let Some(deadline) = self.closing
             && now >= deadline
         {
@@ -346,6 +357,9 @@ impl Session {
         if let Some(c) = self.closing {
             t = t.min(c);
         }
+        if let Some(h) = self.hung_deadline() {
+            t = t.min(h);
+        }
         t
     }
 
@@ -363,22 +377,6 @@ impl Session {
             Ok(())
         } else {
             Ok(())
-        }
-    }
-
-    /// Wait for commands still on the blocking pool, dropping their results:
-    /// the connection is gone, but the device must not see a nexus vanish
-    /// while it still executes that nexus's commands.
-    async fn drain(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
-        while self.tasks.values().any(|t| t.executing) {
-            match done_rx.recv().await {
-                Some(d) => {
-                    if let Some(t) = self.tasks.remove(&d.itt) {
-                        self.release(&t);
-                    }
-                }
-                None => break,
-            }
         }
     }
 }
@@ -408,8 +406,12 @@ pub async fn run(
     }
     let cancel = done.cancel.clone();
     let result = session_loop(&mut s, &mut reader, &mut done_rx, &mut control, &cancel).await;
-    if let Err(e) = result {
-        debug!(error = %e, "session ended by I/O error");
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            warn!(initiator = %s.nexus.initiator_port, error = %e, "send stalled; connection dropped")
+        }
+        Err(e) => debug!(error = %e, "session ended by I/O error"),
+        Ok(()) => {}
     }
     if let Some(dev) = &s.device {
         // Changes held by a CBT write lock would otherwise keep this

@@ -47,6 +47,15 @@ pub struct TargetSettings {
     /// sleeps (0: never). Saves a thread wake-up per command at low queue
     /// depth; see `poll.rs`.
     pub busy_poll: Duration,
+    /// A backend call running this long is reported hung and fences its
+    /// LUN until it returns (see `target::hung`).
+    pub hung_io_timeout: Duration,
+    /// How long task management (and a session's end) waits for an
+    /// executing command before abandoning it as hung.
+    pub abort_timeout: Duration,
+    /// A send to the initiator that makes no progress this long (a peer
+    /// that stopped reading: zero window) ends the connection.
+    pub send_stall_timeout: Duration,
 }
 
 impl Default for TargetSettings {
@@ -62,6 +71,9 @@ impl Default for TargetSettings {
             logout_grace: Duration::from_secs(2),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
+            hung_io_timeout: Duration::from_secs(30),
+            abort_timeout: Duration::from_secs(5),
+            send_stall_timeout: Duration::from_secs(30),
         }
     }
 }

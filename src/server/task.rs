@@ -40,6 +40,8 @@ pub(super) struct Task {
     pub _in_flight: crate::metrics::InFlight,
     /// Keeps the server's task count while the task is in the table.
     pub _counted: super::stats::Counted,
+    /// Its call on the blocking pool (see `hung.rs`).
+    pub ticket: Option<std::sync::Arc<super::hung::Ticket>>,
 }
 
 impl Session {
@@ -97,6 +99,7 @@ impl Session {
             started: std::time::Instant::now(),
             _in_flight: in_flight,
             _counted: self.shared.stats.task(),
+            ticket: None,
         };
         let mut r2ts = Vec::new();
         if write && edtl > self.shared.settings.max_transfer {
@@ -158,7 +161,8 @@ impl Session {
             settings.write_buffer_per_session,
             settings.write_buffer_total,
         );
-        let used = self.write_charged;
+        // Write data held by abandoned (stuck) calls still counts.
+        let used = self.write_charged + self.stuck_charged.load(SeqCst);
         let Some(task) = self.tasks.get_mut(&itt) else {
             return false;
         };
@@ -314,19 +318,20 @@ impl Session {
             tag: u64::from(itt),
         };
         let device = self.device.clone().expect("SCSI task in a normal session");
-        let tx = self.done_tx.clone();
-        let done: crate::scsi::vendor::lock::DoneFn = Box::new(move |result| {
-            let _ = tx.send(Done { itt, result });
-        });
         // submit() runs the command now, or holds it (CBT write lock) and
         // calls back later from the thread that releases it. Commands that
         // cannot wait for a device run right here: the hand-off to the
         // blocking pool would cost more than the command.
         if device.runs_inline(cmd.lun, &cmd.cdb) {
-            device.submit(cmd, done);
+            let tx = self.done_tx.clone();
+            device.submit(
+                cmd,
+                Box::new(move |result| {
+                    let _ = tx.send(Done { itt, result });
+                }),
+            );
         } else {
-            task.pooled = true;
-            tokio::task::spawn_blocking(move || device.submit(cmd, done));
+            self.spawn_pooled(itt, cmd);
         }
     }
 

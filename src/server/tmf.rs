@@ -1,7 +1,9 @@
 //! Task management (RFC 7143 §11.5, SAM-5 §7). Aborted commands get no
 //! response; commands already on the blocking pool cannot be stopped, so
 //! the TMF response waits until they have finished — once it is sent, no
-//! aborted command can still change the medium.
+//! aborted command can still change the medium. A command still running
+//! after `abort_timeout` is abandoned as hung instead: its LUN is fenced
+//! until the call returns, which keeps that promise (see `hung.rs`).
 
 use super::session::Session;
 use crate::proto::cmdsn::sn_lt;
@@ -27,6 +29,23 @@ pub(super) struct PendingTmf {
     response: u8,
     waiting: HashSet<u32>,
     close_after: bool,
+    /// When its executing victims are given up as hung (`hung.rs`).
+    give_up: tokio::time::Instant,
+}
+
+impl PendingTmf {
+    pub(super) fn waiting(&self) -> &HashSet<u32> {
+        &self.waiting
+    }
+
+    /// The instant its victims are abandoned, while it still waits.
+    pub(super) fn deadline(&self) -> Option<tokio::time::Instant> {
+        (!self.waiting.is_empty()).then_some(self.give_up)
+    }
+
+    pub(super) fn expired(&self, now: tokio::time::Instant) -> bool {
+        self.deadline().is_some_and(|d| now >= d)
+    }
 }
 
 impl Session {
@@ -87,6 +106,7 @@ impl Session {
             response: resp,
             waiting: victims,
             close_after: f == function::TARGET_COLD_RESET && resp == code::FUNCTION_COMPLETE,
+            give_up: tokio::time::Instant::now() + self.shared.settings.abort_timeout,
         };
         self.pending_tmfs.push(pending);
         self.flush_tmfs().await

@@ -85,6 +85,7 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
     w: &mut W,
     replies: &[Reply],
     framing: &Framing,
+    stall: std::time::Duration,
 ) -> io::Result<()> {
     enum Piece<'a> {
         Packed(Range<usize>),
@@ -122,13 +123,33 @@ pub async fn write_replies<W: AsyncWrite + Unpin>(
     let mut bufs = &mut slices[..];
     while !bufs.is_empty() {
         let n = bufs.len().min(MAX_IOVECS);
-        let written = w.write_vectored(&bufs[..n]).await?;
+        let written = write_or_stall(w, &bufs[..n], stall).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut bufs, written);
     }
     Ok(())
+}
+
+/// One vectored write. A peer that takes nothing for `stall` (zero window:
+/// it stopped reading, or vanished without a FIN) is dead: otherwise the
+/// session would sit in this write forever, deaf to its timers. The timer
+/// is armed only when the socket is full, not on every write.
+async fn write_or_stall<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bufs: &[IoSlice<'_>],
+    stall: std::time::Duration,
+) -> io::Result<usize> {
+    use std::task::Poll;
+    let mut write = std::pin::pin!(w.write_vectored(bufs));
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => tokio::time::timeout(stall, write)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "initiator stopped reading"))?,
+    }
 }
 
 /// Reads PDUs for the full feature phase into one growing buffer, so the
@@ -290,7 +311,14 @@ mod tests {
                 Reply::plain(vec![nop.clone()]),
             ];
             let mut got = Vec::new();
-            write_replies(&mut got, &replies, &framing).await.unwrap();
+            write_replies(
+                &mut got,
+                &replies,
+                &framing,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
             assert_eq!(got, expected, "digests {hd}/{dd}");
         }
     }

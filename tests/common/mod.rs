@@ -31,7 +31,7 @@ pub enum LunSpec<'a> {
         size: u64,
         block_size: u32,
     },
-    /// A backend the test built (e.g. one that injects faults).
+    /// A backend the test built (e.g. one that injects faults or hangs).
     Backend {
         backend: Arc<dyn Backend>,
         block_size: u32,
