@@ -6,7 +6,9 @@
 //! (rollback.rs) writes its changed extents through the same writer.
 
 use super::manifest::Manifest;
+use super::merge;
 use super::progress::Progress;
+use crate::backend::overlay::OverlayImage;
 use super::repo::Repo;
 use super::restore::{
     Counts, Done, RestoreOptions, RestoreReport, Run, differing, extent_matches, fetch, prepare,
@@ -32,6 +34,11 @@ pub async fn restore_lun(
     o: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let m = Arc::new(prepare(&repo, id)?);
+    let ov = o
+        .overlay
+        .as_deref()
+        .map(|p| merge::open(&repo, &m, p).map(Arc::new))
+        .transpose()?;
     let started = std::time::Instant::now();
     let s = Arc::new(Initiator::connect(connect).await?);
     let _ = s.test_unit_ready(lun).await;
@@ -39,7 +46,7 @@ pub async fn restore_lun(
     let w = Arc::new(LunWriter::new(s.clone(), lun, repo, m.clone(), o.resume));
     let runs = runs(
         &m,
-        0..m.lun.extent_count(),
+        merge::from_backup(ov.as_deref(), &m),
         o.max_write_bytes,
         w.zero_cap(o.max_write_bytes),
     );
@@ -47,10 +54,15 @@ pub async fn restore_lun(
         backup: m.id.clone(),
         logical_bytes: m.lun.logical_bytes(),
         resumed: o.resume,
+        overlay_extents: ov.as_ref().map_or(0, |o| o.extents()),
         ..Default::default()
     };
     let progress = Progress::new(o.progress, m.lun.logical_bytes(), "restore");
-    let c = w.write(&runs, o.parallel, &progress).await;
+    let mut c = w.write(&runs, o.parallel, &progress).await;
+    if let (Ok(done), Some(ov)) = (&c, ov) {
+        let done = *done;
+        c = w.merge(ov, &progress).await.map(|more| done.plus(more));
+    }
     drop(progress);
     let c = c.map_err(|e| {
         BackupError::Invalid(format!(
@@ -219,6 +231,42 @@ impl LunWriter {
             }
         }
         c.skipped = u64::from(blocks) * u64::from(bs) - c.written - c.zeroed;
+        Ok(c)
+    }
+
+    /// The overlay's extents on top, one WRITE each (there are few), in
+    /// order; after every run from the backup.
+    async fn merge(&self, ov: Arc<OverlayImage>, progress: &Progress) -> Result<Counts> {
+        let mut c = Counts::default();
+        for i in merge::from_overlay(&ov, &self.m) {
+            let o = ov.clone();
+            let data = tokio::task::spawn_blocking(move || o.read_extent(i))
+                .await
+                .map_err(|e| BackupError::Invalid(format!("overlay reader: {e}")))?
+                .map_err(|e| BackupError::Invalid(format!("overlay extent {i}: {e}")))?;
+            let run = Run {
+                first: i,
+                count: 1,
+                zero: false,
+            };
+            let (lba, n) = self.lbas(run);
+            let bytes = u64::from(n) * u64::from(self.m.lun.block_size);
+            if data.iter().all(|&b| b == 0) {
+                self.zero(lba, n).await?;
+                c.zeroed += bytes;
+            } else {
+                self.s
+                    .write16(self.lun, lba, &data, self.m.lun.block_size, false)
+                    .await
+                    .map_err(|e| {
+                        BackupError::Invalid(format!(
+                            "{e}; the overlay's extents from LBA {lba} on are not known to be written"
+                        ))
+                    })?;
+                c.written += bytes;
+            }
+            progress.add(bytes);
+        }
         Ok(c)
     }
 
