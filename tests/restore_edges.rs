@@ -74,7 +74,10 @@ async fn killed_restores_resume_and_their_stale_lock_blocks_nothing() {
     kill_when(&mut child, "file restore a quarter in", || {
         out.exists() && allocated(&out) >= SIZE / 4
     });
-    assert!(env.path("img.restoring").exists(), "marker left by the kill");
+    assert!(
+        env.path("img.restoring").exists(),
+        "marker left by the kill"
+    );
     assert_eq!(lock_files(&env.repo), 1, "the killed restore's lock file");
 
     // The stale shared lock does not stop the next restore, which resumes.
@@ -89,8 +92,7 @@ async fn killed_restores_resume_and_their_stale_lock_blocks_nothing() {
     // Onto LUN 1 (sparse, never written): killed a quarter in.
     let p = env.portal();
     let to_lun = [
-        "restore", "--repo", &r, "--backup", &id, "--portal", &p, "--target", TARGET, "--lun",
-        "1",
+        "restore", "--repo", &r, "--backup", &id, "--portal", &p, "--target", TARGET, "--lun", "1",
     ];
     let mut child = spawn(&[&to_lun[..], &SLOW].concat());
     let lun1 = env.lun_file(1);
@@ -157,13 +159,31 @@ async fn restores_onto_a_block_device() {
     let dev = Loop::attach(&file);
     let d = dev.0.to_str().unwrap();
     let rep = json(&env.ok(&[
-        "restore", "--repo", &r, "--backup", &id, "--to-file", d, "--json",
+        "restore",
+        "--repo",
+        &r,
+        "--backup",
+        &id,
+        "--to-file",
+        d,
+        "--json",
     ]));
-    assert_eq!(rep["zero_bytes"].as_u64().unwrap(), n.div_ceil(3) * EXTENT as u64);
+    assert_eq!(
+        rep["zero_bytes"].as_u64().unwrap(),
+        n.div_ceil(3) * EXTENT as u64
+    );
     assert!(!env.path(&format!("{d}.restoring")).exists());
     assert_same(&std::fs::read(&dev.0).unwrap(), &want, "block device");
     let rep = json(&env.ok(&[
-        "restore", "--repo", &r, "--backup", &id, "--to-file", d, "--resume", "--json",
+        "restore",
+        "--repo",
+        &r,
+        "--backup",
+        &id,
+        "--to-file",
+        d,
+        "--resume",
+        "--json",
     ]));
     assert_eq!(rep["skipped_bytes"].as_u64().unwrap(), want.len() as u64);
 
@@ -190,7 +210,15 @@ async fn a_rollback_killed_under_its_fence_is_taken_over_by_a_rerun() {
     fill(&w, 0, EXTENTS, 24, |_| true).await;
     let (r, p) = (env.repo_str(), env.portal());
     let rollback = [
-        "restore", "--repo", &r, "--backup", &id, "--portal", &p, "--target", TARGET,
+        "restore",
+        "--repo",
+        &r,
+        "--backup",
+        &id,
+        "--portal",
+        &p,
+        "--target",
+        TARGET,
         "--changed-only",
     ];
     let mut child = spawn(&[&rollback[..], &SLOW].concat());
@@ -198,7 +226,9 @@ async fn a_rollback_killed_under_its_fence_is_taken_over_by_a_rerun() {
     let rt = tokio::runtime::Handle::current();
     kill_when(&mut child, "rollback holding its fence", || {
         let res = tokio::task::block_in_place(|| rt.block_on(w.pr_read_reservation(0)));
-        fenced = res.unwrap().is_some_and(|r| r.key == u64::from_be_bytes(*b"gtrollbk"));
+        fenced = res
+            .unwrap()
+            .is_some_and(|r| r.key == u64::from_be_bytes(*b"gtrollbk"));
         fenced
     });
     assert!(fenced);
@@ -210,15 +240,28 @@ async fn a_rollback_killed_under_its_fence_is_taken_over_by_a_rerun() {
         c
     };
     let st = w.scsi(0, &cdb, Some(&[1u8; 512]), 0).await.unwrap();
-    assert_eq!(st.status, 0x18, "RESERVATION CONFLICT while the stale fence holds");
+    assert_eq!(
+        st.status, 0x18,
+        "RESERVATION CONFLICT while the stale fence holds"
+    );
 
     let text = env.fails(&rollback, "--force");
     assert!(text.contains("earlier rollback"), "{text}");
     let rep = json(&env.ok(&[&rollback[..], &["--force", "--json"]].concat()));
     assert_eq!(rep["verified_extents"].as_u64().unwrap(), EXTENTS, "{rep}");
-    assert_same(&read_all(&w, 0).await, &want, "rolled back after the takeover");
-    assert!(w.pr_read_reservation(0).await.unwrap().is_none(), "fence released");
-    assert!(w.pr_read_keys(0).await.unwrap().is_empty(), "no registration left");
+    assert_same(
+        &read_all(&w, 0).await,
+        &want,
+        "rolled back after the takeover",
+    );
+    assert!(
+        w.pr_read_reservation(0).await.unwrap().is_none(),
+        "fence released"
+    );
+    assert!(
+        w.pr_read_keys(0).await.unwrap().is_empty(),
+        "no registration left"
+    );
     let st = w.scsi(0, &cdb, Some(&[1u8; 512]), 0).await.unwrap();
     assert_eq!(st.status, 0, "writers write again");
     w.logout().await.unwrap();

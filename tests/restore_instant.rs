@@ -566,7 +566,10 @@ async fn overlay_merges_back_through_gentgt_restore_or_is_discarded() {
     let dealloc = deallocated_extents(&lba_status(&s).await);
     assert!(dealloc[0] && !dealloc[16] && !dealloc[1], "{dealloc:?}");
 
-    let (r, ov) = (repo.to_str().unwrap(), format!("data/{INST}-lun0-{id}.overlay"));
+    let (r, ov) = (
+        repo.to_str().unwrap(),
+        format!("data/{INST}-lun0-{id}.overlay"),
+    );
     let ov = inst.join(ov);
     let o = ov.to_str().unwrap();
     let out = dir.path().join("merged.img");
@@ -594,7 +597,11 @@ async fn overlay_merges_back_through_gentgt_restore_or_is_discarded() {
     );
     let d = ServeProcess::start_in(&dest, &dtoml);
     let p = d.addr.to_string();
-    ok(&[&merge[..], &["--portal", &p, "--target", INST, "--lun", "0"]].concat());
+    ok(&[
+        &merge[..],
+        &["--portal", &p, "--target", INST, "--lun", "0"],
+    ]
+    .concat());
     let ds = login(&d).await;
     assert_same(&read_all(&ds).await, &shown, "merged onto a LUN");
     let _ = ds.logout().await;
@@ -602,7 +609,14 @@ async fn overlay_merges_back_through_gentgt_restore_or_is_discarded() {
     // No such overlay: refused before anything is written.
     let wrong = dir.path().join("wrong.img");
     let (good, text) = gentgt(&[
-        "restore", "--repo", r, "--backup", &id, "--overlay", "/nonexistent/x", "--to-file",
+        "restore",
+        "--repo",
+        r,
+        "--backup",
+        &id,
+        "--overlay",
+        "/nonexistent/x",
+        "--to-file",
         wrong.to_str().unwrap(),
     ]);
     assert!(!good && text.contains("nothing written"), "{text}");

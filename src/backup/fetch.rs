@@ -37,15 +37,33 @@ struct Piece {
     len: usize,
 }
 
-/// The image of `count` extents from `first`, every chunk checked.
-pub(super) fn fetch_run(repo: &Repo, m: &Manifest, first: u64, count: u64) -> Result<Vec<u8>> {
+/// The image of `count` extents from `first` into `out` (resized to
+/// it), every chunk checked. `out` may hold stale bytes of an earlier
+/// run (restores recycle their buffers: a fresh zeroed MiB per WRITE
+/// costs a memset or page faults): every byte is overwritten, zero
+/// extents with zeros, or an error is returned.
+pub(super) fn fetch_run(
+    repo: &Repo,
+    m: &Manifest,
+    first: u64,
+    count: u64,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let (_, total) = m.byte_range(first, count);
-    let mut out = vec![0u8; total];
+    out.resize(total, 0);
+    let mut at = 0;
+    for i in first..first + count {
+        let len = m.lun.extent_bytes(i);
+        if m.extents[i as usize] == ExtentRef::Zero {
+            out[at..at + len].fill(0);
+        }
+        at += len;
+    }
     let pieces = pieces(repo, m, first, count)?;
     for span in spans(&pieces) {
-        read_span(repo, span, &mut out)?;
+        read_span(repo, span, out)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The data extents of the run with their locations (zero extents stay

@@ -217,8 +217,8 @@ impl Codec {
                 return Err(format!("{} bytes, the index says {raw_len}", d.len()));
             }
             Some((&CHUNK_ZSTD, d)) => {
-                let n = zstd::bulk::decompress_to_buffer(d, out)
-                    .map_err(|e| format!("zstd: {e}"))?;
+                let n =
+                    zstd::bulk::decompress_to_buffer(d, out).map_err(|e| format!("zstd: {e}"))?;
                 if n != raw_len {
                     return Err(format!("{n} bytes, the index says {raw_len}"));
                 }

@@ -31,10 +31,7 @@ pub(super) fn open(repo: &Repo, m: &Manifest, path: &Path) -> Result<OverlayImag
         extent: u64::from(m.lun.extent_blocks) * u64::from(m.lun.block_size),
     };
     OverlayImage::open(path, &owner).map_err(|e| {
-        BackupError::Invalid(format!(
-            "overlay {}: {e}: nothing written",
-            path.display()
-        ))
+        BackupError::Invalid(format!("overlay {}: {e}: nothing written", path.display()))
     })
 }
 
@@ -47,7 +44,9 @@ pub(super) fn from_backup(ov: Option<&OverlayImage>, m: &Manifest) -> Vec<u64> {
 
 /// The overlay's extents, ascending.
 pub(super) fn from_overlay(ov: &OverlayImage, m: &Manifest) -> Vec<u64> {
-    (0..m.lun.extent_count()).filter(|&i| ov.present(i)).collect()
+    (0..m.lun.extent_count())
+        .filter(|&i| ov.present(i))
+        .collect()
 }
 
 /// Write the overlay's extents into `file` at their offsets (a zero one

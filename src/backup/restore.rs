@@ -15,9 +15,9 @@
 use super::manifest::{ExtentRef, Manifest};
 use super::merge;
 use super::progress::Progress;
-use crate::backend::overlay::OverlayImage;
 use super::repo::Repo;
 use super::{BackupError, Result};
+use crate::backend::overlay::OverlayImage;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -164,12 +164,6 @@ impl Manifest {
     }
 }
 
-/// The image of `count` extents from `first`, every chunk checked
-/// (read in as few calls and copies as the repository allows: fetch.rs).
-pub(super) fn fetch(repo: &Repo, m: &Manifest, first: u64, count: u64) -> Result<Vec<u8>> {
-    super::fetch::fetch_run(repo, m, first, count)
-}
-
 /// True when `data` is what extent `i` of the backup holds.
 pub(super) fn extent_matches(repo: &Repo, m: &Manifest, i: u64, data: &[u8]) -> bool {
     match &m.extents[i as usize] {
@@ -280,7 +274,9 @@ pub fn restore_to_path(
         Err(e) => {
             // The overlay's extents are written last: from the first of
             // them nothing is known either.
-            let first_overlay = ov.as_ref().and_then(|ov| merge::from_overlay(ov, &m).first().copied());
+            let first_overlay = ov
+                .as_ref()
+                .and_then(|ov| merge::from_overlay(ov, &m).first().copied());
             let from = done
                 .first_missing()
                 .map(|k| runs[k].first)
@@ -383,7 +379,8 @@ impl Dest {
         Ok(c)
     }
 
-    fn run(&self, repo: &Repo, m: &Manifest, run: Run) -> Result<Counts> {
+    /// One run; `buf` is the worker's buffer, reused run after run.
+    fn run(&self, repo: &Repo, m: &Manifest, run: Run, buf: &mut Vec<u8>) -> Result<Counts> {
         let (off, len) = m.byte_range(run.first, run.count);
         let mut c = Counts::default();
         let todo = if self.check {
@@ -401,9 +398,10 @@ impl Dest {
                 }
                 c.zeroed += l as u64;
             } else {
-                let data = fetch(repo, m, r.first, r.count)?;
+                // In as few calls and copies as the repository allows.
+                super::fetch::fetch_run(repo, m, r.first, r.count, buf)?;
                 self.file
-                    .write_all_at(&data, o)
+                    .write_all_at(buf, o)
                     .map_err(BackupError::io(&self.path))?;
                 c.written += l as u64;
             }
@@ -429,12 +427,13 @@ fn run_workers(
     std::thread::scope(|s| {
         for _ in 0..parallel.max(1) {
             s.spawn(|| {
+                let mut buf = Vec::new();
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     if k >= runs.len() || failed.lock().is_ok_and(|f| f.is_some()) {
                         return;
                     }
-                    match dest.run(repo, m, runs[k]) {
+                    match dest.run(repo, m, runs[k], &mut buf) {
                         Ok(c) => {
                             done.mark(k);
                             progress.add(c.total());

@@ -5,16 +5,16 @@
 //! extents that differ from the backup are written. The rollback
 //! (rollback.rs) writes its changed extents through the same writer.
 
+use super::fetch::fetch_run;
 use super::manifest::Manifest;
 use super::merge;
 use super::progress::Progress;
-use crate::backend::overlay::OverlayImage;
 use super::repo::Repo;
 use super::restore::{
-    Counts, Done, RestoreOptions, RestoreReport, Run, differing, extent_matches, fetch, prepare,
-    runs,
+    Counts, Done, RestoreOptions, RestoreReport, Run, differing, extent_matches, prepare, runs,
 };
 use super::{BackupError, Result};
+use crate::backend::overlay::OverlayImage;
 use crate::initiator::{ConnectOptions, Initiator, InitiatorError, Session};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,6 +109,31 @@ pub(super) struct LunWriter {
     check: bool,
     /// Cleared once the LUN refused WRITE SAME: zeros are written.
     write_same: AtomicBool,
+    spare: Spare,
+}
+
+/// Run buffers kept for the next runs (one per run in flight is enough):
+/// a fresh zeroed MiB per WRITE costs a memset or page faults.
+#[derive(Default)]
+struct Spare(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Spare {
+    const KEEP: usize = 64;
+
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() < Self::KEEP {
+            s.push(v);
+        }
+    }
 }
 
 impl LunWriter {
@@ -120,6 +145,7 @@ impl LunWriter {
             m,
             check,
             write_same: AtomicBool::new(true),
+            spare: Spare::default(),
         }
     }
 
@@ -200,16 +226,20 @@ impl LunWriter {
             true => Some(self.s.read16(self.lun, lba, blocks, bs).await?),
             false => None,
         };
-        let (repo, m) = (self.repo.clone(), self.m.clone());
+        let w = self.clone();
         let todo = tokio::task::spawn_blocking(move || {
             let rs = match current {
-                Some(cur) => differing(&repo, &m, run, &cur),
+                Some(cur) => differing(&w.repo, &w.m, run, &cur),
                 None => vec![run],
             };
             rs.into_iter()
                 .map(|r| match r.zero {
                     true => Ok((r, None)),
-                    false => fetch(&repo, &m, r.first, r.count).map(|d| (r, Some(d))),
+                    false => {
+                        let mut buf = w.spare.take();
+                        fetch_run(&w.repo, &w.m, r.first, r.count, &mut buf)?;
+                        Ok((r, Some(buf)))
+                    }
                 })
                 .collect::<Result<Vec<_>>>()
         })
@@ -222,6 +252,7 @@ impl LunWriter {
             match data {
                 Some(d) => {
                     self.s.write16(self.lun, l, &d, bs, false).await?;
+                    self.spare.give(d);
                     c.written += bytes;
                 }
                 None => {
