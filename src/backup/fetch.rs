@@ -191,3 +191,126 @@ fn decode_span(repo: &Repo, file: &File, span: &[Piece], out: &mut [u8]) -> Vec<
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::crypto::KeySource;
+    use crate::backup::lock::LockMode;
+    use crate::backup::manifest::{LunId, MANIFEST_VERSION, Stats};
+    use crate::backup::repo::{CreateOptions, RepoOptions};
+    use rand::{Rng, SeedableRng};
+
+    const EXTENT: usize = 4096;
+    const EXTENTS: usize = 48;
+
+    /// Random (stored raw), text (zstd) and zero extents in turn.
+    fn image() -> Vec<Vec<u8>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        (0..EXTENTS)
+            .map(|i| {
+                let mut d = vec![0u8; EXTENT];
+                match i % 3 {
+                    0 => rng.fill(&mut d[..]),
+                    1 => d
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(k, b)| *b = (k % 7) as u8 + i as u8),
+                    _ => {}
+                }
+                d
+            })
+            .collect()
+    }
+
+    /// A repository with small packs (spans split across them) holding
+    /// `img` as backup "b".
+    fn make(dir: &std::path::Path, encrypt: Option<KeySource>) -> (Repo, Manifest) {
+        let o = RepoOptions {
+            lock: Some(LockMode::Exclusive),
+            command: "test".into(),
+            create: Some(CreateOptions {
+                pack_bytes: 64 << 10,
+                zstd_level: 1,
+                encrypt: encrypt.clone(),
+                kdf_cost: Some((64, 1)),
+            }),
+            key: encrypt,
+            ..Default::default()
+        };
+        let repo = Repo::open_with(dir, &o).unwrap();
+        let extents = image()
+            .iter()
+            .map(|d| repo.put_extent(d).unwrap())
+            .collect();
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            id: "b".into(),
+            parent: None,
+            created_ms: 1,
+            lun: LunId {
+                naa: "600000000000000000000000000000cc".into(),
+                uuid: "u".into(),
+                capacity_blocks: (EXTENTS * EXTENT / 512) as u64,
+                block_size: 512,
+                extent_blocks: (EXTENT / 512) as u32,
+            },
+            lock_generation: 1,
+            extents,
+            stats: Stats::default(),
+        };
+        repo.commit(&m).unwrap();
+        (repo, m)
+    }
+
+    /// Every run length, into a buffer full of stale bytes: each byte is
+    /// the image's.
+    fn fetches_exactly(repo: &Repo, m: &Manifest) {
+        let want: Vec<u8> = image().concat();
+        for count in [1, 2, 5, 16, EXTENTS as u64] {
+            for first in (0..EXTENTS as u64 - count + 1).step_by(count as usize) {
+                let mut buf = vec![0xee; 3 * EXTENT];
+                fetch_run(repo, m, first, count, &mut buf).unwrap();
+                let at = first as usize * EXTENT;
+                assert!(
+                    buf == want[at..at + count as usize * EXTENT],
+                    "{first}+{count}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn runs_read_in_place_or_decoded_overwrite_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, m) = make(dir.path(), None);
+        fetches_exactly(&repo, &m);
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeySource::Passphrase("fetch test".into());
+        let (repo, m) = make(dir.path(), Some(key));
+        fetches_exactly(&repo, &m);
+    }
+
+    #[test]
+    fn a_damaged_chunk_fails_the_run_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, m) = make(dir.path(), None);
+        let ExtentRef::Blake3(h) = &m.extents[3] else {
+            panic!("extent 3 holds data")
+        };
+        let loc = repo.chunk_loc(&parse_id(h).unwrap()).unwrap();
+        let path = super::super::pack::pack_path(&dir.path().join("packs"), &loc.pack);
+        let mut b = std::fs::read(&path).unwrap();
+        b[(loc.offset + 100) as usize] ^= 1;
+        std::fs::write(&path, b).unwrap();
+        let mut buf = Vec::new();
+        let e = fetch_run(&repo, &m, 0, 8, &mut buf)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(h.as_str()) && e.contains("does not match"),
+            "{e}"
+        );
+        fetch_run(&repo, &m, 4, 4, &mut buf).unwrap();
+    }
+}
