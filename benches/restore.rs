@@ -7,14 +7,20 @@
 //! 64 KiB extents; a file LUN of that size served by an in-process target
 //! over 127.0.0.1. Per round, in the same run and with the same
 //! initiator: a plain sequential write of the LUN (1 MiB WRITE(16)s, 16
-//! in flight, from memory), then `restore_lun` (16 runs in flight, 1 MiB
+//! in flight, from memory) and `restore_lun` (16 runs in flight, 1 MiB
 //! WRITEs, every chunk read from its pack and checked); a plain
-//! sequential write of a file (1 MiB pwrites, one fsync at the end), then
-//! `restore_to_path` to a file. Printed: each run's MiB/s, the medians
-//! and restore / plain ratios (the bar is 0.80).
+//! sequential write of a file (1 MiB pwrites, one fsync at the end) and
+//! `restore_to_path` to a file. Odd rounds run the plain write first,
+//! even rounds the restore first, so neither always finds the page cache
+//! and the writeback of the other; an uncounted plain write first
+//! allocates the whole LUN file, so every counted write overwrites; each
+//! counted phase starts after a sync(2).
+//! Printed: each run's MiB/s, the medians, the ratio of the medians and
+//! the median of the per-round ratios (the bar is 0.80), and the load
+//! average before and after.
 //!
 //! Knobs: BENCH_DIR (target/bench-restore; a real disk, not tmpfs),
-//! BENCH_SIZE_MIB (1024), BENCH_ROUNDS (3), BENCH_PARALLEL (16),
+//! BENCH_SIZE_MIB (1024), BENCH_ROUNDS (5), BENCH_PARALLEL (16),
 //! BENCH_WRITE_KIB (1024).
 
 #[path = "../tests/common/mod.rs"]
@@ -130,6 +136,34 @@ fn plain_file_write(path: &Path, size: u64, write: usize) -> f64 {
     mibps(size, t0.elapsed().as_secs_f64())
 }
 
+/// CPU seconds this process used so far (user + system: target,
+/// initiator and restore are all in it).
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Run `f` (after a sync(2), so it starts with nothing dirty in the page
+/// cache and no writeback or deferred discard of an earlier phase to wait
+/// for), returning its MiB/s and recording the CPU seconds it took.
+fn timed(cpu: &mut Vec<f64>, f: impl FnOnce() -> f64) -> f64 {
+    // SAFETY: sync(2) takes no arguments.
+    unsafe { libc::sync() };
+    let c0 = cpu_secs();
+    let v = f();
+    cpu.push(cpu_secs() - c0);
+    v
+}
+
+/// The 1, 5 and 15 minute load averages (/proc/loadavg).
+fn load_average() -> String {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn main() {
     let dir = std::path::PathBuf::from(
         std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-restore".into()),
@@ -137,7 +171,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let size = env("BENCH_SIZE_MIB", 1024) << 20;
-    let rounds = env("BENCH_ROUNDS", 3) as usize;
+    let rounds = env("BENCH_ROUNDS", 5) as usize;
     let o = RestoreOptions {
         parallel: env("BENCH_PARALLEL", 16) as usize,
         max_write_bytes: (env("BENCH_WRITE_KIB", 1024) as usize) << 10,
@@ -162,20 +196,43 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = ConnectOptions::new(t.addr, INITIATOR, Some(&t.name));
     let out = dir.join("restored.img");
+    println!("load average before: {}", load_average());
+    rt.block_on(plain_lun_write(&t, size, o.max_write_bytes, o.parallel));
     let (mut pl, mut rl, mut pf, mut rf) = (vec![], vec![], vec![], vec![]);
+    let (mut cpl, mut crl, mut cpf, mut crf) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
-        pl.push(rt.block_on(plain_lun_write(&t, size, o.max_write_bytes, o.parallel)));
-        let r = rt
-            .block_on(backup::restore_lun(repo.clone(), "b1", &c, 0, &o))
-            .unwrap();
-        assert_eq!(r.written_bytes, size);
-        rl.push(mibps(size, r.seconds));
-        pf.push(plain_file_write(&out, size, o.max_write_bytes));
-        let _ = std::fs::remove_file(&out);
-        let r = backup::restore_to_path(&repo, "b1", &out, &o).unwrap();
-        assert_eq!(r.written_bytes, size);
-        rf.push(mibps(size, r.seconds));
-        let _ = std::fs::remove_file(&out);
+        let plain_first = round % 2 == 1;
+        let lun_restore = || {
+            let r = rt
+                .block_on(backup::restore_lun(repo.clone(), "b1", &c, 0, &o))
+                .unwrap();
+            assert_eq!(r.written_bytes, size);
+            mibps(size, r.seconds)
+        };
+        let lun_plain = || rt.block_on(plain_lun_write(&t, size, o.max_write_bytes, o.parallel));
+        let file_restore = || {
+            let _ = std::fs::remove_file(&out);
+            let r = backup::restore_to_path(&repo, "b1", &out, &o).unwrap();
+            assert_eq!(r.written_bytes, size);
+            let _ = std::fs::remove_file(&out);
+            mibps(size, r.seconds)
+        };
+        let file_plain = || {
+            let v = plain_file_write(&out, size, o.max_write_bytes);
+            let _ = std::fs::remove_file(&out);
+            v
+        };
+        if plain_first {
+            pl.push(timed(&mut cpl, lun_plain));
+            rl.push(timed(&mut crl, lun_restore));
+            pf.push(timed(&mut cpf, file_plain));
+            rf.push(timed(&mut crf, file_restore));
+        } else {
+            rl.push(timed(&mut crl, lun_restore));
+            pl.push(timed(&mut cpl, lun_plain));
+            rf.push(timed(&mut crf, file_restore));
+            pf.push(timed(&mut cpf, file_plain));
+        }
         println!(
             "round {round}: LUN plain {:.0} MiB/s, restore {:.0} MiB/s ({:.0} %); file plain {:.0} MiB/s, restore {:.0} MiB/s ({:.0} %)",
             pl[round - 1],
@@ -186,6 +243,11 @@ fn main() {
             100.0 * rf[round - 1] / pf[round - 1],
         );
     }
+    let ratios = |r: &[f64], p: &[f64]| {
+        let mut v: Vec<f64> = r.iter().zip(p).map(|(r, p)| r / p).collect();
+        median(&mut v)
+    };
+    let (lr, fr) = (ratios(&rl, &pl), ratios(&rf, &pf));
     let (pl, rl, pf, rf) = (
         median(&mut pl),
         median(&mut rl),
@@ -193,7 +255,7 @@ fn main() {
         median(&mut rf),
     );
     println!(
-        "{} MiB, {} in flight, {} KiB WRITEs, medians of {rounds}: to a LUN {:.0} vs plain {:.0} MiB/s = {:.2}; to a file {:.0} vs plain {:.0} MiB/s = {:.2} (bar 0.80)",
+        "{} MiB, {} in flight, {} KiB WRITEs, medians of {rounds}: to a LUN {:.0} vs plain {:.0} MiB/s = {:.2} (median of round ratios {lr:.2}); to a file {:.0} vs plain {:.0} MiB/s = {:.2} (median of round ratios {fr:.2}); bar 0.80",
         size >> 20,
         o.parallel,
         o.max_write_bytes >> 10,
@@ -204,6 +266,15 @@ fn main() {
         pf,
         rf / pf
     );
+    let gib = size as f64 / f64::from(1u32 << 30);
+    let (cp, cr) = (median(&mut cpl) / gib, median(&mut crl) / gib);
+    let (cfp, cfr) = (median(&mut cpf) / gib, median(&mut crf) / gib);
+    println!(
+        "CPU s per GiB (the whole process: target + initiator + restore), medians: LUN plain {cp:.2}, restore {cr:.2} ({:.2}x); file plain {cfp:.2}, restore {cfr:.2} ({:.2}x)",
+        cr / cp,
+        cfr / cfp
+    );
+    println!("load average after: {}", load_average());
     drop(t);
     let _ = std::fs::remove_dir_all(&dir);
 }

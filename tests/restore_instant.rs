@@ -460,3 +460,172 @@ async fn reload_adds_and_removes_a_backup_lun_and_its_lock() {
         locks(&repo) == 0
     });
 }
+
+/// The whole LUN, 1 MiB per READ.
+async fn read_all(s: &Session) -> Vec<u8> {
+    let mut all = Vec::new();
+    for lba in (0..SIZE as u64 / 512).step_by(2048) {
+        all.extend(s.read16(0, lba, 2048, BS).await.unwrap());
+    }
+    all
+}
+
+/// GET LBA STATUS from LBA 0: (lba, blocks, deallocated) per descriptor.
+async fn lba_status(s: &Session) -> Vec<(u64, u64, bool)> {
+    let alloc: u32 = 8 + 16 * 1024;
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x9e;
+    cdb[1] = 0x12;
+    cdb[10..14].copy_from_slice(&alloc.to_be_bytes());
+    let r = s.scsi(0, &cdb, None, alloc).await.unwrap();
+    assert_eq!(r.status, 0, "GET LBA STATUS: {r:?}");
+    let len = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+    r.data[8..4 + len]
+        .chunks_exact(16)
+        .map(|d| {
+            let lba = u64::from_be_bytes(d[0..8].try_into().unwrap());
+            let n = u32::from_be_bytes(d[8..12].try_into().unwrap());
+            (lba, u64::from(n), d[12] & 0x0f == 1)
+        })
+        .collect()
+}
+
+/// Per extent, deallocated as GET LBA STATUS says (every block of the
+/// extent in one state, or the test fails).
+fn deallocated_extents(desc: &[(u64, u64, bool)]) -> Vec<bool> {
+    let per = (EXTENT / 512) as u64;
+    let mut out = vec![None; SIZE / EXTENT];
+    let mut next = 0;
+    for &(lba, n, dealloc) in desc {
+        assert_eq!(lba, next, "descriptors follow each other: {desc:?}");
+        assert!(lba % per == 0 && n % per == 0, "whole extents: {desc:?}");
+        for e in lba / per..(lba + n) / per {
+            out[e as usize] = Some(dealloc);
+        }
+        next = lba + n;
+    }
+    assert_eq!(next, (SIZE / 512) as u64, "the whole LUN is described");
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lba_status_shows_zero_extents_deallocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image();
+    let (repo, id) = make_backup(dir.path(), &img, None);
+    let inst = dir.path().join("inst");
+    std::fs::create_dir_all(&inst).unwrap();
+    let server = ServeProcess::start_in(&inst, &instant_toml(&repo, &id, ""));
+    let s = login(&server).await;
+    let zero: Vec<bool> = img
+        .chunks(EXTENT)
+        .map(|e| e.iter().all(|&b| b == 0))
+        .collect();
+    assert!(zero.iter().any(|&z| z) && zero.iter().any(|&z| !z));
+    let got = deallocated_extents(&lba_status(&s).await);
+    assert_eq!(got, zero, "deallocated exactly where the backup has zeros");
+    // Every descriptor of an alternating map: no merging across kinds.
+    assert_eq!(lba_status(&s).await.len(), SIZE / EXTENT / 2);
+}
+
+/// WRITE SAME(16) with UNMAP of `blocks` from `lba`.
+async fn unmap(s: &Session, lba: u64, blocks: u32) {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x93;
+    cdb[1] = 0x08;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    let r = s.scsi(0, &cdb, Some(&[0u8; 512]), 0).await.unwrap();
+    assert_eq!(r.status, 0, "WRITE SAME UNMAP: {r:?}");
+}
+
+fn json(text: &str) -> serde_json::Value {
+    let (a, b) = (text.find('{').unwrap(), text.rfind('}').unwrap());
+    serde_json::from_str(&text[a..=b]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_merges_back_through_gentgt_restore_or_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image();
+    let (repo, id) = make_backup(dir.path(), &img, None);
+    let inst = dir.path().join("inst");
+    std::fs::create_dir_all(&inst).unwrap();
+    let toml = instant_toml(&repo, &id, "writable = true\n");
+    let mut server = ServeProcess::start_in(&inst, &toml);
+    let s = login(&server).await;
+    let mut want = img.clone();
+    scribble(&s, &mut want).await;
+    // A text extent made zeros, through the overlay.
+    unmap(&s, (2 * EXTENT / 512) as u64, (EXTENT / 512) as u32).await;
+    want[2 * EXTENT..3 * EXTENT].fill(0);
+    s.sync_cache(0).await.unwrap();
+    let shown = read_all(&s).await;
+    assert_same(&shown, &want, "the instant LUN after writes");
+    // Extent 16 was zeros in the backup and is written now: mapped.
+    let dealloc = deallocated_extents(&lba_status(&s).await);
+    assert!(dealloc[0] && !dealloc[16] && !dealloc[1], "{dealloc:?}");
+
+    let (r, ov) = (
+        repo.to_str().unwrap(),
+        format!("data/{INST}-lun0-{id}.overlay"),
+    );
+    let ov = inst.join(ov);
+    let o = ov.to_str().unwrap();
+    let out = dir.path().join("merged.img");
+    let to = out.to_str().unwrap();
+    let merge = ["restore", "--repo", r, "--backup", &id, "--overlay", o];
+    let to_file = [&merge[..], &["--to-file", to, "--json"]].concat();
+    // Served: refused, nothing written.
+    let (good, text) = gentgt(&to_file);
+    assert!(!good && text.contains("in use by a running LUN"), "{text}");
+    assert!(!out.exists());
+    let _ = s.logout().await;
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+
+    let rep = json(&ok(&to_file));
+    assert_eq!(rep["overlay_extents"], 7, "{rep}");
+    assert_same(&std::fs::read(&out).unwrap(), &shown, "merged file");
+
+    // Onto a LUN of another server, the same.
+    let dest = dir.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let dtoml = format!(
+        "[[target]]\nname = \"{INST}\"\n[[target.lun]]\nid = 0\nbackend = \"file\"\n\
+         path = \"d.img\"\nsize = {SIZE}\n"
+    );
+    let d = ServeProcess::start_in(&dest, &dtoml);
+    let p = d.addr.to_string();
+    ok(&[
+        &merge[..],
+        &["--portal", &p, "--target", INST, "--lun", "0"],
+    ]
+    .concat());
+    let ds = login(&d).await;
+    assert_same(&read_all(&ds).await, &shown, "merged onto a LUN");
+    let _ = ds.logout().await;
+
+    // No such overlay: refused before anything is written.
+    let wrong = dir.path().join("wrong.img");
+    let (good, text) = gentgt(&[
+        "restore",
+        "--repo",
+        r,
+        "--backup",
+        &id,
+        "--overlay",
+        "/nonexistent/x",
+        "--to-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(!good && text.contains("nothing written"), "{text}");
+    assert!(!wrong.exists());
+
+    // Discard: delete both files; the LUN serves the backup again.
+    std::fs::remove_file(&ov).unwrap();
+    std::fs::remove_file(ov.with_extension("overlay.map")).unwrap();
+    let server = ServeProcess::start_in(&inst, &toml);
+    let got = qemu_read(&server, &dir.path().join("discarded.raw"));
+    assert_same(&got, &img, "after discarding the overlay");
+}

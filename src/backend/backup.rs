@@ -278,6 +278,35 @@ impl Backend for BackupBackend {
         self.change(offset, len, None)
     }
 
+    /// The backup's thin-provisioning view: a zero extent (a marker in
+    /// the manifest, no chunk) is deallocated, a chunk's extent mapped; an
+    /// extent written into the overlay is as the overlay file has it.
+    fn allocation(&self, offset: u64, len: u64, max_runs: usize) -> io::Result<Vec<(u64, bool)>> {
+        let inner = &self.inner;
+        check_range(offset, len, inner.size)?;
+        let mut runs = Vec::new();
+        for (idx, _, pos, n) in inner.pieces(offset, len) {
+            match inner.overlay.as_ref().filter(|o| o.present(idx)) {
+                Some(ov) => {
+                    let mut covered = 0;
+                    for (l, mapped) in ov.allocation(offset + pos, n, max_runs)? {
+                        super::push_run(&mut runs, l, mapped);
+                        covered += l;
+                    }
+                    // A map cut short: the rest may hold data.
+                    super::push_run(&mut runs, n.saturating_sub(covered), true);
+                }
+                None => super::push_run(&mut runs, n, inner.chunks[idx as usize].is_some()),
+            }
+            if runs.len() > max_runs {
+                // The last run may not be complete yet: leave it out.
+                runs.truncate(max_runs.max(1));
+                break;
+            }
+        }
+        Ok(runs)
+    }
+
     fn size(&self) -> u64 {
         self.inner.size
     }

@@ -88,9 +88,7 @@ impl Overlay {
     }
 
     fn open_files(path: &Path, owner: &OverlayOwner) -> io::Result<Overlay> {
-        let mut s = path.as_os_str().to_owned();
-        s.push(".map");
-        let map_path = PathBuf::from(s);
+        let map_path = map_path(path);
         let extents = owner.size.div_ceil(owner.extent);
         let words = extents.div_ceil(64) as usize;
         let exists = map_path.exists();
@@ -99,6 +97,15 @@ impl Overlay {
             create_map(&map_path, owner, words)?;
         }
         let map = OpenOptions::new().read(true).write(true).open(&map_path)?;
+        // Held while the overlay is open: a second server, or a merge
+        // (`gentgt restore --overlay`), must not use it meanwhile. The
+        // kernel drops it when the process dies, so it never goes stale.
+        lock_file(&map, libc::LOCK_EX).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "in use by another process (a running gentgt serve?)",
+            )
+        })?;
         check_header(&map, owner)?;
         let mut bytes = vec![0u8; words * 8];
         map.read_exact_at(&mut bytes, HEADER)?;
@@ -148,6 +155,12 @@ impl Overlay {
     /// Read a range that lies in one present extent.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.data.read_at(offset, buf)
+    }
+
+    /// Allocation map of a range inside present extents (the overlay
+    /// file's holes: zeros written there may have been deallocated).
+    pub fn allocation(&self, offset: u64, len: u64, max: usize) -> io::Result<Vec<(u64, bool)>> {
+        self.data.allocation(offset, len, max)
     }
 
     /// Write `data` (zeros when `None`) at `offset` within extent `idx`,
@@ -218,6 +231,95 @@ impl Overlay {
         self.map
             .sync_data()
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.map_path.display())))
+    }
+}
+
+/// A stopped overlay read back, to merge it onto a restore of its
+/// backup (`gentgt restore --overlay`): the extents its map names, as
+/// the LUN showed them (only what was flushed, as after a restart).
+pub struct OverlayImage {
+    data: File,
+    owner: OverlayOwner,
+    bits: Vec<u64>,
+    /// Keeps the shared lock: no server opens the overlay meanwhile.
+    _map: File,
+}
+
+impl OverlayImage {
+    /// Open `path` and `path.map` read-only for `owner`: refused when the
+    /// files belong to another backup or a server has them open.
+    pub fn open(path: &Path, owner: &OverlayOwner) -> io::Result<OverlayImage> {
+        let map_path = map_path(path);
+        let map = File::open(&map_path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", map_path.display())))?;
+        lock_file(&map, libc::LOCK_SH).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "in use by a running LUN: stop serving it first (SIGTERM flushes it)",
+            )
+        })?;
+        check_header(&map, owner)?;
+        let words = owner.size.div_ceil(owner.extent).div_ceil(64) as usize;
+        let mut bytes = vec![0u8; words * 8];
+        map.read_exact_at(&mut bytes, HEADER)
+            .map_err(|e| bad(format!("map file bitmap: {e}")))?;
+        let data = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(OverlayImage {
+            data,
+            owner: owner.clone(),
+            bits: bytes
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .collect(),
+            _map: map,
+        })
+    }
+
+    /// Does extent `idx` come from the overlay?
+    pub fn present(&self, idx: u64) -> bool {
+        self.bits
+            .get((idx / 64) as usize)
+            .is_some_and(|w| w & (1 << (idx % 64)) != 0)
+    }
+
+    /// Extents the overlay holds.
+    pub fn extents(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// The content of present extent `idx` (holes read as zeros; a file
+    /// shorter than the LUN, too).
+    pub fn read_extent(&self, idx: u64) -> io::Result<Vec<u8>> {
+        let start = idx * self.owner.extent;
+        let len = self.owner.extent.min(self.owner.size.saturating_sub(start)) as usize;
+        let mut buf = vec![0u8; len];
+        let mut at = 0;
+        while at < len {
+            match self.data.read_at(&mut buf[at..], start + at as u64) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(buf)
+    }
+}
+
+fn map_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".map");
+    PathBuf::from(s)
+}
+
+/// flock(2) without waiting.
+fn lock_file(f: &File, mode: libc::c_int) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a descriptor this File owns; no memory involved.
+    match unsafe { libc::flock(f.as_raw_fd(), mode | libc::LOCK_NB) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 

@@ -189,24 +189,72 @@ impl Codec {
         raw_len: usize,
         stored: &[u8],
     ) -> std::result::Result<Vec<u8>, String> {
+        let mut data = vec![0u8; raw_len];
+        self.decode_chunk_into(id, stored, &mut data)?;
+        Ok(data)
+    }
+
+    /// [`Codec::decode_chunk`] into `out`, which has the chunk's plain
+    /// length: restores decode straight into the buffer they write.
+    pub fn decode_chunk_into(
+        &self,
+        id: &blake3::Hash,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> std::result::Result<(), String> {
+        let opened;
         let framed = match &self.keys {
-            Some(k) => k.open(stored, id.as_bytes()).map_err(|e| e.to_string())?,
-            None => stored.to_vec(),
+            Some(k) => {
+                opened = k.open(stored, id.as_bytes()).map_err(|e| e.to_string())?;
+                &opened[..]
+            }
+            None => stored,
         };
-        let data = match framed.split_first() {
-            Some((&CHUNK_RAW, d)) => d.to_vec(),
+        let raw_len = out.len();
+        match framed.split_first() {
+            Some((&CHUNK_RAW, d)) if d.len() == raw_len => out.copy_from_slice(d),
+            Some((&CHUNK_RAW, d)) => {
+                return Err(format!("{} bytes, the index says {raw_len}", d.len()));
+            }
             Some((&CHUNK_ZSTD, d)) => {
-                zstd::bulk::decompress(d, raw_len).map_err(|e| format!("zstd: {e}"))?
+                let n =
+                    zstd::bulk::decompress_to_buffer(d, out).map_err(|e| format!("zstd: {e}"))?;
+                if n != raw_len {
+                    return Err(format!("{n} bytes, the index says {raw_len}"));
+                }
             }
             _ => return Err("unknown chunk encoding".into()),
-        };
-        if data.len() != raw_len {
-            return Err(format!("{} bytes, the index says {raw_len}", data.len()));
         }
-        if self.chunk_id(&data) != *id {
+        self.check_plain(id, out)
+    }
+
+    /// The stored length of a chunk of `raw_len` bytes kept raw without
+    /// encryption (its tag byte, then the data as it is), when this
+    /// repository stores chunks that way: such a chunk can be read
+    /// straight into place and checked there ([`Codec::check_in_place`]).
+    pub fn in_place_len(&self, raw_len: usize) -> Option<usize> {
+        self.keys.is_none().then_some(raw_len + 1)
+    }
+
+    /// Check a chunk read into place: `tag` its stored first byte, `data`
+    /// the rest.
+    pub fn check_in_place(
+        &self,
+        id: &blake3::Hash,
+        tag: u8,
+        data: &[u8],
+    ) -> std::result::Result<(), String> {
+        if tag != CHUNK_RAW || self.keys.is_some() {
+            return Err("not a raw chunk of an unencrypted repository".into());
+        }
+        self.check_plain(id, data)
+    }
+
+    fn check_plain(&self, id: &blake3::Hash, data: &[u8]) -> std::result::Result<(), String> {
+        if self.chunk_id(data) != *id {
             return Err("content does not match its id".into());
         }
-        Ok(data)
+        Ok(())
     }
 }
 

@@ -15,12 +15,14 @@
 //!   restores, resumable; [`verify`]: reading the repository back.
 
 pub mod crypto;
+mod fetch;
 pub mod format;
 pub mod fsio;
 pub mod gc;
 pub mod index;
 pub mod lock;
 pub mod manifest;
+mod merge;
 pub mod pack;
 pub mod pass;
 pub mod progress;

@@ -422,6 +422,11 @@ impl Repo {
             .map_err(corrupt)
     }
 
+    /// Pack `id` open for reading (kept open for the next read).
+    pub(super) fn open_pack(&self, id: &PackId) -> std::io::Result<Arc<File>> {
+        self.pack_file(id, &pack::pack_path(&self.dir("packs"), id))
+    }
+
     /// The last few packs opened stay open: restores read packs in runs,
     /// several workers at once.
     fn pack_file(&self, id: &PackId, path: &Path) -> std::io::Result<Arc<File>> {

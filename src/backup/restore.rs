@@ -13,9 +13,11 @@
 //! destination is not known to be restored.
 
 use super::manifest::{ExtentRef, Manifest};
+use super::merge;
 use super::progress::Progress;
 use super::repo::Repo;
 use super::{BackupError, Result};
+use crate::backend::overlay::OverlayImage;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -36,6 +38,9 @@ pub struct RestoreOptions {
     /// Read what is there and write only extents that differ (files
     /// resume by themselves when their `.restoring` marker is present).
     pub resume: bool,
+    /// Merge a writable instant-restore LUN's overlay back: its extents
+    /// replace the backup's (merge.rs).
+    pub overlay: Option<PathBuf>,
 }
 
 impl Default for RestoreOptions {
@@ -45,6 +50,7 @@ impl Default for RestoreOptions {
             max_write_bytes: 1 << 20,
             progress: false,
             resume: false,
+            overlay: None,
         }
     }
 }
@@ -61,6 +67,8 @@ pub struct RestoreReport {
     /// Extents found already right (resume) and not written.
     pub skipped_bytes: u64,
     pub resumed: bool,
+    /// Extents taken from a merged overlay instead of the backup.
+    pub overlay_extents: u64,
     pub seconds: f64,
 }
 
@@ -83,6 +91,14 @@ pub(super) struct Counts {
 impl Counts {
     pub fn total(&self) -> u64 {
         self.written + self.zeroed + self.skipped
+    }
+
+    pub fn plus(self, o: Counts) -> Counts {
+        Counts {
+            written: self.written + o.written,
+            zeroed: self.zeroed + o.zeroed,
+            skipped: self.skipped + o.skipped,
+        }
     }
 }
 
@@ -146,28 +162,6 @@ impl Manifest {
             .sum();
         (lba * bs, len)
     }
-}
-
-/// The image of `count` extents from `first`, every chunk checked.
-pub(super) fn fetch(repo: &Repo, m: &Manifest, first: u64, count: u64) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(m.byte_range(first, count).1);
-    for i in first..first + count {
-        match &m.extents[i as usize] {
-            ExtentRef::Zero => out.resize(out.len() + m.lun.extent_bytes(i), 0),
-            ExtentRef::Blake3(h) => {
-                let data = repo.get_chunk(h)?;
-                if data.len() != m.lun.extent_bytes(i) {
-                    return Err(BackupError::Invalid(format!(
-                        "chunk {h} is {} bytes, extent {i} is {}",
-                        data.len(),
-                        m.lun.extent_bytes(i)
-                    )));
-                }
-                out.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// True when `data` is what extent `i` of the backup holds.
@@ -245,26 +239,51 @@ pub fn restore_to_path(
     o: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let m = prepare(repo, id)?;
+    let ov = o
+        .overlay
+        .as_deref()
+        .map(|p| merge::open(repo, &m, p))
+        .transpose()?;
     let started = std::time::Instant::now();
     let dest = Dest::open(path, &m, o.resume)?;
-    let runs = runs(&m, 0..m.lun.extent_count(), o.max_write_bytes, u64::MAX);
+    let runs = runs(
+        &m,
+        merge::from_backup(ov.as_ref(), &m),
+        o.max_write_bytes,
+        u64::MAX,
+    );
     let mut report = RestoreReport {
         backup: m.id.clone(),
         logical_bytes: m.lun.logical_bytes(),
         resumed: dest.check,
+        overlay_extents: ov.as_ref().map_or(0, |o| o.extents()),
         ..Default::default()
     };
     let progress = Progress::new(o.progress, m.lun.logical_bytes(), "restore");
     let done = Done::new(runs.len());
     let r = run_workers(repo, &m, &dest, &runs, o.parallel, &progress, &done);
-    let counts = r.and_then(|c| dest.finish().map(|()| c));
+    let counts = r
+        .and_then(|c| match &ov {
+            Some(ov) => dest.merge(ov, &m, &progress).map(|more| c.plus(more)),
+            None => Ok(c),
+        })
+        .and_then(|c| dest.finish().map(|()| c));
     drop(progress);
     match counts {
         Ok(c) => report.add(c),
         Err(e) => {
+            // The overlay's extents are written last: from the first of
+            // them nothing is known either.
+            let first_overlay = ov
+                .as_ref()
+                .and_then(|ov| merge::from_overlay(ov, &m).first().copied());
             let from = done
                 .first_missing()
-                .map_or(0, |k| m.byte_range(runs[k].first, 0).0);
+                .map(|k| runs[k].first)
+                .into_iter()
+                .chain(first_overlay)
+                .min()
+                .map_or(0, |i| m.byte_range(i, 0).0);
             return Err(BackupError::Invalid(format!(
                 "restore of backup {id} to {} failed: {e}; bytes {from} to {} are not known to be restored (the rest is); run the same command again to resume{}",
                 path.display(),
@@ -351,7 +370,17 @@ impl Dest {
         Ok(())
     }
 
-    fn run(&self, repo: &Repo, m: &Manifest, run: Run) -> Result<Counts> {
+    /// The overlay's extents on top (after every run from the backup).
+    fn merge(&self, ov: &OverlayImage, m: &Manifest, progress: &Progress) -> Result<Counts> {
+        let zero = |off, len| zero_range(&self.file, off, len);
+        let c = merge::apply_to_file(ov, m, &self.file, zero, self.fresh)
+            .map_err(BackupError::io(&self.path))?;
+        progress.add(c.total());
+        Ok(c)
+    }
+
+    /// One run; `buf` is the worker's buffer, reused run after run.
+    fn run(&self, repo: &Repo, m: &Manifest, run: Run, buf: &mut Vec<u8>) -> Result<Counts> {
         let (off, len) = m.byte_range(run.first, run.count);
         let mut c = Counts::default();
         let todo = if self.check {
@@ -369,9 +398,10 @@ impl Dest {
                 }
                 c.zeroed += l as u64;
             } else {
-                let data = fetch(repo, m, r.first, r.count)?;
+                // In as few calls and copies as the repository allows.
+                super::fetch::fetch_run(repo, m, r.first, r.count, buf)?;
                 self.file
-                    .write_all_at(&data, o)
+                    .write_all_at(buf, o)
                     .map_err(BackupError::io(&self.path))?;
                 c.written += l as u64;
             }
@@ -397,12 +427,13 @@ fn run_workers(
     std::thread::scope(|s| {
         for _ in 0..parallel.max(1) {
             s.spawn(|| {
+                let mut buf = Vec::new();
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     if k >= runs.len() || failed.lock().is_ok_and(|f| f.is_some()) {
                         return;
                     }
-                    match dest.run(repo, m, runs[k]) {
+                    match dest.run(repo, m, runs[k], &mut buf) {
                         Ok(c) => {
                             done.mark(k);
                             progress.add(c.total());

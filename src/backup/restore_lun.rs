@@ -5,14 +5,16 @@
 //! extents that differ from the backup are written. The rollback
 //! (rollback.rs) writes its changed extents through the same writer.
 
+use super::fetch::fetch_run;
 use super::manifest::Manifest;
+use super::merge;
 use super::progress::Progress;
 use super::repo::Repo;
 use super::restore::{
-    Counts, Done, RestoreOptions, RestoreReport, Run, differing, extent_matches, fetch, prepare,
-    runs,
+    Counts, Done, RestoreOptions, RestoreReport, Run, differing, extent_matches, prepare, runs,
 };
 use super::{BackupError, Result};
+use crate::backend::overlay::OverlayImage;
 use crate::initiator::{ConnectOptions, Initiator, InitiatorError, Session};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +34,11 @@ pub async fn restore_lun(
     o: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let m = Arc::new(prepare(&repo, id)?);
+    let ov = o
+        .overlay
+        .as_deref()
+        .map(|p| merge::open(&repo, &m, p).map(Arc::new))
+        .transpose()?;
     let started = std::time::Instant::now();
     let s = Arc::new(Initiator::connect(connect).await?);
     let _ = s.test_unit_ready(lun).await;
@@ -39,7 +46,7 @@ pub async fn restore_lun(
     let w = Arc::new(LunWriter::new(s.clone(), lun, repo, m.clone(), o.resume));
     let runs = runs(
         &m,
-        0..m.lun.extent_count(),
+        merge::from_backup(ov.as_deref(), &m),
         o.max_write_bytes,
         w.zero_cap(o.max_write_bytes),
     );
@@ -47,10 +54,15 @@ pub async fn restore_lun(
         backup: m.id.clone(),
         logical_bytes: m.lun.logical_bytes(),
         resumed: o.resume,
+        overlay_extents: ov.as_ref().map_or(0, |o| o.extents()),
         ..Default::default()
     };
     let progress = Progress::new(o.progress, m.lun.logical_bytes(), "restore");
-    let c = w.write(&runs, o.parallel, &progress).await;
+    let mut c = w.write(&runs, o.parallel, &progress).await;
+    if let (Ok(done), Some(ov)) = (&c, ov) {
+        let done = *done;
+        c = w.merge(ov, &progress).await.map(|more| done.plus(more));
+    }
     drop(progress);
     let c = c.map_err(|e| {
         BackupError::Invalid(format!(
@@ -97,6 +109,31 @@ pub(super) struct LunWriter {
     check: bool,
     /// Cleared once the LUN refused WRITE SAME: zeros are written.
     write_same: AtomicBool,
+    spare: Spare,
+}
+
+/// Run buffers kept for the next runs (one per run in flight is enough):
+/// a fresh zeroed MiB per WRITE costs a memset or page faults.
+#[derive(Default)]
+struct Spare(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Spare {
+    const KEEP: usize = 64;
+
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() < Self::KEEP {
+            s.push(v);
+        }
+    }
 }
 
 impl LunWriter {
@@ -108,6 +145,7 @@ impl LunWriter {
             m,
             check,
             write_same: AtomicBool::new(true),
+            spare: Spare::default(),
         }
     }
 
@@ -188,16 +226,20 @@ impl LunWriter {
             true => Some(self.s.read16(self.lun, lba, blocks, bs).await?),
             false => None,
         };
-        let (repo, m) = (self.repo.clone(), self.m.clone());
+        let w = self.clone();
         let todo = tokio::task::spawn_blocking(move || {
             let rs = match current {
-                Some(cur) => differing(&repo, &m, run, &cur),
+                Some(cur) => differing(&w.repo, &w.m, run, &cur),
                 None => vec![run],
             };
             rs.into_iter()
                 .map(|r| match r.zero {
                     true => Ok((r, None)),
-                    false => fetch(&repo, &m, r.first, r.count).map(|d| (r, Some(d))),
+                    false => {
+                        let mut buf = w.spare.take();
+                        fetch_run(&w.repo, &w.m, r.first, r.count, &mut buf)?;
+                        Ok((r, Some(buf)))
+                    }
                 })
                 .collect::<Result<Vec<_>>>()
         })
@@ -210,6 +252,7 @@ impl LunWriter {
             match data {
                 Some(d) => {
                     self.s.write16(self.lun, l, &d, bs, false).await?;
+                    self.spare.give(d);
                     c.written += bytes;
                 }
                 None => {
@@ -219,6 +262,42 @@ impl LunWriter {
             }
         }
         c.skipped = u64::from(blocks) * u64::from(bs) - c.written - c.zeroed;
+        Ok(c)
+    }
+
+    /// The overlay's extents on top, one WRITE each (there are few), in
+    /// order; after every run from the backup.
+    async fn merge(&self, ov: Arc<OverlayImage>, progress: &Progress) -> Result<Counts> {
+        let mut c = Counts::default();
+        for i in merge::from_overlay(&ov, &self.m) {
+            let o = ov.clone();
+            let data = tokio::task::spawn_blocking(move || o.read_extent(i))
+                .await
+                .map_err(|e| BackupError::Invalid(format!("overlay reader: {e}")))?
+                .map_err(|e| BackupError::Invalid(format!("overlay extent {i}: {e}")))?;
+            let run = Run {
+                first: i,
+                count: 1,
+                zero: false,
+            };
+            let (lba, n) = self.lbas(run);
+            let bytes = u64::from(n) * u64::from(self.m.lun.block_size);
+            if data.iter().all(|&b| b == 0) {
+                self.zero(lba, n).await?;
+                c.zeroed += bytes;
+            } else {
+                self.s
+                    .write16(self.lun, lba, &data, self.m.lun.block_size, false)
+                    .await
+                    .map_err(|e| {
+                        BackupError::Invalid(format!(
+                            "{e}; the overlay's extents from LBA {lba} on are not known to be written"
+                        ))
+                    })?;
+                c.written += bytes;
+            }
+            progress.add(bytes);
+        }
         Ok(c)
     }
 

@@ -94,6 +94,11 @@ pub struct RestoreArgs {
     /// (a file with its PATH.restoring marker resumes without it).
     #[arg(long)]
     resume: bool,
+    /// Merge a writable instant-restore LUN's overlay back: restore the
+    /// backup with the extents written into FILE (and FILE.map) on top,
+    /// as the instant LUN showed them. Stop serving that LUN first.
+    #[arg(long, value_name = "FILE", conflicts_with = "changed_only")]
+    overlay: Option<PathBuf>,
     /// Print progress on stderr also when it is not a terminal.
     #[arg(long)]
     progress: bool,
@@ -184,6 +189,7 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         max_write_bytes: a.max_write_kib.clamp(4, 16 * 1024) << 10,
         progress: a.progress || (!a.json && std::io::stderr().is_terminal()),
         resume: a.resume,
+        overlay: a.overlay.clone(),
     };
     if a.changed_only {
         return run_rollback(repo, &a, &o);
@@ -200,8 +206,12 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
+    let merged = match r.overlay_extents {
+        0 => String::new(),
+        n => format!(" with {n} extents from the overlay"),
+    };
     println!(
-        "restored backup {}{}: {} bytes: {} written, {} zero, {} already right; {:.2} s, {:.1} MiB/s",
+        "restored backup {}{merged}{}: {} bytes: {} written, {} zero, {} already right; {:.2} s, {:.1} MiB/s",
         r.backup,
         if r.resumed { " (resumed)" } else { "" },
         r.logical_bytes,
