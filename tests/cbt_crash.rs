@@ -7,10 +7,11 @@
 //! listed, untouched regions not listed, the acknowledged data there.
 //!
 //! What a SIGKILL can and cannot prove: the page cache survives it, so a
-//! missing fsync goes unnoticed here (the unit crash tests in src/cbt
-//! cover that); a missing or late intent record, a recovery that does not
-//! stamp, a generation that goes back, a UUID that changes, or a recovery
-//! that stamps everything (a forced full backup) fail this test.
+//! missing fsync goes unnoticed here (the unit crash tests in src/cbt and
+//! the power-loss harness, tests/power_loss.rs, cover that); a missing or
+//! late intent record, a recovery that does not stamp, a generation that
+//! goes back, a UUID that changes, or a recovery that stamps everything (a
+//! forced full backup) fail this test.
 //!
 //! `CBT_CRASH_ROUNDS` sets the number of kill/restart rounds (default 10).
 
