@@ -6,7 +6,7 @@
 //!    served by an in-process target over 127.0.0.1. Each repetition runs,
 //!    in this order: a plain sequential read with the same initiator after
 //!    dropping the page cache (cold LUN; root only), the same read cached
-//!    (1 MiB READs, 8 in flight: what the backup does) and with 64 KiB
+//!    (`pass::READ_BYTES` READs, 8 in flight: what the backup does) and with 64 KiB
 //!    READs, a full backup into a repository on the disk, one on tmpfs
 //!    (CPU bound), one on tmpfs with 64 KiB READs (the old read size), and
 //!    the disk's `dd conv=fsync` write rate. Medians and ratios are
@@ -156,6 +156,15 @@ fn dd_rate(dir: &Path, mib: u64) -> f64 {
     if ok { (mib << 20) as f64 / secs } else { 0.0 }
 }
 
+/// CPU seconds this process used so far (all threads: the in-process
+/// target, the initiator and the repository's writers).
+fn cpu_secs() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -264,17 +273,24 @@ async fn throughput(d: &Dirs, size: u64, compressible: bool, level: i32, reps: u
     let big = gentgt::backup::pass::READ_BYTES;
     let dd_mib = env("BENCH_DD_MIB", 512);
     let mut f: [Vec<f64>; 7] = Default::default();
+    // CPU seconds per GiB of the cached read and of the tmpfs backup.
+    let mut cpu: [Vec<f64>; 2] = Default::default();
+    let per_gib = |c0: f64| (cpu_secs() - c0) * (1u64 << 30) as f64 / size as f64;
     let mut stored = (0, 0);
     for _ in 0..reps {
         if drop_caches() {
             f[0].push(seq_read(&t, size, big as usize).await);
         }
+        let c0 = cpu_secs();
         f[1].push(seq_read(&t, size, big as usize).await);
+        cpu[0].push(per_gib(c0));
         f[2].push(seq_read(&t, size, EXTENT).await);
         let (r, b, n) = backup_once(&t, &d.disk_repo, size, level, big).await;
         f[3].push(r);
         stored = (b, n);
+        let c0 = cpu_secs();
         f[4].push(backup_once(&t, &d.tmpfs_repo, size, level, big).await.0);
+        cpu[1].push(per_gib(c0));
         f[5].push(
             backup_once(&t, &d.tmpfs_repo, size, level, EXTENT as u32)
                 .await
@@ -282,6 +298,7 @@ async fn throughput(d: &Dirs, size: u64, compressible: bool, level: i32, reps: u
         );
         f[6].push(dd_rate(&d.disk_repo, dd_mib));
     }
+    let [cpu_read, cpu_backup] = cpu.map(median);
     let m: Vec<f64> = f.into_iter().map(median).collect();
     let [cold, read, read64, disk, tmpfs, tmpfs64, dd] = m[..] else {
         unreachable!()
@@ -297,27 +314,33 @@ async fn throughput(d: &Dirs, size: u64, compressible: bool, level: i32, reps: u
     let bound = read.min(disk_bound);
     println!(
         "{kind} data, {} MiB LUN, zstd level {level}, medians of {reps}: \
-         plain read {:.0} MiB/s cached ({:.0} with 64 KiB READs), {:.0} cold; \
+         plain read {:.0} MiB/s cached ({} KiB READs; {:.0} with 64 KiB READs), {:.0} cold; \
          disk write (dd conv=fsync) {:.0} MiB/s",
         size >> 20,
         mib(read),
+        big >> 10,
         mib(read64),
         mib(cold),
         mib(dd),
     );
     println!(
-        "  backup to disk {:.0} MiB/s = {:.0} % of the cached read, {:.0} % of min(read, disk write x LUN/stored = {:.0} MiB/s)",
+        "  backup to disk {:.0} MiB/s = {:.0} % of the cached read; {:.0} % of min(read, disk write x LUN/stored = {:.0} MiB/s)",
         mib(disk),
         100.0 * disk / read,
         100.0 * disk / bound,
         mib(disk_bound),
     );
     println!(
-        "  backup to tmpfs {:.0} MiB/s = {:.0} % of the cached read; with 64 KiB READs {:.0} MiB/s = {:.0} %",
+        "  backup to tmpfs {:.0} MiB/s = {:.0} % of the cached read; with 64 KiB READs (the old size) {:.0} MiB/s = {:.0} %",
         mib(tmpfs),
         100.0 * tmpfs / read,
         mib(tmpfs64),
         100.0 * tmpfs64 / read,
+    );
+    println!(
+        "  CPU per GiB (process, all threads): plain read {cpu_read:.2} s, backup to tmpfs {cpu_backup:.2} s: \
+         a CPU-bound backup reaches at most {:.0} % of a CPU-bound read",
+        100.0 * cpu_read / cpu_backup
     );
     println!(
         "  stored {:.1} MiB in {} files{}",
