@@ -290,6 +290,23 @@ async fn read_run(ctx: PassCtx, first: u64, count: u64) -> Result<ReadDone> {
     Ok((first, refs, n))
 }
 
+/// The NAA designator of the logical unit from VPD page 83h, hex.
+pub fn naa_from_vpd83(d: &[u8]) -> Option<String> {
+    let len = usize::from(u16::from_be_bytes([*d.get(2)?, *d.get(3)?]));
+    let body = d.get(4..4 + len.min(d.len().saturating_sub(4)))?;
+    let mut at = 0;
+    while at + 4 <= body.len() {
+        let (assoc, kind) = ((body[at + 1] >> 4) & 3, body[at + 1] & 0xf);
+        let n = usize::from(body[at + 3]);
+        let des = body.get(at + 4..at + 4 + n)?;
+        if assoc == 0 && kind == 3 {
+            return Some(hex::encode(des));
+        }
+        at += 4 + n;
+    }
+    None
+}
+
 #[cfg(test)]
 mod run_tests {
     use super::{Run, runs};
@@ -322,21 +339,4 @@ mod run_tests {
         );
         assert!(runs(&[], 16).is_empty());
     }
-}
-
-/// The NAA designator of the logical unit from VPD page 83h, hex.
-pub fn naa_from_vpd83(d: &[u8]) -> Option<String> {
-    let len = usize::from(u16::from_be_bytes([*d.get(2)?, *d.get(3)?]));
-    let body = d.get(4..4 + len.min(d.len().saturating_sub(4)))?;
-    let mut at = 0;
-    while at + 4 <= body.len() {
-        let (assoc, kind) = ((body[at + 1] >> 4) & 3, body[at + 1] & 0xf);
-        let n = usize::from(body[at + 3]);
-        let des = body.get(at + 4..at + 4 + n)?;
-        if assoc == 0 && kind == 3 {
-            return Some(hex::encode(des));
-        }
-        at += 4 + n;
-    }
-    None
 }
