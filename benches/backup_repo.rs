@@ -242,7 +242,7 @@ async fn throughput(d: &Dirs, size: u64, compressible: bool, level: i32, reps: u
     if sweep != 0 {
         // READ size against the plain read's rate (1) or the tmpfs
         // backup's (2), interleaved.
-        let sizes = [64 << 10, 256 << 10, 512 << 10, 1 << 20];
+        let sizes = [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20];
         let mut r: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
         for _ in 0..reps {
             for (k, &b) in sizes.iter().enumerate() {

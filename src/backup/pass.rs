@@ -31,8 +31,9 @@ pub struct PassCtx {
 /// set-up, a blocking-pool hop, a writer wake-up) vanish next to the
 /// copying and hashing, small enough to keep several in flight in a few
 /// MiB. Measured (`BENCH_READ_SWEEP=2 cargo bench --bench backup_repo`,
-/// docs/backup.md): 512 KiB beat 64 and 256 KiB and also 1 MiB, whose
-/// buffers cost more in page faults than they save in commands.
+/// docs/backup.md): 64 KiB is clearly the slowest; from 128 KiB to 1 MiB
+/// the medians of repeated sweeps trade places within the noise of a
+/// loaded 2-core machine, and 512 KiB sits in the middle of that range.
 pub const READ_BYTES: u32 = 512 << 10;
 
 /// Extents per READ for this LUN: `max_bytes`, lowered to the MAXIMUM
