@@ -3,10 +3,14 @@
 //! cargo bench --bench backup_repo
 //!
 //! 1. Throughput: a file LUN (random data, then 50 %-compressible data)
-//!    served by an in-process target over 127.0.0.1; a plain sequential
-//!    read (64 KiB READs, 8 in flight: what the backup does) with the same
-//!    initiator, then a full backup into a repository on the same disk, in
-//!    the same run. The stored size is compared with `zstd -1` of the raw
+//!    served by an in-process target over 127.0.0.1. Each repetition runs,
+//!    in this order: a plain sequential read with the same initiator after
+//!    dropping the page cache (cold LUN; root only), the same read cached
+//!    (`pass::READ_BYTES` READs, 8 in flight: what the backup does) and with 64 KiB
+//!    READs, a full backup into a repository on the disk, one on tmpfs
+//!    (CPU bound), one on tmpfs with 64 KiB READs (the old read size), and
+//!    the disk's `dd conv=fsync` write rate. Medians and ratios are
+//!    printed; the stored size is compared with `zstd -1` of the raw
 //!    image (if the zstd tool is installed).
 //! 2. Storage (library only): full + 10 incrementals changing 1 % of the
 //!    extents each; stored bytes against (1 + 10 x 0.01) x full, files per
@@ -15,7 +19,8 @@
 //!
 //! Knobs: BENCH_DIR (target/bench-backup; a real disk, not tmpfs),
 //! BENCH_SIZE_MIB (1024), BENCH_STORE_MIB (256), BENCH_SKIP_ISCSI=1,
-//! BENCH_REPO_DIR (BENCH_DIR; the repository of the throughput runs),
+//! BENCH_REPS (3), BENCH_REPO_DIR (BENCH_DIR; the disk repository),
+//! BENCH_TMPFS_DIR (/dev/shm), BENCH_DD_MIB (512),
 //! BENCH_RANDOM_LEVEL (1: zstd level of the random-data run, 0 = off).
 
 #[path = "../tests/common/mod.rs"]
@@ -93,19 +98,19 @@ fn zstd1_size(path: &Path) -> Option<u64> {
     out.status.success().then_some(out.stdout.len() as u64)
 }
 
-async fn seq_read(t: &TestTarget, bytes: u64) -> f64 {
+async fn seq_read(t: &TestTarget, bytes: u64, read_bytes: usize) -> f64 {
     let s = Arc::new(
         Initiator::connect(&ConnectOptions::new(t.addr, INITIATOR, Some(&t.name)))
             .await
             .unwrap(),
     );
     let _ = s.test_unit_ready(0).await;
-    let blocks = (EXTENT / BS as usize) as u32;
-    let n = bytes / EXTENT as u64;
+    let blocks = (read_bytes / BS as usize) as u32;
+    let n = bytes / read_bytes as u64;
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
-        while set.len() >= 8 {
+        while set.len() >= IN_FLIGHT {
             set.join_next().await.unwrap().unwrap();
         }
         let s = s.clone();
@@ -120,8 +125,101 @@ async fn seq_read(t: &TestTarget, bytes: u64) -> f64 {
     bytes as f64 / t0.elapsed().as_secs_f64()
 }
 
-async fn throughput(dir: &Path, size: u64, compressible: bool, level: i32) {
-    let img = dir.join(if compressible {
+/// READs in flight, the backup's default too.
+const IN_FLIGHT: usize = 8;
+
+/// Write back and drop the page cache (root only); false if not allowed.
+fn drop_caches() -> bool {
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// The disk's durable sequential write rate: `dd bs=1M conv=fsync` of
+/// `mib` MiB of zeros into `dir`, timed here (dd's own figure is in MB).
+fn dd_rate(dir: &Path, mib: u64) -> f64 {
+    let f = dir.join("dd-rate.tmp");
+    let t0 = Instant::now();
+    let ok = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", f.display()))
+        .args([
+            "bs=1M",
+            &format!("count={mib}"),
+            "conv=fsync",
+            "status=none",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&f);
+    if ok { (mib << 20) as f64 / secs } else { 0.0 }
+}
+
+/// CPU seconds this process used so far (all threads: the in-process
+/// target, the initiator and the repository's writers).
+fn cpu_secs() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One full backup into a new repository under `dir`: (MiB/s over the
+/// whole run, commit included; stored bytes; files). The repository is
+/// removed afterwards.
+async fn backup_once(
+    t: &TestTarget,
+    dir: &Path,
+    size: u64,
+    level: i32,
+    read_bytes: u32,
+) -> (f64, u64, usize) {
+    let root = dir.join(format!("gentgt-bench-repo-{level}-{read_bytes}"));
+    let _ = std::fs::remove_dir_all(&root);
+    let create = CreateOptions {
+        zstd_level: level,
+        ..Default::default()
+    };
+    let o = RepoOptions {
+        lock: Some(backup::lock::LockMode::Exclusive),
+        command: "bench".into(),
+        create: Some(create),
+        ..Default::default()
+    };
+    let repo = Arc::new(Repo::open_with(&root, &o).unwrap());
+    let mut opts = BackupOptions::new(ConnectOptions::new(t.addr, INITIATOR, Some(&t.name)), 0);
+    opts.connect.timeout = Duration::from_secs(60);
+    opts.max_read_bytes = read_bytes;
+    let t0 = Instant::now();
+    backup::backup(repo.clone(), &opts).await.unwrap();
+    let rate = size as f64 / t0.elapsed().as_secs_f64();
+    drop(repo);
+    let (stored, files) = dir_bytes(&root);
+    let _ = std::fs::remove_dir_all(&root);
+    (rate, stored, files)
+}
+
+/// Where the throughput runs put things.
+struct Dirs {
+    lun: PathBuf,
+    disk_repo: PathBuf,
+    tmpfs_repo: PathBuf,
+}
+
+/// Every figure of one data kind, `reps` times interleaved (so load
+/// changes hit all of them alike), then medians and ratios.
+async fn throughput(d: &Dirs, size: u64, compressible: bool, level: i32, reps: usize) {
+    let img = d.lun.join(if compressible {
         "lun-half.img"
     } else {
         "lun-random.img"
@@ -140,55 +238,123 @@ async fn throughput(dir: &Path, size: u64, compressible: bool, level: i32) {
             ..Default::default()
         },
     );
-    // The repository may live elsewhere (BENCH_REPO_DIR, e.g. /dev/shm to
-    // see what the disk's write bandwidth costs).
-    let repo_dir = std::env::var("BENCH_REPO_DIR")
-        .map(PathBuf::from)
-        .unwrap_or(dir.to_path_buf());
-    let root = repo_dir.join(format!("gentgt-bench-repo-{compressible}-{level}"));
-    let _ = std::fs::remove_dir_all(&root);
-    let create = CreateOptions {
-        zstd_level: level,
-        ..Default::default()
+    let sweep = env("BENCH_READ_SWEEP", 0);
+    if sweep != 0 {
+        // READ size against the plain read's rate (1) or the tmpfs
+        // backup's (2), interleaved.
+        let sizes = [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20];
+        let mut r: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
+        for _ in 0..reps {
+            for (k, &b) in sizes.iter().enumerate() {
+                r[k].push(if sweep == 1 {
+                    seq_read(&t, size, b).await
+                } else {
+                    backup_once(&t, &d.tmpfs_repo, size, level, b as u32)
+                        .await
+                        .0
+                });
+            }
+        }
+        for (k, b) in sizes.iter().enumerate() {
+            let what = if sweep == 1 {
+                "plain read"
+            } else {
+                "backup to tmpfs"
+            };
+            let runs: Vec<u64> = r[k].iter().map(|x| mib(*x) as u64).collect();
+            println!(
+                "{what}, {} KiB READs: median {:.0} MiB/s {runs:?}",
+                b >> 10,
+                mib(median(r[k].clone()))
+            );
+        }
+        return;
+    }
+    let big = gentgt::backup::pass::READ_BYTES;
+    let dd_mib = env("BENCH_DD_MIB", 512);
+    let mut f: [Vec<f64>; 7] = Default::default();
+    // CPU seconds per GiB of the cached read and of the tmpfs backup.
+    let mut cpu: [Vec<f64>; 2] = Default::default();
+    let per_gib = |c0: f64| (cpu_secs() - c0) * (1u64 << 30) as f64 / size as f64;
+    let mut stored = (0, 0);
+    for _ in 0..reps {
+        if drop_caches() {
+            f[0].push(seq_read(&t, size, big as usize).await);
+        }
+        let c0 = cpu_secs();
+        f[1].push(seq_read(&t, size, big as usize).await);
+        cpu[0].push(per_gib(c0));
+        f[2].push(seq_read(&t, size, EXTENT).await);
+        let (r, b, n) = backup_once(&t, &d.disk_repo, size, level, big).await;
+        f[3].push(r);
+        stored = (b, n);
+        let c0 = cpu_secs();
+        f[4].push(backup_once(&t, &d.tmpfs_repo, size, level, big).await.0);
+        cpu[1].push(per_gib(c0));
+        f[5].push(
+            backup_once(&t, &d.tmpfs_repo, size, level, EXTENT as u32)
+                .await
+                .0,
+        );
+        f[6].push(dd_rate(&d.disk_repo, dd_mib));
+    }
+    let [cpu_read, cpu_backup] = cpu.map(median);
+    let m: Vec<f64> = f.into_iter().map(median).collect();
+    let [cold, read, read64, disk, tmpfs, tmpfs64, dd] = m[..] else {
+        unreachable!()
     };
-    let o = RepoOptions {
-        lock: Some(backup::lock::LockMode::Exclusive),
-        command: "bench".into(),
-        create: Some(create),
-        ..Default::default()
+    let kind = if compressible {
+        "50%-compressible"
+    } else {
+        "random"
     };
-    let repo = Arc::new(Repo::open_with(&root, &o).unwrap());
-    let seq = seq_read(&t, size).await;
-    let mut opts = BackupOptions::new(ConnectOptions::new(t.addr, INITIATOR, Some(&t.name)), 0);
-    opts.connect.timeout = Duration::from_secs(60);
-    let t0 = Instant::now();
-    let s = backup::backup(repo.clone(), &opts).await.unwrap();
-    let wall = size as f64 / t0.elapsed().as_secs_f64();
-    let seq2 = seq_read(&t, size).await;
-    let (stored, files) = dir_bytes(&root);
-    let z = if compressible { zstd1_size(&img) } else { None };
+    let z = zstd1_size(&img);
+    // What the disk must take durably per byte of LUN: stored / size.
+    let disk_bound = dd * size as f64 / stored.0.max(1) as f64;
+    let bound = read.min(disk_bound);
     println!(
-        "{} data, zstd level {level}: plain read {:.0} / {:.0} MiB/s (before/after), backup {:.0} MiB/s (wall {:.0}) = {:.0} % of the mean read; stored {:.1} MiB in {files} files{}",
-        if compressible {
-            "50%-compressible"
-        } else {
-            "random"
-        },
-        mib(seq),
-        mib(seq2),
-        mib(s.throughput_bytes_per_s),
-        mib(wall),
-        100.0 * wall / ((seq + seq2) / 2.0),
-        mib(stored as f64),
+        "{kind} data, {} MiB LUN, zstd level {level}, medians of {reps}: \
+         plain read {:.0} MiB/s cached ({} KiB READs; {:.0} with 64 KiB READs), {:.0} cold; \
+         disk write (dd conv=fsync) {:.0} MiB/s",
+        size >> 20,
+        mib(read),
+        big >> 10,
+        mib(read64),
+        mib(cold),
+        mib(dd),
+    );
+    println!(
+        "  backup to disk {:.0} MiB/s = {:.0} % of the cached read, {:.0} % of the cold read; {:.0} % of min(read, disk write x LUN/stored = {:.0} MiB/s)",
+        mib(disk),
+        100.0 * disk / read,
+        100.0 * disk / cold,
+        100.0 * disk / bound,
+        mib(disk_bound),
+    );
+    println!(
+        "  backup to tmpfs {:.0} MiB/s = {:.0} % of the cached read; with 64 KiB READs (the old size) {:.0} MiB/s = {:.0} %",
+        mib(tmpfs),
+        100.0 * tmpfs / read,
+        mib(tmpfs64),
+        100.0 * tmpfs64 / read,
+    );
+    println!(
+        "  CPU per GiB (process, all threads): plain read {cpu_read:.2} s, backup to tmpfs {cpu_backup:.2} s \
+         = {:.2} x the read's (where both are CPU bound, backup/read <= {:.0} %)",
+        cpu_backup / cpu_read,
+        100.0 * cpu_read / cpu_backup
+    );
+    println!(
+        "  stored {:.1} MiB in {} files{}",
+        mib(stored.0 as f64),
+        stored.1,
         z.map(|z| format!(
-            ", zstd -1: {:.1} MiB ({:+.1} %)",
+            ", zstd -1 of the image {:.1} MiB ({:+.1} %)",
             mib(z as f64),
-            100.0 * (stored as f64 / z as f64 - 1.0)
+            100.0 * (stored.0 as f64 / z as f64 - 1.0)
         ))
         .unwrap_or_default(),
     );
-    drop(repo);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 fn lun(extents: u64) -> LunId {
@@ -387,13 +553,24 @@ fn main() {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(throughput(
-            &dir,
-            size,
-            false,
-            env("BENCH_RANDOM_LEVEL", 1) as i32,
-        ));
-        rt.block_on(throughput(&dir, size, true, 1));
+        let path = |var: &str, default: &Path| {
+            std::env::var(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| default.to_path_buf())
+        };
+        let d = Dirs {
+            lun: dir.clone(),
+            disk_repo: path("BENCH_REPO_DIR", &dir),
+            tmpfs_repo: path("BENCH_TMPFS_DIR", Path::new("/dev/shm")),
+        };
+        let reps = env("BENCH_REPS", 3) as usize;
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        println!("load average before: {}", load.trim());
+        let random_level = env("BENCH_RANDOM_LEVEL", 1) as i32;
+        rt.block_on(throughput(&d, size, false, random_level, reps));
+        rt.block_on(throughput(&d, size, true, 1, reps));
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        println!("load average after: {}", load.trim());
     }
     storage(&dir, env("BENCH_STORE_MIB", 256) << 20);
 }

@@ -288,6 +288,10 @@ fn options(p: &Proxy, phases: &Arc<Mutex<Vec<ViewPhase>>>) -> BackupOptions {
     c.timeout = Duration::from_secs(10);
     let mut o = BackupOptions::new(c, 0);
     o.view_lease_ms = 3_000;
+    // One extent per READ: the proxy counts view READs as extents (reads
+    // of the view, losing it after N). Multi-extent READs from a view
+    // are checked against the real target in tests/backup_view.rs.
+    o.max_read_bytes = (EB * u64::from(BS)) as u32;
     let phases = phases.clone();
     o.view_hook = Some(Arc::new(move |ph| {
         phases.lock().unwrap().push(ph);

@@ -25,6 +25,7 @@ use super::manifest::{ExtentRef, Manifest};
 use super::pack::{self, PackId};
 use super::writer::{Pipeline, Store, locked};
 use super::{BackupError, Result, fsio};
+use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -159,6 +160,7 @@ impl Repo {
         let store = Arc::new(Store {
             codec: codec.clone(),
             state: Mutex::default(),
+            pack: Mutex::default(),
             tmp: root.join("tmp"),
             packs: root.join("packs"),
             pack_bytes: cfg.pack_bytes,
@@ -211,29 +213,49 @@ impl Repo {
     /// (writer.rs) unless the repository has it already. Called from
     /// several blocking threads at once.
     pub fn put_extent(&self, data: &[u8]) -> Result<ExtentRef> {
-        if data.iter().all(|&b| b == 0) {
-            return Ok(ExtentRef::Zero);
-        }
-        let id = self.codec.chunk_id(data);
-        let r = ExtentRef::Blake3(id.to_hex().to_string());
-        if self.index().chunks.contains_key(&id) {
-            return Ok(r);
-        }
+        let mut r = self.put_chunks(vec![Bytes::copy_from_slice(data)])?;
+        Ok(r.pop().expect("one result per chunk"))
+    }
+
+    /// [`Self::put_extent`] for several extents (one READ's), without
+    /// copying them: the chunks to write go to the writers as one batch.
+    pub fn put_chunks(&self, chunks: Vec<Bytes>) -> Result<Vec<ExtentRef>> {
+        let named: Vec<_> = chunks
+            .into_iter()
+            .map(|d| (!is_zero(&d)).then(|| (self.codec.chunk_id(&d), d)))
+            .collect();
+        let refs = named
+            .iter()
+            .map(|n| match n {
+                Some((id, _)) => ExtentRef::Blake3(id.to_hex().to_string()),
+                None => ExtentRef::Zero,
+            })
+            .collect();
+        let mut new: Vec<_> = {
+            let idx = self.index();
+            named
+                .into_iter()
+                .flatten()
+                .filter(|(id, _)| !idx.chunks.contains_key(id))
+                .collect()
+        };
         {
             let mut w = locked(&self.store.state);
-            if w.pending.contains_key(&id) || !w.queued.insert(id) {
-                return Ok(r);
-            }
+            // `queued.insert` is false for a chunk already on its way
+            // (the same content twice in one batch included).
+            new.retain(|(id, _)| !w.pending.contains_key(id) && w.queued.insert(*id));
         }
-        self.pipeline.submit(&self.store, (id, data.to_vec()))?;
-        Ok(r)
+        if !new.is_empty() {
+            self.pipeline.submit(&self.store, new)?;
+        }
+        Ok(refs)
     }
 
     /// Make every chunk written so far durable and indexed: close the open
     /// pack, fsync the pack directories, publish one index segment.
     pub fn flush(&self) -> Result<()> {
         self.pipeline.wait()?;
-        let open = locked(&self.store.state).pack.take();
+        let open = locked(&self.store.pack).take();
         if let Some(p) = open.filter(|p| !p.is_empty()) {
             self.store.finish_pack(p)?;
         }
@@ -496,10 +518,24 @@ impl Drop for Repo {
     fn drop(&mut self) {
         self.pipeline.shutdown();
         // An open pack nothing indexes is of no use to anyone.
-        if let Some(p) = locked(&self.store.state).pack.take() {
+        if let Some(p) = locked(&self.store.pack).take() {
             p.abandon();
         }
     }
+}
+
+/// All zeros? Compared 256 bytes at a time, OR-folded as u64 words the
+/// compiler vectorises, stopping at the first block that is not: cheap on
+/// data (the first block decides) and on zeros (SIMD, not byte by byte).
+fn is_zero(d: &[u8]) -> bool {
+    let mut blocks = d.chunks_exact(256);
+    let words_zero = |b: &[u8]| {
+        b.chunks_exact(8)
+            .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
+            .fold(0, |a, w| a | w)
+            == 0
+    };
+    blocks.all(words_zero) && blocks.remainder().iter().all(|&b| b == 0)
 }
 
 pub(super) fn loc_of(pack: PackId, e: &pack::PackEntry) -> Loc {

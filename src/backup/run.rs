@@ -53,6 +53,9 @@ pub struct BackupOptions {
     pub lease_ms: u32,
     /// READs in flight.
     pub parallel: usize,
+    /// Bytes per READ at most (runs of consecutive extents; at least one
+    /// extent; the LUN's maximum transfer length lowers it).
+    pub max_read_bytes: u32,
     pub progress: bool,
     pub max_reconnects: u32,
     pub lock_hook: Option<LockHook>,
@@ -77,6 +80,7 @@ impl BackupOptions {
             max_passes: 5,
             lease_ms: 20_000,
             parallel: 8,
+            max_read_bytes: pass::READ_BYTES,
             progress: false,
             max_reconnects: 5,
             lock_hook: None,
@@ -133,6 +137,7 @@ pub async fn backup(repo: Arc<Repo>, opts: &BackupOptions) -> Result<BackupSumma
         Some(p) => p.extents.iter().cloned().map(Some).collect(),
         None => vec![None; id.extent_count() as usize],
     };
+    let read_extents = pass::read_extents(&session, opts.lun, &id, opts.max_read_bytes).await;
     let ctx = PassCtx {
         session,
         lun: opts.lun,
@@ -140,6 +145,7 @@ pub async fn backup(repo: Arc<Repo>, opts: &BackupOptions) -> Result<BackupSumma
         id: id.clone(),
         parallel: opts.parallel,
         progress: opts.progress,
+        read_extents,
     };
     let mut run = Run {
         opts: opts.clone(),

@@ -199,3 +199,91 @@ fn naa_is_found_in_vpd_83() {
     assert_eq!(super::pass::naa_from_vpd83(&d).unwrap(), "60".repeat(16));
     assert_eq!(super::pass::naa_from_vpd83(&d[..10]), None);
 }
+
+#[test]
+fn zero_detection_sees_the_last_byte_and_odd_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::open(dir.path()).unwrap();
+    for len in [1, 255, 256, 4096 + 100, 65536] {
+        let mut d = vec![0u8; len];
+        assert_eq!(repo.put_extent(&d).unwrap(), ExtentRef::Zero, "{len} zeros");
+        *d.last_mut().unwrap() = 1;
+        assert_ne!(
+            repo.put_extent(&d).unwrap(),
+            ExtentRef::Zero,
+            "{len}, last byte 1"
+        );
+        d.fill(0);
+        d[len / 2] = 0x80;
+        assert_ne!(
+            repo.put_extent(&d).unwrap(),
+            ExtentRef::Zero,
+            "{len}, middle byte"
+        );
+    }
+}
+
+#[test]
+fn a_batch_dedupes_within_itself_and_keeps_its_order() {
+    use bytes::Bytes;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::open(dir.path()).unwrap();
+    let (a, b) = (Bytes::from(extent(1, 0)), Bytes::from(extent(2, 0)));
+    let zero = Bytes::from(extent(0, 0));
+    let refs = repo
+        .put_chunks(vec![a.clone(), zero, b.clone(), a.clone()])
+        .unwrap();
+    assert_eq!(refs[1], ExtentRef::Zero);
+    assert_eq!(refs[0], refs[3]);
+    assert_ne!(refs[0], refs[2]);
+    assert_eq!(repo.chunk_files().unwrap().len(), 2);
+    repo.flush().unwrap();
+    let m = manifest(
+        "b1",
+        None,
+        1,
+        vec![refs[0].clone(), refs[2].clone(), refs[1].clone()],
+    );
+    repo.commit(&m).unwrap();
+    let out = dir.path().join("out.img");
+    restore_to_file(&repo, "b1", &out).unwrap();
+    let want = [&a[..], &b[..], &[0u8; 4096][..]].concat();
+    assert_eq!(std::fs::read(&out).unwrap(), want);
+}
+
+#[test]
+fn compression_is_decided_from_samples_without_losing_compressible_chunks() {
+    use super::format::Codec;
+    use bytes::Bytes;
+    use rand::RngCore;
+    let codec = Codec {
+        keys: None,
+        zstd_level: 1,
+    };
+    let mut random = vec![0u8; 65536];
+    rand::thread_rng().fill_bytes(&mut random);
+    // Random data is stored raw, the very bytes handed in (no copy).
+    let data = Bytes::from(random.clone());
+    let id = codec.chunk_id(&data);
+    let blob = codec.encode_chunk_parts(&id, data.clone());
+    assert_eq!(blob.head, [0]);
+    assert_eq!(blob.body.as_ptr(), data.as_ptr());
+    // A random first half must not hide a compressible second half.
+    let mut half = random.clone();
+    half[32768..].fill(0);
+    // Nor a compressible first block followed by random data.
+    let mut head = random.clone();
+    head[..4096].fill(0);
+    for d in [half, head] {
+        let id = codec.chunk_id(&d);
+        let stored = codec.encode_chunk(&id, &d);
+        assert_eq!(stored[0], 1, "compressed");
+        assert!(stored.len() < d.len() - 3000, "{} bytes", stored.len());
+        assert_eq!(codec.decode_chunk(&id, d.len(), &stored).unwrap(), d);
+    }
+    let stored = codec.encode_chunk(&id, &random);
+    assert_eq!(
+        codec.decode_chunk(&id, random.len(), &stored).unwrap(),
+        random
+    );
+}

@@ -5,16 +5,20 @@
 //! fsync of a full pack need not hold up the READ that brought the data:
 //! the pass keeps a slot of its in-flight limit until `put_extent`
 //! returns. So `put_extent` only hashes and queues; a few writer threads
-//! do the rest. The queue is bounded (memory stays small and a slow disk
-//! slows the reads, as it must). The first error is kept and returned by
-//! the next `put_extent` and by `flush`, so nothing is published after a
-//! failed write.
+//! do the rest. A job is a batch (the new chunks of one READ), so a
+//! writer wakes once per batch and appends it with one writev. The queue
+//! is bounded (memory stays small and a slow disk slows the reads, as it
+//! must). The open pack has its own lock, so a writer waiting on the disk
+//! never holds up the hashing threads' look-ups in `WriteState`. The
+//! first error is kept and returned by the next `put_extent` and by
+//! `flush`, so nothing is published after a failed write.
 
 use super::format::Codec;
 use super::index::Loc;
 use super::pack::PackWriter;
 use super::repo::loc_of;
 use super::{BackupError, Result};
+use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -22,8 +26,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 const WRITERS: usize = 2;
-/// Chunks queued at most (x 64 KiB extents: a few MiB).
-const QUEUE: usize = 32;
+/// Batches queued at most (one READ's new chunks each, up to 1 MiB: a
+/// few MiB in all).
+const QUEUE: usize = 8;
 
 pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -32,7 +37,6 @@ pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Chunks written by this process and not yet named by an index segment.
 #[derive(Default)]
 pub(super) struct WriteState {
-    pub pack: Option<PackWriter>,
     pub pending: HashMap<blake3::Hash, Loc>,
     /// Accepted by `put_extent`, not yet appended to a pack.
     pub queued: HashSet<blake3::Hash>,
@@ -43,28 +47,42 @@ pub(super) struct WriteState {
 pub(super) struct Store {
     pub codec: Arc<Codec>,
     pub state: Mutex<WriteState>,
+    /// The pack being filled.
+    pub pack: Mutex<Option<PackWriter>>,
     pub tmp: PathBuf,
     pub packs: PathBuf,
     pub pack_bytes: u64,
 }
 
 impl Store {
-    /// Encode and append one chunk; a pack that is full is finished
-    /// (trailer, fsync, rename) outside the lock.
-    fn write_chunk(&self, id: blake3::Hash, data: &[u8]) -> Result<()> {
-        let blob = self.codec.encode_chunk(&id, data);
-        let full = {
-            let mut w = locked(&self.state);
-            if w.pack.is_none() {
-                w.pack = Some(PackWriter::create(&self.tmp)?);
+    /// Encode (outside any lock: the writers compress in parallel) and
+    /// append a batch of chunks; a pack that is full is finished
+    /// (trailer, fsync, rename) outside the locks.
+    fn write_batch(&self, job: Job) -> Result<()> {
+        let blobs: Vec<_> = job
+            .into_iter()
+            .map(|(id, data)| {
+                let n = data.len();
+                (id, self.codec.encode_chunk_parts(&id, data), n)
+            })
+            .collect();
+        let (pid, entries, full) = {
+            let mut slot = locked(&self.pack);
+            if slot.is_none() {
+                *slot = Some(PackWriter::create(&self.tmp)?);
             }
-            let p = w.pack.as_mut().expect("just made");
-            let e = p.append(id, &blob, data.len())?;
+            let p = slot.as_mut().expect("just made");
+            let entries = p.append_blobs(&blobs)?;
             let (pid, full) = (p.id, p.bytes() >= self.pack_bytes);
-            w.queued.remove(&id);
-            w.pending.insert(id, loc_of(pid, &e));
-            if full { w.pack.take() } else { None }
+            (pid, entries, if full { slot.take() } else { None })
         };
+        {
+            let mut w = locked(&self.state);
+            for e in &entries {
+                w.queued.remove(&e.id);
+                w.pending.insert(e.id, loc_of(pid, e));
+            }
+        }
         match full {
             Some(p) => self.finish_pack(p),
             None => Ok(()),
@@ -86,7 +104,8 @@ struct Progress {
     failed: Option<String>,
 }
 
-type Job = (blake3::Hash, Vec<u8>);
+/// New chunks of one READ, each already registered in `queued`.
+pub(super) type Job = Vec<(blake3::Hash, Bytes)>;
 
 #[derive(Default)]
 pub(super) struct Pipeline {
@@ -96,7 +115,7 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
-    /// Queue a chunk the caller already registered in `queued`.
+    /// Queue chunks the caller already registered in `queued`.
     pub fn submit(&self, store: &Arc<Store>, job: Job) -> Result<()> {
         if let Some(why) = &locked(&self.progress.0).failed {
             return Err(BackupError::Invalid(format!(
@@ -171,12 +190,10 @@ fn finish_one(progress: &(Mutex<Progress>, Condvar), r: Result<()>) {
 fn work(store: &Store, rx: &Mutex<Receiver<Job>>, progress: &(Mutex<Progress>, Condvar)) {
     loop {
         let job = locked(rx).recv();
-        let Ok((id, data)) = job else { return };
+        let Ok(job) = job else { return };
         // A panic must still count the job done, or `wait` would hang.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            store.write_chunk(id, &data)
-        }))
-        .unwrap_or_else(|_| Err(BackupError::Invalid("a chunk writer panicked".into())));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.write_batch(job)))
+            .unwrap_or_else(|_| Err(BackupError::Invalid("a chunk writer panicked".into())));
         finish_one(progress, r);
     }
 }

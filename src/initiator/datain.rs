@@ -59,10 +59,20 @@ impl DataInAssembler {
             )));
         }
         let (off, end) = (off as usize, end as usize);
-        if self.buf.len() < end {
-            self.buf.resize(end, 0);
+        if self.buf.capacity() == 0 {
+            // Once, the size this command asked for: no regrowth copies
+            // of a large READ's buffer as its PDUs arrive.
+            self.buf.reserve_exact(self.expected as usize);
         }
-        self.buf[off..end].copy_from_slice(&pdu.data);
+        if off == self.buf.len() {
+            // In order (the usual case): append, without zeroing first.
+            self.buf.extend_from_slice(&pdu.data);
+        } else {
+            if self.buf.len() < end {
+                self.buf.resize(end, 0);
+            }
+            self.buf[off..end].copy_from_slice(&pdu.data);
+        }
         let flags = b.flags();
         if flags & S_BIT == 0 {
             return Ok(None);
