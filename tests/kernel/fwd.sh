@@ -18,4 +18,9 @@ echo $$ >>"$2.pids"
 while [ -e "$2" ]; do
     sleep 0.2
 done
-exec socat - "TCP:127.0.0.1:$1"
+# While the target restarts its port refuses connections: keep retrying
+# (up to 15 s) with the guest's connection held rather than closing it at
+# once. A refusal ends this command, and a quick run of them is what
+# QEMU 10.0's slirp was seen to stop spawning this command after (above);
+# once seen in the restart scenario, whose device then went offline.
+exec socat - "TCP:127.0.0.1:$1,retry=75,interval=0.2"
