@@ -231,9 +231,12 @@ impl Session {
             Admit::Dropped => {
                 debug!(cmd_sn = bhs.cmd_sn(), "CmdSN outside window: ignored");
                 // The command was registered on arrival; an ignored one
-                // must not stay in the task table.
+                // must not stay in the task table, nor keep any budget
+                // (every path out of the table releases it).
                 if let Some(itt) = scsi_itt {
-                    self.tasks.remove(&itt);
+                    if let Some(t) = self.tasks.remove(&itt) {
+                        self.release(&t);
+                    }
                     self.note_ended(itt);
                 }
                 Ok(())
