@@ -106,13 +106,7 @@ impl Overlay {
                 "in use by another process (a running gentgt serve?)",
             )
         })?;
-        check_header(&map, owner)?;
-        let mut bytes = vec![0u8; words * 8];
-        map.read_exact_at(&mut bytes, HEADER)?;
-        let bits: Vec<u64> = bytes
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-            .collect();
+        let bits = read_bitmap(&map, owner)?;
         Ok(Overlay {
             data,
             map,
@@ -258,20 +252,13 @@ impl OverlayImage {
                 "in use by a running LUN: stop serving it first (SIGTERM flushes it)",
             )
         })?;
-        check_header(&map, owner)?;
-        let words = owner.size.div_ceil(owner.extent).div_ceil(64) as usize;
-        let mut bytes = vec![0u8; words * 8];
-        map.read_exact_at(&mut bytes, HEADER)
-            .map_err(|e| bad(format!("map file bitmap: {e}")))?;
+        let bits = read_bitmap(&map, owner)?;
         let data = File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         Ok(OverlayImage {
             data,
             owner: owner.clone(),
-            bits: bytes
-                .chunks_exact(8)
-                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-                .collect(),
+            bits,
             _map: map,
         })
     }
@@ -305,6 +292,20 @@ impl OverlayImage {
         }
         Ok(buf)
     }
+}
+
+/// The map file's header checked against `owner`, then its bitmap (one
+/// bit per extent, little-endian words).
+fn read_bitmap(map: &File, owner: &OverlayOwner) -> io::Result<Vec<u64>> {
+    check_header(map, owner)?;
+    let words = owner.size.div_ceil(owner.extent).div_ceil(64) as usize;
+    let mut bytes = vec![0u8; words * 8];
+    map.read_exact_at(&mut bytes, HEADER)
+        .map_err(|e| bad(format!("map file bitmap: {e}")))?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        .collect())
 }
 
 fn map_path(path: &Path) -> PathBuf {
