@@ -253,24 +253,12 @@ fn scsi_cmd(s: &Session, lun: u64, cdb: &[u8], edtl: u32, read: bool) -> Pdu {
     p
 }
 
-fn data_out(itt: u32, ttt: u32, offset: u32, data: Vec<u8>, fin: bool) -> Pdu {
-    let mut p = Pdu::new(Opcode::DataOut).with_data(data);
-    p.bhs.set_final(fin);
-    p.bhs.set_itt(itt);
-    p.bhs.set_ttt(ttt);
-    p.bhs.set_buffer_offset(offset);
-    p
-}
-
 async fn recv(s: &Session) -> Pdu {
-    s.recv_raw_within(SOON).await.expect("no answer")
+    raw::recv(s, SOON).await
 }
 
 async fn expect_r2t(s: &Session, itt: u32) -> Pdu {
-    let r = recv(s).await;
-    assert_eq!(r.opcode(), Opcode::R2t, "{:?}", r.bhs);
-    assert_eq!(r.bhs.itt(), itt);
-    r
+    raw::expect_r2t(s, itt, SOON).await
 }
 
 /// A WRITE (16) of `data` at `lba` through an R2T, sent raw: its ITT.
@@ -281,7 +269,7 @@ async fn raw_write(s: &Session, lun: u64, lba: u64, data: &[u8]) -> u32 {
     s.send_raw_command(p).await.unwrap();
     let r2t = expect_r2t(s, itt).await;
     assert_eq!(r2t.bhs.desired_data_len(), data.len() as u32);
-    let d = data_out(itt, r2t.bhs.ttt(), 0, data.to_vec(), true);
+    let d = raw::data_out(itt, r2t.bhs.ttt(), 0, 0, data.to_vec(), true);
     s.send_raw_pdu(&d).await.unwrap();
     itt
 }
@@ -484,7 +472,7 @@ async fn stuck_writes_keep_their_buffer_budget() {
     gate.open();
     let r2t = expect_r2t(&s, itt).await;
     let data = vec![0x66u8; 8 * BS as usize];
-    s.send_raw_pdu(&data_out(itt, r2t.bhs.ttt(), 0, data.clone(), true))
+    s.send_raw_pdu(&raw::data_out(itt, r2t.bhs.ttt(), 0, 0, data.clone(), true))
         .await
         .unwrap();
     let resp = recv(&s).await;
@@ -674,7 +662,7 @@ async fn reset_in_the_middle_of_an_r2t() {
     s.send_raw_command(p).await.unwrap();
     let r2t = expect_r2t(&s, itt).await;
     let half = vec![0xa5u8; 32 * BS as usize];
-    s.send_raw_pdu(&data_out(itt, r2t.bhs.ttt(), 0, half, false))
+    s.send_raw_pdu(&raw::data_out(itt, r2t.bhs.ttt(), 0, 0, half, false))
         .await
         .unwrap();
     tokio::time::sleep(QUIET).await; // let the target take the half

@@ -184,25 +184,12 @@ fn write_cmd(s: &Session, lba: u64, blocks: u32) -> Pdu {
     p
 }
 
-fn data_out(itt: u32, ttt: u32, data_sn: u32, offset: u32, data: Vec<u8>, fin: bool) -> Pdu {
-    let mut p = Pdu::new(Opcode::DataOut).with_data(data);
-    p.bhs.set_final(fin);
-    p.bhs.set_itt(itt);
-    p.bhs.set_ttt(ttt);
-    p.bhs.set_data_sn(data_sn);
-    p.bhs.set_buffer_offset(offset);
-    p
-}
-
 async fn recv(s: &Session) -> Pdu {
-    s.recv_raw_within(SOON).await.expect("no answer")
+    raw::recv(s, SOON).await
 }
 
 async fn expect_r2t(s: &Session, itt: u32) -> Pdu {
-    let r = recv(s).await;
-    assert_eq!(r.opcode(), Opcode::R2t, "{:?}", r.bhs);
-    assert_eq!(r.bhs.itt(), itt);
-    r
+    raw::expect_r2t(s, itt, SOON).await
 }
 
 async fn assert_silent(s: &Session) {
@@ -355,7 +342,7 @@ async fn data_out_offsets_out_of_range() {
             (r2t.bhs.buffer_offset(), r2t.bhs.desired_data_len()),
             (0, 8192)
         );
-        let d = data_out(itt, r2t.bhs.ttt(), 0, offset, vec![0xee; len], true);
+        let d = raw::data_out(itt, r2t.bhs.ttt(), 0, offset, vec![0xee; len], true);
         s.send_raw_pdu(&d).await.unwrap();
         // Data phase error: the task ends with ABORTED COMMAND / 4B/00.
         reject_and_check(&s, PROTOCOL_ERROR, &d, itt, (0x0b, 0x4b, 0x00)).await;
@@ -377,10 +364,10 @@ async fn data_sn_gap() {
     let itt = p.bhs.itt();
     s.send_raw_command(p).await.unwrap();
     let ttt = expect_r2t(&s, itt).await.bhs.ttt();
-    let d0 = data_out(itt, ttt, 0, 0, vec![0x11; 8192], false);
+    let d0 = raw::data_out(itt, ttt, 0, 0, vec![0x11; 8192], false);
     s.send_raw_pdu(&d0).await.unwrap();
     // DataSN 2 where 1 is due.
-    let d2 = data_out(itt, ttt, 2, 8192, vec![0x22; 8192], true);
+    let d2 = raw::data_out(itt, ttt, 2, 8192, vec![0x22; 8192], true);
     s.send_raw_pdu(&d2).await.unwrap();
     reject_and_check(&s, PROTOCOL_ERROR, &d2, itt, (0x0b, 0x4b, 0x00)).await;
     let back = s.read16(0, 32, 32, BS).await.unwrap();
@@ -440,7 +427,7 @@ async fn duplicate_itt_is_rejected_and_uses_its_cmd_sn() {
     s.send_raw_command(dup.clone()).await.unwrap();
     assert_reject(&recv(&s).await, TASK_IN_PROGRESS, &dup);
     // The first command is unharmed.
-    let d = data_out(itt, ttt, 0, 0, vec![0x5a; 8192], true);
+    let d = raw::data_out(itt, ttt, 0, 0, vec![0x5a; 8192], true);
     s.send_raw_pdu(&d).await.unwrap();
     let r = recv(&s).await;
     assert_eq!(
@@ -465,10 +452,10 @@ async fn data_out_for_unknown_and_ended_tasks() {
     let before = by.rounds();
     let s = login(&t).await;
     // An ITT the session never had.
-    let d = data_out(0x7777_0001, 0xffff_ffff, 0, 0, vec![1; 512], true);
+    let d = raw::data_out(0x7777_0001, 0xffff_ffff, 0, 0, vec![1; 512], true);
     s.send_raw_pdu(&d).await.unwrap();
     assert_reject(&recv(&s).await, INVALID_PDU_FIELD, &d);
-    let d = data_out(0x7777_0002, 0x1234, 0, 0, vec![1; 512], true);
+    let d = raw::data_out(0x7777_0002, 0x1234, 0, 0, vec![1; 512], true);
     s.send_raw_pdu(&d).await.unwrap();
     assert_reject(&recv(&s).await, INVALID_PDU_FIELD, &d);
 
@@ -480,7 +467,7 @@ async fn data_out_for_unknown_and_ended_tasks() {
     p.bhs.set_itt(itt);
     s.send_raw_command(p).await.unwrap();
     assert_check(&recv(&s).await, itt, (0x05, 0x24, 0x00));
-    let d = data_out(itt, 0xffff_ffff, 0, 0, vec![2; 4096], true);
+    let d = raw::data_out(itt, 0xffff_ffff, 0, 0, vec![2; 4096], true);
     s.send_raw_pdu(&d).await.unwrap();
     assert_silent(&s).await;
     s.nop().await.unwrap();
@@ -534,7 +521,7 @@ async fn task_management_for_unknown_tasks_and_luns() {
     let r = recv(&s).await;
     assert_eq!((r.opcode(), r.bhs.0[2]), (Opcode::TaskMgmtResponse, 0));
     wait_counts(&t, (2, 2, 0)).await;
-    s.send_raw_pdu(&data_out(itt, ttt, 0, 0, vec![3; 4096], true))
+    s.send_raw_pdu(&raw::data_out(itt, ttt, 0, 0, vec![3; 4096], true))
         .await
         .unwrap();
     assert_silent(&s).await;
@@ -554,7 +541,7 @@ async fn logout_in_the_middle_of_a_transfer() {
     s.send_raw_command(p).await.unwrap();
     let ttt = expect_r2t(&s, itt).await.bhs.ttt();
     // Half the data, then a Logout (close the session).
-    s.send_raw_pdu(&data_out(itt, ttt, 0, 0, vec![0x77; 4096], false))
+    s.send_raw_pdu(&raw::data_out(itt, ttt, 0, 0, vec![0x77; 4096], false))
         .await
         .unwrap();
     let mut l = Pdu::new(Opcode::LogoutRequest);
