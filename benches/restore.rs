@@ -20,7 +20,7 @@
 //! average before and after.
 //!
 //! Knobs: BENCH_DIR (target/bench-restore; a real disk, not tmpfs),
-//! BENCH_SIZE_MIB (1024), BENCH_ROUNDS (5), BENCH_PARALLEL (16),
+//! BENCH_SIZE_MIB (1024), BENCH_ROUNDS (5), BENCH_PARALLEL (32, the default),
 //! BENCH_WRITE_KIB (1024).
 
 #[path = "../tests/common/mod.rs"]
@@ -173,7 +173,7 @@ fn main() {
     let size = env("BENCH_SIZE_MIB", 1024) << 20;
     let rounds = env("BENCH_ROUNDS", 5) as usize;
     let o = RestoreOptions {
-        parallel: env("BENCH_PARALLEL", 16) as usize,
+        parallel: env("BENCH_PARALLEL", backup::restore::DEFAULT_PARALLEL as u64) as usize,
         max_write_bytes: (env("BENCH_WRITE_KIB", 1024) as usize) << 10,
         ..Default::default()
     };

@@ -85,7 +85,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "NAME", default_value = DEFAULT_CBT_INITIATOR)]
     initiator: String,
     /// Writes (and chunk reads) in flight.
-    #[arg(long, value_name = "Q", default_value_t = 16)]
+    #[arg(long, value_name = "Q", default_value_t = backup::restore::DEFAULT_PARALLEL)]
     parallel: usize,
     /// Largest WRITE in KiB (several extents per command).
     #[arg(long, value_name = "KIB", default_value_t = 1024)]
