@@ -21,7 +21,10 @@
 //! BENCH_SIZE_MIB (1024), BENCH_STORE_MIB (256), BENCH_SKIP_ISCSI=1,
 //! BENCH_REPS (3), BENCH_REPO_DIR (BENCH_DIR; the disk repository),
 //! BENCH_TMPFS_DIR (/dev/shm), BENCH_DD_MIB (512),
-//! BENCH_RANDOM_LEVEL (1: zstd level of the random-data run, 0 = off).
+//! BENCH_RANDOM_LEVEL (1: zstd level of the random-data run, 0 = off),
+//! BENCH_SPLIT_CPUS=1 (the target's threads on CPU 1, the initiator and
+//! the repository on CPU 0: the backup appliance as a machine of its own,
+//! as deployed, instead of target and appliance sharing both cores).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -45,6 +48,25 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Pin the calling thread (and every thread it starts later) to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and
+    // sched_setaffinity only touch the set we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity to CPU {cpu}"
+        );
+    }
+}
+
+fn split_cpus() -> bool {
+    env("BENCH_SPLIT_CPUS", 0) != 0
 }
 
 fn mib(b: f64) -> f64 {
@@ -227,6 +249,11 @@ async fn throughput(d: &Dirs, size: u64, compressible: bool, level: i32, reps: u
     if std::fs::metadata(&img).map(|m| m.len()).ok() != Some(size) {
         make_image(&img, size, compressible);
     }
+    if split_cpus() {
+        // The target's runtime and blocking threads start from its own
+        // thread, so they inherit CPU 1; then this thread goes back.
+        pin(1);
+    }
     let t = TestTarget::start(
         &[LunSpec::File {
             path: &img,
@@ -238,6 +265,9 @@ async fn throughput(d: &Dirs, size: u64, compressible: bool, level: i32, reps: u
             ..Default::default()
         },
     );
+    if split_cpus() {
+        pin(0);
+    }
     let sweep = env("BENCH_READ_SWEEP", 0);
     if sweep != 0 {
         // READ size against the plain read's rate (1) or the tmpfs
@@ -549,6 +579,10 @@ fn main() {
         return;
     }
     if env("BENCH_SKIP_ISCSI", 0) == 0 {
+        if split_cpus() {
+            pin(0);
+            println!("split CPUs: target on CPU 1, initiator and repository on CPU 0");
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -154,7 +154,7 @@ impl Session {
             let r = task.next().await?;
             match r.opcode() {
                 Opcode::DataIn => {
-                    if let Some(done) = data_in.accept(&r)? {
+                    if let Some(done) = data_in.accept(r)? {
                         return Ok(done);
                     }
                 }

@@ -40,8 +40,8 @@ impl DataInAssembler {
     }
 
     /// Take one Data-In PDU; returns the outcome if it carried status.
-    pub fn accept(&mut self, pdu: &Pdu) -> Result<Option<ScsiOutcome>> {
-        let b = &pdu.bhs;
+    pub fn accept(&mut self, pdu: Pdu) -> Result<Option<ScsiOutcome>> {
+        let Pdu { bhs: b, data, .. } = pdu;
         if b.data_sn() != self.next_data_sn {
             return Err(InitiatorError::Protocol(format!(
                 "Data-In DataSN {} where {} was due",
@@ -51,28 +51,14 @@ impl DataInAssembler {
         }
         self.next_data_sn = self.next_data_sn.wrapping_add(1);
         let off = b.buffer_offset() as u64;
-        let end = off + pdu.data.len() as u64;
+        let end = off + data.len() as u64;
         if end > self.expected as u64 {
             return Err(InitiatorError::Protocol(format!(
                 "Data-In bytes {off}..{end} beyond the expected {}",
                 self.expected
             )));
         }
-        let (off, end) = (off as usize, end as usize);
-        if self.buf.capacity() == 0 {
-            // Once, the size this command asked for: no regrowth copies
-            // of a large READ's buffer as its PDUs arrive.
-            self.buf.reserve_exact(self.expected as usize);
-        }
-        if off == self.buf.len() {
-            // In order (the usual case): append, without zeroing first.
-            self.buf.extend_from_slice(&pdu.data);
-        } else {
-            if self.buf.len() < end {
-                self.buf.resize(end, 0);
-            }
-            self.buf[off..end].copy_from_slice(&pdu.data);
-        }
+        self.place(off as usize, data);
         let flags = b.flags();
         if flags & S_BIT == 0 {
             return Ok(None);
@@ -86,6 +72,36 @@ impl DataInAssembler {
             data: std::mem::take(&mut self.buf),
             residual: residual(flags, b.residual_count()),
         }))
+    }
+
+    /// Put a segment's bytes at `off` of the command's buffer.
+    fn place(&mut self, off: usize, data: Vec<u8>) {
+        if off == 0 && self.buf.is_empty() && data.capacity() >= self.expected as usize {
+            // The first segment's buffer has room for the whole transfer
+            // (always when one PDU carries it: the receive path reads
+            // into pooled buffers of a power-of-two size): it becomes the
+            // command's buffer, so that data is never copied in user
+            // space (issue 13).
+            self.buf = data;
+            return;
+        }
+        if self.buf.capacity() == 0 {
+            // Once, the size this command asked for: no regrowth copies
+            // of a large READ's buffer as its PDUs arrive.
+            self.buf.reserve_exact(self.expected as usize);
+        }
+        let end = off + data.len();
+        if off == self.buf.len() {
+            // In order (the usual case): append, without zeroing first.
+            self.buf.extend_from_slice(&data);
+        } else {
+            if self.buf.len() < end {
+                self.buf.resize(end, 0);
+            }
+            self.buf[off..end].copy_from_slice(&data);
+        }
+        // Segments come from the pool (initiator::wire): back they go.
+        crate::buffers::give(data);
     }
 
     /// Finish with a SCSI Response PDU.
@@ -136,11 +152,11 @@ mod tests {
     #[test]
     fn reassembles_with_status_in_last_data_in() {
         let mut a = DataInAssembler::new(12);
-        assert!(a.accept(&data_in(0, 0, b"abcd", 0, 0)).unwrap().is_none());
-        assert!(a.accept(&data_in(1, 4, b"efgh", 0, 0)).unwrap().is_none());
+        assert!(a.accept(data_in(0, 0, b"abcd", 0, 0)).unwrap().is_none());
+        assert!(a.accept(data_in(1, 4, b"efgh", 0, 0)).unwrap().is_none());
         let mut last = data_in(2, 8, b"ij", F_BIT | S_BIT | U_BIT, 0);
         last.bhs.set_residual_count(2);
-        let out = a.accept(&last).unwrap().unwrap();
+        let out = a.accept(last).unwrap().unwrap();
         assert_eq!(out.data, b"abcdefghij");
         assert_eq!(out.status, 0);
         assert_eq!(out.residual, Some((false, 2)));
@@ -149,12 +165,12 @@ mod tests {
     #[test]
     fn rejects_gaps_and_overruns() {
         let mut a = DataInAssembler::new(8);
-        a.accept(&data_in(0, 0, b"ab", 0, 0)).unwrap();
-        assert!(a.accept(&data_in(2, 2, b"cd", 0, 0)).is_err());
+        a.accept(data_in(0, 0, b"ab", 0, 0)).unwrap();
+        assert!(a.accept(data_in(2, 2, b"cd", 0, 0)).is_err());
         let mut a = DataInAssembler::new(4);
-        assert!(a.accept(&data_in(0, 2, b"abcd", 0, 0)).is_err());
+        assert!(a.accept(data_in(0, 2, b"abcd", 0, 0)).is_err());
         let mut a = DataInAssembler::new(4);
-        assert!(a.accept(&data_in(0, u32::MAX, b"a", 0, 0)).is_err());
+        assert!(a.accept(data_in(0, u32::MAX, b"a", 0, 0)).is_err());
     }
 
     #[test]

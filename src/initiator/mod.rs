@@ -75,7 +75,10 @@ impl ConnectOptions {
             data_digest: false,
             // Type 2 ("random") ISID: 0b10 in the top bits, then a qualifier.
             isid: [0x80, q[0], q[1], q[2], 0, 0],
-            max_recv_dsl: 256 * 1024,
+            // As large as a backup's READ (backup::pass::READ_BYTES):
+            // one Data-In PDU then carries it, and its receive buffer
+            // becomes the command's with no copy (datain.rs, issue 13).
+            max_recv_dsl: 512 * 1024,
             immediate_data: true,
             initial_r2t: false,
             max_burst: 1024 * 1024,

@@ -257,14 +257,19 @@ impl Shared {
     }
 
     /// Deliver to the task with this ITT; unclaimed PDUs go to the raw queue.
+    /// A PDU carried by `msg` that no task takes goes there itself (so
+    /// Data-In is never copied on its way: issue 13); `raw` is kept for
+    /// messages that carry an error instead.
     fn route(&self, itt: u32, msg: TaskMsg, raw: Option<Pdu>) {
         let mut st = self.lock();
-        if let Some(t) = st.tasks.get(&itt)
-            && t.tx.send(msg).is_ok()
-        {
-            return;
-        }
-        if let Some(p) = raw {
+        let unclaimed = match st.tasks.get(&itt) {
+            Some(t) => match t.tx.send(msg) {
+                Ok(()) => return,
+                Err(back) => back.0,
+            },
+            None => msg,
+        };
+        if let Some(p) = unclaimed.ok().or(raw) {
             if st.raw.len() >= RAW_QUEUE_CAP {
                 st.raw.pop_front();
             }
@@ -332,7 +337,7 @@ fn dispatch(shared: &Arc<Shared>, pdu: Pdu) {
                 Some(pdu),
             );
         }
-        _ => shared.route(itt, Ok(pdu.clone()), Some(pdu)),
+        _ => shared.route(itt, Ok(pdu), None),
     }
 }
 

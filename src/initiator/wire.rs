@@ -1,8 +1,9 @@
 //! Reading PDUs from a byte stream, and serial number arithmetic.
 
 use super::error::{InitiatorError, Result};
-use crate::proto::pdu::{decode_tail, tail_len};
+use crate::proto::pdu::{decode_owned, tail_len};
 use crate::proto::{BHS_LEN, Bhs, Framing, Pdu, PduError};
+use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// One PDU off the wire. The inner `Err` is a PDU-local problem (a data
@@ -15,13 +16,27 @@ pub(crate) async fn read_pdu<R: AsyncRead + Unpin>(
     read_full(r, &mut head).await?;
     let bhs = Bhs(head);
     let n = tail_len(&bhs, framing)?;
-    let mut tail = vec![0u8; n];
-    read_full(r, &mut tail).await?;
-    match decode_tail(bhs.clone(), &tail, framing) {
+    let tail = read_tail(r, n).await?;
+    match decode_owned(bhs.clone(), tail, framing) {
         Ok(p) => Ok(Ok(p)),
         Err(e) if !e.is_fatal() => Ok(Err((bhs, e))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `n` bytes into a pooled buffer of their own, without zeroing it first
+/// (the tail becomes the PDU's data: `decode_owned`).
+async fn read_tail<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> Result<Vec<u8>> {
+    let mut tail = crate::buffers::with_capacity(n);
+    while tail.len() < n {
+        // Limited: the buffer may have room beyond `n`, and what follows
+        // belongs to the next PDU.
+        let want = n - tail.len();
+        if r.read_buf(&mut (&mut tail).limit(want)).await? == 0 {
+            return Err(InitiatorError::ConnectionClosed);
+        }
+    }
+    Ok(tail)
 }
 
 async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<()> {

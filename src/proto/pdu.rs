@@ -410,13 +410,7 @@ pub fn decode_tail(bhs: Bhs, tail: &[u8], framing: &Framing) -> Result<Pdu, PduE
     let dsl = bhs.data_segment_len() as usize;
     let mut data = Vec::new();
     if dsl > 0 {
-        let padded = dsl + pad_len(dsl);
-        if framing.data_digest {
-            let got = u32::from_le_bytes(rest[padded..padded + 4].try_into().unwrap());
-            if got != crc32c(&rest[..padded]) {
-                return Err(PduError::DataDigest);
-            }
-        }
+        check_data_digest(rest, dsl, framing)?;
         // Write data passes through here on its way to a command buffer,
         // and the session hands the segment back to the pool.
         data = crate::buffers::copy_of(&rest[..dsl]);
@@ -426,6 +420,46 @@ pub fn decode_tail(bhs: Bhs, tail: &[u8], framing: &Framing) -> Result<Pdu, PduE
         ahs: ahs.to_vec(),
         data,
     })
+}
+
+/// Phase two for a tail read into a buffer of its own: as
+/// [`decode_tail`], but when the data segment starts the tail (no AHS,
+/// no header digest: what initiators negotiate by default) the tail's
+/// buffer becomes the data, cut to length, instead of being copied out.
+/// Why: READ data otherwise crosses user space once more on its way to
+/// the command (the initiator's receive path, issue 13).
+pub fn decode_owned(bhs: Bhs, mut tail: Vec<u8>, framing: &Framing) -> Result<Pdu, PduError> {
+    let dsl = bhs.data_segment_len() as usize;
+    if bhs.total_ahs_len() != 0 || framing.header_digest || dsl == 0 {
+        return decode_tail(bhs, &tail, framing);
+    }
+    let want = tail_len(&bhs, framing)?;
+    if tail.len() != want {
+        return Err(PduError::WrongTailLength {
+            got: tail.len(),
+            want,
+        });
+    }
+    check_data_digest(&tail, dsl, framing)?;
+    tail.truncate(dsl);
+    Ok(Pdu {
+        bhs,
+        ahs: Vec::new(),
+        data: tail,
+    })
+}
+
+/// `rest` holds a data segment of `dsl` bytes, its padding and (with
+/// data digests) the digest over both.
+fn check_data_digest(rest: &[u8], dsl: usize, framing: &Framing) -> Result<(), PduError> {
+    let padded = dsl + pad_len(dsl);
+    if framing.data_digest {
+        let got = u32::from_le_bytes(rest[padded..padded + 4].try_into().unwrap());
+        if got != crc32c(&rest[..padded]) {
+            return Err(PduError::DataDigest);
+        }
+    }
+    Ok(())
 }
 
 /// Each AHS is length (2 bytes) + type (1 byte) + body, padded to 4 bytes,
@@ -554,6 +588,42 @@ mod tests {
         wire[BHS_LEN + 4 + 1] ^= 1;
         assert_eq!(decode(&wire, &f), Err(PduError::DataDigest));
         assert!(!PduError::DataDigest.is_fatal());
+    }
+
+    #[test]
+    fn owned_decode_keeps_the_tail_and_checks_like_the_copying_one() {
+        for hd in [false, true] {
+            for dd in [false, true] {
+                let f = Framing {
+                    header_digest: hd,
+                    data_digest: dd,
+                    max_data_segment: 8192,
+                };
+                let wire = encode(&sample(), &f);
+                let bhs = Bhs(wire[..BHS_LEN].try_into().unwrap());
+                let tail = wire[BHS_LEN..].to_vec();
+                let at = tail.as_ptr();
+                let pdu = decode_owned(bhs.clone(), tail.clone(), &f).unwrap();
+                assert_eq!(pdu, decode_tail(bhs.clone(), &tail, &f).unwrap());
+                if !hd {
+                    let kept = decode_owned(bhs.clone(), tail, &f).unwrap();
+                    assert_eq!(kept.data.as_ptr(), at, "the tail's buffer is the data");
+                }
+                let mut bad = wire[BHS_LEN..].to_vec();
+                bad[usize::from(hd) * 4 + 1] ^= 1;
+                let want = decode_tail(bhs.clone(), &bad, &f).map(|_| ());
+                assert_eq!(decode_owned(bhs.clone(), bad, &f).map(|_| ()), want);
+                assert_eq!(
+                    decode_owned(bhs, wire[BHS_LEN + 1..].to_vec(), &f).map(|_| ()),
+                    decode_tail(
+                        Bhs(wire[..BHS_LEN].try_into().unwrap()),
+                        &wire[BHS_LEN + 1..],
+                        &f
+                    )
+                    .map(|_| ())
+                );
+            }
+        }
     }
 
     #[test]
