@@ -77,7 +77,7 @@ impl Driver<'_> {
             .and_then(|_| pdu::decode_tail(bhs.clone(), &bytes[pdu::BHS_LEN..], &self.framing_in));
         match decoded {
             Ok(p) => self.conn.on_pdu(self.now, p, &self.env),
-            Err(PduError::DataDigest) => self.conn.on_data_digest(&bhs, &self.env),
+            Err(PduError::DataDigest) => self.conn.on_data_digest(self.now, &bhs, &self.env),
             Err(e) => self.conn.on_framing_lost(&bhs, &e),
         }
         self.pump();
@@ -125,6 +125,8 @@ impl Driver<'_> {
             Output::Abort(s) => drop(d.abort_held(s.lun, id, s.tag)),
             Output::LunReset(l) => d.lun_reset(l, &self.env.nexus),
             Output::TargetReset => d.target_reset(&self.env.nexus),
+            // Commands run in memory here: their results always come.
+            Output::Abandon(_) => {}
             Output::Close(_) => self.closed = true,
         }
     }
@@ -199,6 +201,7 @@ fn config(choice: LoginChoice) -> Config {
         write_buffer_per_session: 16 << 20,
         nop_interval: Duration::from_secs(30),
         nop_timeout: Duration::from_secs(30),
+        abort_timeout: Duration::from_secs(5),
     }
 }
 

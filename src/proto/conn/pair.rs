@@ -24,6 +24,7 @@ pub enum DeviceCall {
     Abort(super::AbortScope),
     LunReset(u64),
     TargetReset,
+    Abandon(u32),
 }
 
 pub struct Luns(pub HashSet<u64>);
@@ -73,6 +74,7 @@ pub fn config() -> Config {
         write_buffer_per_session: 1 << 20,
         nop_interval: Duration::from_secs(30),
         nop_timeout: Duration::from_secs(10),
+        abort_timeout: Duration::from_secs(5),
     }
 }
 
@@ -166,6 +168,14 @@ impl Pair {
                 Output::Abort(s) => self.device.push(DeviceCall::Abort(s)),
                 Output::LunReset(l) => self.device.push(DeviceCall::LunReset(l)),
                 Output::TargetReset => self.device.push(DeviceCall::TargetReset),
+                // A held execution is a stuck call: give it up.
+                Output::Abandon(itt) => {
+                    self.device.push(DeviceCall::Abandon(itt));
+                    if let Some(i) = self.held.iter().position(|e| e.itt == itt) {
+                        self.held.remove(i);
+                        self.conn.on_abandoned(itt);
+                    }
+                }
                 Output::Close(r) => {
                     assert!(self.closed.is_none(), "closed twice");
                     self.closed = Some(r);
