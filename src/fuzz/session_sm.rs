@@ -18,7 +18,7 @@ use crate::proto::conn::{BudgetPool, Config, Connection, Env, Output};
 use crate::proto::login::SessionType;
 use crate::proto::pdu::{self, Framing, Opcode, Pdu, PduError};
 use crate::proto::response::carries_status;
-use crate::scsi::{DeviceServer, Nexus, OwnedCommand, ScsiResult};
+use crate::scsi::{DeviceServer, Nexus, ScsiResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, OnceLock};
@@ -112,14 +112,7 @@ impl Driver<'_> {
             Output::Execute(e) => {
                 let tx = self.done_tx.clone();
                 let itt = e.itt;
-                let cmd = OwnedCommand {
-                    lun: e.lun,
-                    cdb: e.cdb,
-                    data_out: e.data_out,
-                    expected_len: e.expected_len,
-                    nexus: self.env.nexus.clone(),
-                    tag: u64::from(itt),
-                };
+                let cmd = e.into_command(self.env.nexus.clone());
                 d.submit(cmd, Box::new(move |res| drop(tx.send((itt, res)))));
             }
             Output::Abort(s) => drop(d.abort_held(s.lun, id, s.tag)),

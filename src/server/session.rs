@@ -18,7 +18,7 @@ use super::wire::{self, ReadOutcome};
 use crate::proto::conn::{CloseReason, Config, Connection, Event, Exec, Output, Reply};
 use crate::proto::login::SessionType;
 use crate::proto::pdu::Framing;
-use crate::scsi::{DeviceServer, Nexus, OwnedCommand, ScsiResult};
+use crate::scsi::{DeviceServer, Nexus, ScsiResult};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -255,21 +255,15 @@ impl Session {
             return; // the machine runs SCSI commands in normal sessions only
         };
         let itt = e.itt;
-        let cmd = OwnedCommand {
-            lun: e.lun,
-            cdb: e.cdb,
-            data_out: e.data_out,
-            expected_len: e.expected_len,
-            nexus: self.target.nexus.clone(),
-            tag: u64::from(itt),
-        };
+        let charged = e.charged;
+        let cmd = e.into_command(self.target.nexus.clone());
         // The hand-off to the pool would cost more than such a command.
         if device.runs_inline(cmd.lun, &cmd.cdb) {
             let tx = self.done_tx.clone();
             let done = move |result| drop(tx.send(Done { itt, result }));
             device.submit(cmd, Box::new(done));
         } else {
-            let ticket = self.spawn_pooled(device, itt, cmd, e.charged);
+            let ticket = self.spawn_pooled(device, itt, cmd, charged);
             if let Some(g) = self.tasks.get_mut(&itt) {
                 g.ticket = Some(ticket);
             }

@@ -8,7 +8,7 @@ use crate::proto::dataout::{R2tRequest, WriteLimits, WriteTransfer};
 use crate::proto::negotiation::SessionParams;
 use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, DataInPlan, Residual, reject};
-use crate::scsi::{ScsiResult, Sense, SenseReason, status};
+use crate::scsi::{Nexus, OwnedCommand, ScsiResult, Sense, SenseReason, status};
 use std::time::Instant;
 
 /// A command's write data, while it waits for its CmdSN turn.
@@ -84,6 +84,21 @@ pub struct Exec {
     /// Write budget the command holds: an abandoned call keeps it until it
     /// returns (the driver then gives it back, see `stuck_charges`).
     pub charged: u64,
+}
+
+impl Exec {
+    /// The command for the device server, from the I_T nexus it came on
+    /// (its tag is the ITT: task management names tasks by it).
+    pub fn into_command(self, nexus: std::sync::Arc<Nexus>) -> OwnedCommand {
+        OwnedCommand {
+            lun: self.lun,
+            cdb: self.cdb,
+            data_out: self.data_out,
+            expected_len: self.expected_len,
+            nexus,
+            tag: u64::from(self.itt),
+        }
+    }
 }
 
 /// A command's answer, for metrics.
@@ -295,16 +310,18 @@ impl Connection {
         if matches!(task.state, State::Aborted) {
             self.task_gone(itt);
         } else {
+            let (status, data_in) = (result.status, result.data_in.len());
+            let reply = build_response(itt, &task, result, &self.cfg.params);
+            // The task is done with: its CDB moves into the event.
             self.events.push_back(Event::Answered(Answered {
                 lun: task.lun,
-                cdb: task.cdb.clone(),
+                cdb: task.cdb,
                 read: task.read,
                 edtl: task.edtl,
-                status: result.status,
-                data_in: result.data_in.len(),
+                status,
+                data_in,
                 started: task.started,
             }));
-            let reply = build_response(itt, &task, result, &self.cfg.params);
             self.out.push_back(Output::Send(reply));
         }
         if self.closed.is_none() {
