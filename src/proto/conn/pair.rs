@@ -4,7 +4,7 @@
 //! target sends (StatSN in order, sequence numbers stamped), and a small
 //! memory disk executes commands — at once, or held until released.
 
-use super::{BudgetPool, CloseReason, Config, Connection, Env, Exec, Output, WriteBudget};
+use super::{BudgetPool, CloseReason, Config, Connection, Env, Event, Exec, Output, WriteBudget};
 use crate::proto::login::SessionType;
 use crate::proto::negotiation::SessionParams;
 use crate::proto::pdu::{Opcode, Pdu};
@@ -53,6 +53,9 @@ pub struct Pair {
     pub closed: Option<CloseReason>,
     pub cmd_sn: u32,
     pub exp_stat_sn: u32,
+    /// Tasks the events say are in the table (`Started` minus `Ended`):
+    /// what the runtime's per-task guards and gauges follow.
+    pub in_table: HashSet<u32>,
     next_itt: u32,
 }
 
@@ -98,6 +101,7 @@ impl Pair {
             closed: None,
             cmd_sn,
             exp_stat_sn,
+            in_table: HashSet::new(),
             next_itt: 1,
         }
     }
@@ -182,7 +186,25 @@ impl Pair {
                 }
             }
         }
-        while self.conn.poll_event().is_some() {}
+        self.observe();
+    }
+
+    /// Follow the events as the runtime's metrics do, and check that they
+    /// account for exactly the tasks in the table.
+    fn observe(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Started { itt, .. } => {
+                    assert!(self.in_table.insert(itt), "task {itt} started twice")
+                }
+                Event::Ended { itt, .. } => {
+                    assert!(self.in_table.remove(&itt), "task {itt} ended twice")
+                }
+                _ => {}
+            }
+        }
+        let table: HashSet<u32> = self.conn.tasks.keys().copied().collect();
+        assert_eq!(self.in_table, table, "events and task table disagree");
     }
 
     /// The initiator's checks on every PDU: sent before any close, StatSN
