@@ -278,4 +278,5 @@ fn task_management_for_unknown_tasks_and_luns() {
     assert!(!t.device.iter().any(|c| matches!(c, DeviceCall::Execute(9))));
 }
 
+mod hung;
 mod rules;
