@@ -48,7 +48,7 @@ pub struct TargetSettings {
     /// depth; see `poll.rs`.
     pub busy_poll: Duration,
     /// A backend call running this long is reported hung and fences its
-    /// LUN until it returns (see `target::hung`).
+    /// LUN until it returns (see `server::hung`).
     pub hung_io_timeout: Duration,
     /// How long task management (and a session's end) waits for an
     /// executing command before abandoning it as hung.
