@@ -18,7 +18,7 @@ use crate::proto::conn::{BudgetPool, Config, Connection, Env, Output};
 use crate::proto::login::SessionType;
 use crate::proto::pdu::{self, Framing, Opcode, Pdu, PduError};
 use crate::proto::response::carries_status;
-use crate::scsi::{DeviceServer, Nexus, OwnedCommand, ScsiResult};
+use crate::scsi::{DeviceServer, Nexus, ScsiResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, OnceLock};
@@ -77,7 +77,7 @@ impl Driver<'_> {
             .and_then(|_| pdu::decode_tail(bhs.clone(), &bytes[pdu::BHS_LEN..], &self.framing_in));
         match decoded {
             Ok(p) => self.conn.on_pdu(self.now, p, &self.env),
-            Err(PduError::DataDigest) => self.conn.on_data_digest(&bhs, &self.env),
+            Err(PduError::DataDigest) => self.conn.on_data_digest(self.now, &bhs, &self.env),
             Err(e) => self.conn.on_framing_lost(&bhs, &e),
         }
         self.pump();
@@ -112,19 +112,14 @@ impl Driver<'_> {
             Output::Execute(e) => {
                 let tx = self.done_tx.clone();
                 let itt = e.itt;
-                let cmd = OwnedCommand {
-                    lun: e.lun,
-                    cdb: e.cdb,
-                    data_out: e.data_out,
-                    expected_len: e.expected_len,
-                    nexus: self.env.nexus.clone(),
-                    tag: u64::from(itt),
-                };
+                let cmd = e.into_command(self.env.nexus.clone());
                 d.submit(cmd, Box::new(move |res| drop(tx.send((itt, res)))));
             }
             Output::Abort(s) => drop(d.abort_held(s.lun, id, s.tag)),
             Output::LunReset(l) => d.lun_reset(l, &self.env.nexus),
             Output::TargetReset => d.target_reset(&self.env.nexus),
+            // Commands run in memory here: their results always come.
+            Output::Abandon(_) => {}
             Output::Close(_) => self.closed = true,
         }
     }
@@ -199,6 +194,7 @@ fn config(choice: LoginChoice) -> Config {
         write_buffer_per_session: 16 << 20,
         nop_interval: Duration::from_secs(30),
         nop_timeout: Duration::from_secs(30),
+        abort_timeout: Duration::from_secs(5),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::Metrics;
 use super::labels::*;
-use crate::scsi::{ScsiResult, status};
+use crate::scsi::status::GOOD;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -116,24 +116,27 @@ impl SessionMetrics {
         InFlight(g)
     }
 
-    /// A command was answered with `result`. Read bytes are the Data-In a
-    /// READ sent (cut to EDTL); written bytes the Data-Out of a WRITE that
-    /// completed GOOD. Other commands' data (inquiries, CBT, UNMAP lists)
-    /// is not I/O and is not counted.
+    /// A command was answered with `status` and `data_in` bytes of
+    /// Data-In from the device. Read bytes are the Data-In a READ sent
+    /// (cut to EDTL); written bytes the Data-Out of a WRITE that completed
+    /// GOOD. Other commands' data (inquiries, CBT, UNMAP lists) is not I/O
+    /// and is not counted.
+    #[allow(clippy::too_many_arguments)]
     pub fn command_done(
         &mut self,
         lun: u64,
         cdb: &[u8],
         read: bool,
         edtl: u32,
-        result: &ScsiResult,
+        status: u8,
+        data_in: usize,
         started: Instant,
     ) {
         let elapsed = started.elapsed();
         let kind = CommandKind::of(cdb);
         let (sent, got) = match kind {
-            CommandKind::Read if read => (result.data_in.len().min(edtl as usize) as u64, 0),
-            CommandKind::Write if !read && result.status == status::GOOD => (0, u64::from(edtl)),
+            CommandKind::Read if read => (data_in.min(edtl as usize) as u64, 0),
+            CommandKind::Write if !read && status == GOOD => (0, u64::from(edtl)),
             _ => (0, 0),
         };
         let kind = kind as usize;

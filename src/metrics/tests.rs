@@ -35,14 +35,15 @@ fn session_handles_count_into_the_registry() {
         let now = Instant::now();
         let read = ScsiResult::good(vec![0; 8192], 8192);
         // Data-In beyond the initiator's EDTL is not sent.
-        s.command_done(0, &[0x28], true, 4096, &read, now);
+        s.command_done(0, &[0x28], true, 4096, read.status, read.data_in.len(), now);
         let written = ScsiResult::good(Vec::new(), 512);
         s.command_done(
             7,
             &[0x2a],
             false,
             512,
-            &written,
+            written.status,
+            written.data_in.len(),
             now - Duration::from_millis(2),
         );
         s.reject(0x04);

@@ -19,6 +19,7 @@
 
 use super::session::{Done, Session};
 use super::shared::Shared;
+use crate::proto::conn::WriteBudget;
 use crate::scsi::DeviceServer;
 use crate::scsi::vendor::lock::DoneFn;
 use std::sync::Arc;
@@ -56,10 +57,6 @@ impl Ticket {
         self.state.load(SeqCst)
     }
 
-    pub(super) fn is_hung(&self) -> bool {
-        self.state() == HUNG
-    }
-
     /// Give the command up; `false` if it finished already (its `Done`
     /// is on its way). Only the completion changes the state meanwhile,
     /// and only to DONE.
@@ -90,7 +87,7 @@ impl Completion {
                 let (device, lun) = (&self.ticket.device, self.ticket.lun);
                 device.hung_call_returned(lun);
                 self.stuck.fetch_sub(self.charged, SeqCst);
-                self.shared.write_charged.fetch_sub(self.charged, SeqCst);
+                self.shared.write_budget.give(self.charged);
                 warn!(target = %device.target_name, lun, itt = self.itt,
                     secs = self.ticket.since.elapsed().as_secs(),
                     "abandoned backend call returned; its result is dropped");
@@ -109,47 +106,51 @@ impl Completion {
 }
 
 impl Session {
-    /// Hand a command to the blocking pool under a ticket.
-    pub(super) fn spawn_pooled(&mut self, itt: u32, cmd: crate::scsi::OwnedCommand) {
-        let device = self.device.clone().expect("SCSI task in a normal session");
-        let Some(task) = self.tasks.get_mut(&itt) else {
-            return;
-        };
+    /// Hand a command to the blocking pool under a ticket. `charged`: the
+    /// write budget it holds (kept charged if the call is abandoned).
+    pub(super) fn spawn_pooled(
+        &mut self,
+        device: Arc<DeviceServer>,
+        itt: u32,
+        cmd: crate::scsi::OwnedCommand,
+        charged: u64,
+    ) -> Arc<Ticket> {
         let ticket = Arc::new(Ticket {
             state: AtomicU8::new(RUNNING),
             held: AtomicBool::new(false),
             since: Instant::now(),
             device: device.clone(),
-            lun: task.lun,
+            lun: cmd.lun,
         });
-        task.pooled = true;
-        task.ticket = Some(ticket.clone());
         let c = Completion {
             ticket: ticket.clone(),
-            tx: self.done_tx.clone(),
+            tx: self.done_tx(),
             itt,
-            stuck: self.stuck_charged.clone(),
-            shared: self.shared.clone(),
-            charged: u64::from(task.charged),
+            stuck: self.conn.stuck_charges(),
+            shared: self.target.shared.clone(),
+            charged,
         };
         let done: DoneFn = Box::new(move |result| c.finish(result));
         if self.hang_check.is_none() {
             self.hang_check = Some(Instant::now() + self.hang_period());
         }
+        let t = ticket.clone();
         tokio::task::spawn_blocking(move || {
             device.submit(cmd, done);
-            ticket.held.store(true, SeqCst);
+            t.held.store(true, SeqCst);
         });
+        ticket
     }
 
     fn hang_period(&self) -> Duration {
-        (self.shared.settings.hung_io_timeout / 4).max(Duration::from_millis(10))
+        (self.target.shared.settings.hung_io_timeout / 4).max(Duration::from_millis(10))
     }
 
-    /// Give an executing command up (see the module docs); `false` if it
-    /// finished meanwhile.
+    /// Give an executing command's call up (see the module docs); `false`
+    /// if it finished meanwhile (its `Done` is on its way) or runs inline.
+    /// The caller tells the state machine (`on_abandoned`).
     pub(super) fn abandon(&mut self, itt: u32) -> bool {
-        let Some(ticket) = self.tasks.get(&itt).and_then(|t| t.ticket.clone()) else {
+        let Some(ticket) = self.ticket(itt) else {
             return false;
         };
         // A call reported hung has its fence count already.
@@ -157,108 +158,66 @@ impl Session {
             HUNG => ticket.abandon(),
             _ => fence_then(&ticket, || ticket.abandon()),
         };
-        if !taken {
-            return false; // it finished: its Done is on its way
+        if taken {
+            let t = &self.target;
+            warn!(target = ?t.target_name, lun = ticket.lun, itt,
+                initiator = %t.nexus.initiator_port,
+                "command stuck in the backend abandoned; LUN fenced until it returns");
         }
-        let task = self.tasks.remove(&itt).expect("present");
-        warn!(target = ?self.target_name, lun = task.lun, itt,
-            initiator = %self.nexus.initiator_port,
-            "command stuck in the backend abandoned; LUN fenced until it returns");
-        // The stuck call still holds the write data: the charge stays
-        // until it returns (then `Completion::finish` gives it back).
-        let charged = u64::from(task.charged);
-        self.write_charged -= charged;
-        self.stuck_charged.fetch_add(charged, SeqCst);
-        if !task.read && task.edtl > 0 {
-            self.note_ended(itt);
-        }
-        if !task.immediate {
-            self.window.complete();
-        }
-        true
+        taken
     }
 
-    /// Timer work: report calls past the hang timeout, give up on the
-    /// victims of task management that waited too long.
-    pub(super) async fn check_hung(&mut self, now: Instant) -> std::io::Result<()> {
-        if self.hang_check.is_some_and(|t| now >= t) {
-            self.report_hung(now);
-        }
-        let expired: Vec<u32> = self
-            .pending_tmfs
-            .iter()
-            .filter(|p| p.expired(now))
-            .flat_map(|p| p.waiting().iter().copied())
-            .collect();
-        for itt in expired {
-            if self.abandon(itt) {
-                self.task_gone(itt).await?;
-            }
-        }
-        // A Logout that waited for a call now known hung goes ahead.
-        self.try_logout().await
-    }
-
-    fn report_hung(&mut self, now: Instant) {
-        let limit = self.shared.settings.hung_io_timeout;
-        let overdue: Vec<(u32, u64, Arc<Ticket>)> = (self.tasks.iter())
-            .filter_map(|(itt, t)| Some((*itt, t.lun, t.ticket.clone()?)))
-            .filter(|(_, _, k)| {
+    /// Report calls past the hang timeout: they fence their LUN, and a
+    /// Logout no longer waits for them.
+    pub(super) fn report_hung(&mut self, now: Instant) {
+        let limit = self.target.shared.settings.hung_io_timeout;
+        let overdue: Vec<(u32, Arc<Ticket>)> = (self.tickets())
+            .filter(|(_, k)| {
                 k.state() == RUNNING && !k.held.load(SeqCst) && now.duration_since(k.since) >= limit
             })
+            .map(|(itt, k)| (itt, k.clone()))
             .collect();
-        for (itt, lun, ticket) in overdue {
+        for (itt, ticket) in overdue {
             let mark = || {
                 (ticket.state)
                     .compare_exchange(RUNNING, HUNG, SeqCst, SeqCst)
                     .is_ok()
             };
             if fence_then(&ticket, mark) {
-                warn!(target = ?self.target_name, lun, itt,
+                let t = &self.target;
+                warn!(target = ?t.target_name, lun = ticket.lun, itt,
                     secs = now.duration_since(ticket.since).as_secs(),
-                    initiator = %self.nexus.initiator_port,
+                    initiator = %t.nexus.initiator_port,
                     "backend call hung; LUN fenced (new commands get NOT READY) until it returns");
+                self.conn.on_hung(itt);
             }
         }
-        let running = self.tasks.values().any(|t| t.ticket.is_some());
+        let running = self.tickets().next().is_some();
         self.hang_check = running.then(|| now + self.hang_period());
-    }
-
-    /// The earliest instant `check_hung` has work.
-    pub(super) fn hung_deadline(&self) -> Option<Instant> {
-        let tmf = self.pending_tmfs.iter().filter_map(|p| p.deadline()).min();
-        match (self.hang_check, tmf) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
     }
 
     /// The session is ending: wait for executing commands (their results
     /// are dropped), at most `abort_timeout`, then abandon the rest.
     pub(super) async fn drain(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
-        let deadline = Instant::now() + self.shared.settings.abort_timeout;
-        while self.tasks.values().any(|t| t.executing) {
+        let deadline = Instant::now() + self.target.shared.settings.abort_timeout;
+        while self.conn.executing() > 0 {
             match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-                Ok(Some(d)) => {
-                    if let Some(t) = self.tasks.remove(&d.itt) {
-                        self.release(&t);
-                    }
-                }
+                Ok(Some(d)) => self.conn.on_done(d.itt, d.result),
                 Ok(None) => break,
                 Err(_) => {
-                    let stuck: Vec<u32> = self
-                        .tasks
-                        .iter()
-                        .filter(|(_, t)| t.executing)
-                        .map(|(itt, _)| *itt)
-                        .collect();
-                    let abandoned = stuck.iter().filter(|itt| self.abandon(**itt)).count();
-                    if abandoned == stuck.len() {
+                    let stuck = self.conn.executing_tasks();
+                    let gone: Vec<u32> =
+                        stuck.iter().copied().filter(|&i| self.abandon(i)).collect();
+                    for &itt in &gone {
+                        self.conn.on_abandoned(itt);
+                    }
+                    if gone.len() == stuck.len() {
                         break;
                     }
                     // The others finished meanwhile: their Done is queued.
                 }
             }
+            self.forget_outputs();
         }
     }
 }

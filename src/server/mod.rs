@@ -11,9 +11,7 @@ pub mod reload;
 mod session;
 pub mod shared;
 pub mod stats;
-mod task;
 mod text;
-mod tmf;
 mod wire;
 
 pub use accept::{ReloadRequest, Server};

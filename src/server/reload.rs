@@ -215,12 +215,13 @@ impl Session {
     /// The session's target has a new device server (its LUN set changed):
     /// carry this nexus over; commands already running finish on the old.
     pub(super) fn switch_device(&mut self, next: Arc<DeviceServer>) {
-        let Some(old) = self.device.take() else {
+        let t = &mut self.target;
+        let Some(old) = t.device.take() else {
             return;
         };
-        if !Arc::ptr_eq(&old, &next) && self.kind == SessionType::Normal {
-            next.adopt_nexus(&self.nexus, &old);
+        if !Arc::ptr_eq(&old, &next) && t.kind == SessionType::Normal {
+            next.adopt_nexus(&t.nexus, &old);
         }
-        self.device = Some(next);
+        t.device = Some(next);
     }
 }

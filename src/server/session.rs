@@ -1,96 +1,75 @@
-//! Full feature phase of one session (one connection: MaxConnections=1).
+//! Full feature phase of one session (one connection: MaxConnections=1):
+//! a driver around `proto::conn::Connection`, which holds every rule.
 //!
-//! One task owns all session state and both halves of the socket: it
-//! reads PDUs itself (a buffered, cancel-safe reader) and selects over
-//! them, completed commands, timers and cancellation. Commands that can
+//! One task owns the connection state machine and both halves of the
+//! socket: it reads PDUs itself (a buffered, cancel-safe reader), feeds
+//! them in, and does what comes out — writes replies, runs commands,
+//! resets devices — and sleeps until the next deadline. Commands that can
 //! wait for a device run on the blocking pool and report back through a
 //! channel, so a slow disk never stops the session from reading (task
 //! management, pings and Data-Out keep flowing); memory-speed ones run
-//! right here (see `scsi::inline`).
+//! right here (see `scsi::inline`). Metrics observe the machine's events.
 
+use super::hung::Ticket;
 use super::login::LoggedIn;
 use super::poll;
 use super::shared::{SessionControl, Shared};
-use super::task::Task;
-use super::tmf::PendingTmf;
 use super::wire::{self, ReadOutcome};
-use crate::proto::cmdsn::{Admit, CmdWindow};
-use crate::proto::dataout::NO_TTT;
+use crate::proto::conn::{CloseReason, Config, Connection, Event, Exec, Output, Reply};
 use crate::proto::login::SessionType;
-use crate::proto::negotiation::SessionParams;
-use crate::proto::pdu::{Bhs, Framing, Opcode, Pdu};
-use crate::proto::response::{self, SeqNums, reject};
+use crate::proto::pdu::Framing;
 use crate::scsi::{DeviceServer, Nexus, ScsiResult};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
-/// A command whose turn in CmdSN order has come.
-#[derive(Debug)]
-pub(super) enum Delivery {
-    /// A SCSI command registered in the task table under this ITT.
-    Scsi(u32),
-    Nop(Pdu),
-    Tmf(Pdu),
-    Text(Pdu),
-    Logout(Pdu),
-    /// A rejected command: its CmdSN is used up, nothing else happens.
-    Skip,
-}
-
-/// A finished SCSI command, from the blocking pool.
+/// A finished SCSI command, from the device (inline or the blocking pool).
 pub(super) struct Done {
     pub itt: u32,
     pub result: ScsiResult,
 }
 
-pub(super) struct Session {
+/// What the state machine asks of the target (`text.rs` answers
+/// SendTargets), and what the driver needs to run commands.
+pub(super) struct Target {
     pub shared: Arc<Shared>,
-    wr: OwnedWriteHalf,
-    framing_out: Framing,
-    pub params: SessionParams,
     pub kind: SessionType,
     pub target_name: Option<String>,
     pub device: Option<Arc<DeviceServer>>,
     pub nexus: Arc<Nexus>,
-    pub cid: u16,
-    stat_sn: u32,
-    pub window: CmdWindow<Delivery>,
-    pub tasks: HashMap<u32, Task>,
-    pub ttt_next: u32,
-    pub done_tx: mpsc::UnboundedSender<Done>,
-    pub pending_tmfs: Vec<PendingTmf>,
-    /// Bytes of write data the session's tasks may hold (see `charge`).
-    pub write_charged: u64,
-    /// Write data still held by this session's abandoned (hung) calls.
-    pub stuck_charged: Arc<std::sync::atomic::AtomicU64>,
-    /// When to look for calls past the hang timeout (`hung.rs`).
-    pub hang_check: Option<Instant>,
-    /// R2Ts waiting for write-buffer budget, oldest first.
-    pub deferred_r2ts: std::collections::VecDeque<(u32, Vec<crate::proto::dataout::R2tRequest>)>,
-    /// Whether polling pays for this session now.
-    poll_policy: poll::PollPolicy,
-    /// Write tasks that left the table lately (see `Session::note_ended`).
-    pub ended_writes: std::collections::VecDeque<u32>,
-    /// Our outstanding keep-alive ping: its TTT and answer deadline.
-    nop: Option<(u32, Instant)>,
-    last_rx: Instant,
-    /// A Logout waiting for executing commands to finish.
-    logout: Option<Pdu>,
-    /// Set once the session should end after the current event.
-    pub finished: bool,
-    /// Shutdown: the deadline for the initiator to log out.
-    closing: Option<Instant>,
-    pub text: crate::proto::discovery::TextResponder,
     /// The portal this connection came in on (what SendTargets advertises).
     pub local_addr: Option<SocketAddr>,
+}
+
+/// The runtime side of a task in the machine's table, from `Started` to
+/// `Ended`: the guards that count it, and its call on the pool if any.
+struct Guards {
+    _in_flight: crate::metrics::InFlight,
+    _counted: super::stats::Counted,
+    /// Its call on the blocking pool (see `hung.rs`).
+    ticket: Option<Arc<Ticket>>,
+}
+
+pub(super) struct Session {
+    pub target: Target,
+    pub conn: Connection,
+    wr: OwnedWriteHalf,
+    framing_out: Framing,
+    done_tx: mpsc::UnboundedSender<Done>,
+    tasks: HashMap<u32, Guards>,
+    /// When to look for calls past the hang timeout (`hung.rs`).
+    pub hang_check: Option<tokio::time::Instant>,
+    /// Whether polling pays for this session now.
+    poll_policy: poll::PollPolicy,
+    /// Set once the machine closed the connection.
+    finished: bool,
     /// This session's metric handles (also its count in the sessions gauge).
-    pub metrics: crate::metrics::SessionMetrics,
+    metrics: crate::metrics::SessionMetrics,
 }
 
 impl Session {
@@ -99,9 +78,9 @@ impl Session {
         wr: OwnedWriteHalf,
         done: &LoggedIn,
         done_tx: mpsc::UnboundedSender<Done>,
+        local_addr: Option<SocketAddr>,
     ) -> Session {
         let r = &done.result;
-        let params = r.params.clone();
         let registry = shared.registry.load();
         let device = r
             .target_name
@@ -114,7 +93,6 @@ impl Session {
             initiator_name: r.initiator_name.clone(),
             relative_port: r.portal_group_tag.max(1),
         });
-        let window = CmdWindow::new(r.exp_cmd_sn, shared.settings.cmd_window);
         let metrics = crate::metrics::SessionMetrics::new(
             shared.metrics.clone(),
             r.target_name.as_deref().unwrap_or(""),
@@ -123,80 +101,145 @@ impl Session {
                 .as_ref()
                 .map_or(Vec::new(), |d| d.luns.keys().copied().collect()),
         );
-        Session {
-            framing_out: Framing {
-                header_digest: params.header_digest,
-                data_digest: params.data_digest,
-                max_data_segment: params.initiator_max_recv_dsl,
-            },
-            params,
+        let s = &shared.settings;
+        let cfg = Config {
+            params: r.params.clone(),
             kind: r.session_type,
             target_name: r.target_name.clone(),
-            device,
-            nexus,
+            scsi: device.is_some(),
             cid: r.cid,
+            exp_cmd_sn: r.exp_cmd_sn,
             stat_sn: r.next_stat_sn,
-            window,
-            tasks: HashMap::new(),
-            ttt_next: 1,
-            done_tx,
-            pending_tmfs: Vec::new(),
-            write_charged: 0,
-            stuck_charged: Default::default(),
-            hang_check: None,
-            deferred_r2ts: Default::default(),
-            poll_policy: Default::default(),
-            ended_writes: Default::default(),
-            nop: None,
-            last_rx: Instant::now(),
-            logout: None,
-            finished: false,
-            closing: None,
-            text: Default::default(),
-            local_addr: None,
-            metrics,
-            shared,
+            cmd_window: s.cmd_window,
+            max_transfer: s.max_transfer,
+            write_buffer_per_session: s.write_buffer_per_session,
+            nop_interval: s.nop_interval,
+            nop_timeout: s.nop_timeout,
+            abort_timeout: s.abort_timeout,
+        };
+        let conn = Connection::new(cfg, shared.write_budget.clone(), Instant::now());
+        Session {
+            framing_out: Framing {
+                header_digest: r.params.header_digest,
+                data_digest: r.params.data_digest,
+                max_data_segment: r.params.initiator_max_recv_dsl,
+            },
+            target: Target {
+                kind: r.session_type,
+                target_name: r.target_name.clone(),
+                device,
+                nexus,
+                local_addr,
+                shared,
+            },
+            conn,
             wr,
+            done_tx,
+            tasks: HashMap::new(),
+            hang_check: None,
+            poll_policy: Default::default(),
+            finished: false,
+            metrics,
         }
     }
 
-    /// A fresh target transfer tag (never the reserved 0xffffffff).
-    pub fn next_ttt(&mut self) -> u32 {
-        let t = self.ttt_next;
-        self.ttt_next = self.ttt_next.wrapping_add(1);
-        if self.ttt_next == NO_TTT {
-            self.ttt_next = 1;
-        }
-        t
+    fn shared(&self) -> &Arc<Shared> {
+        &self.target.shared
     }
 
-    /// Stamp sequence numbers and send. PDUs that carry status advance
-    /// StatSN; the rest carry the next StatSN without using it.
-    pub async fn send(&mut self, pdus: Vec<Pdu>) -> io::Result<()> {
-        if pdus.is_empty() {
-            return Ok(());
-        }
-        self.send_replies(&mut [wire::Reply::plain(pdus)]).await
-    }
-
-    /// [`send`](Self::send) for replies whose Data-In segments stay in the
-    /// command's buffer.
-    pub async fn send_replies(&mut self, replies: &mut [wire::Reply]) -> io::Result<()> {
-        for p in replies.iter_mut().flat_map(|r| r.pdus.iter_mut()) {
-            let seq = SeqNums {
-                stat_sn: self.stat_sn,
-                exp_cmd_sn: self.window.exp_cmd_sn(),
-                max_cmd_sn: self.window.max_cmd_sn(),
+    /// Do what the machine asks, then write its replies in one go (the
+    /// batch stops at a close: nothing after it goes out).
+    async fn flush(&mut self) -> io::Result<()> {
+        let mut replies = Vec::new();
+        loop {
+            self.observe();
+            let Some(o) = self.conn.poll_output() else {
+                break;
             };
-            response::stamp(p, seq);
-            if response::carries_status(p) {
-                self.stat_sn = self.stat_sn.wrapping_add(1);
+            match o {
+                Output::Send(r) if !self.finished => replies.push(r),
+                Output::Send(_) => {}
+                Output::Execute(e) => self.execute(e),
+                Output::Abort(s) => {
+                    if let Some(d) = &self.target.device {
+                        d.abort_held(s.lun, Some(self.target.nexus.id), s.tag);
+                    }
+                }
+                Output::LunReset(lun) => {
+                    if let Some(d) = &self.target.device {
+                        d.lun_reset(lun, &self.target.nexus);
+                    }
+                }
+                Output::TargetReset => {
+                    if let Some(d) = &self.target.device {
+                        d.target_reset(&self.target.nexus);
+                    }
+                }
+                Output::Abandon(itt) => {
+                    if self.abandon(itt) {
+                        self.conn.on_abandoned(itt);
+                    }
+                }
+                Output::Close(reason) => self.on_close(reason),
             }
         }
+        self.send_replies(&mut replies).await
+    }
+
+    /// Metrics (and the per-task guards) follow what the machine reports.
+    fn observe(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Reject(reason) => {
+                    debug!(reason, "reject");
+                    self.metrics.reject(reason);
+                }
+                Event::Started { itt, lun } => {
+                    let g = Guards {
+                        _in_flight: self.metrics.command_started(lun),
+                        _counted: self.target.shared.stats.task(),
+                        ticket: None,
+                    };
+                    self.tasks.insert(itt, g);
+                }
+                Event::Ended { itt, .. } => drop(self.tasks.remove(&itt)),
+                Event::Answered(a) => (self.metrics).command_done(
+                    a.lun, &a.cdb, a.read, a.edtl, a.status, a.data_in, a.started,
+                ),
+                Event::Tmf { function, response } => {
+                    info!(function, response, initiator = %self.target.nexus.initiator_port, "task management");
+                    self.metrics.tmf(function, response);
+                }
+                Event::DigestError { data } => self.metrics.digest_error(data),
+                Event::Budget(_) => {}
+            }
+        }
+    }
+
+    fn on_close(&mut self, reason: CloseReason) {
+        let who = &self.target.nexus.initiator_port;
+        match reason {
+            CloseReason::NopTimeout => {
+                warn!(initiator = %who, "no answer to NOP-In; dropping connection")
+            }
+            CloseReason::LogoutGrace => {
+                info!(initiator = %who, "initiator did not log out in time; closing")
+            }
+            CloseReason::Reinstated => {
+                info!(initiator = %who, "session reinstated; closing the old one")
+            }
+            _ => debug!(?reason, "connection closing"),
+        }
+        self.finished = true;
+    }
+
+    /// Write replies; Data-In segments stay in the commands' buffers, which
+    /// are recycled once written.
+    async fn send_replies(&mut self, replies: &mut [Reply]) -> io::Result<()> {
         if replies.iter().all(|r| r.pdus.is_empty()) {
             return Ok(());
         }
-        let stall = self.shared.settings.send_stall_timeout;
+        let stall = self.shared().settings.send_stall_timeout;
         let sent = wire::write_replies(&mut self.wr, replies, &self.framing_out, stall).await;
         for r in replies.iter_mut() {
             crate::buffers::give(std::mem::take(&mut r.body));
@@ -204,185 +247,130 @@ impl Session {
         sent
     }
 
-    pub async fn reject(&mut self, reason: u8, bhs: &Bhs) -> io::Result<()> {
-        debug!(reason, op = ?bhs.opcode(), "reject");
-        self.metrics.reject(reason);
-        self.send(vec![response::reject(reason, &bhs.0)]).await
-    }
-
-    /// Admit a non-immediate command to the CmdSN window (or deliver an
-    /// immediate one at once) and deliver whatever became deliverable.
-    pub async fn admit(&mut self, bhs: &Bhs, d: Delivery) -> io::Result<()> {
-        if bhs.immediate() {
-            return self.deliver(d, true).await;
-        }
-        let scsi_itt = match d {
-            Delivery::Scsi(itt) => Some(itt),
-            _ => None,
+    /// Run a command: right here when it cannot wait for a device, else
+    /// on the blocking pool. `submit` runs it now, or holds it (CBT write
+    /// lock) and calls back later from the thread that releases it.
+    fn execute(&mut self, e: Exec) {
+        let Some(device) = self.target.device.clone() else {
+            return; // the machine runs SCSI commands in normal sessions only
         };
-        match self.window.admit(bhs.cmd_sn(), d) {
-            Admit::Deliver(list) => {
-                for d in list {
-                    self.deliver(d, false).await?;
-                }
-                Ok(())
-            }
-            Admit::Held => Ok(()),
-            Admit::Dropped => {
-                debug!(cmd_sn = bhs.cmd_sn(), "CmdSN outside window: ignored");
-                // The command was registered on arrival; an ignored one
-                // must not stay in the task table, nor keep any budget
-                // (every path out of the table releases it).
-                if let Some(itt) = scsi_itt {
-                    if let Some(t) = self.tasks.remove(&itt) {
-                        self.release(&t);
-                    }
-                    self.note_ended(itt);
-                }
-                Ok(())
+        let itt = e.itt;
+        let charged = e.charged;
+        let cmd = e.into_command(self.target.nexus.clone());
+        // The hand-off to the pool would cost more than such a command.
+        if device.runs_inline(cmd.lun, &cmd.cdb) {
+            let tx = self.done_tx.clone();
+            let done = move |result| drop(tx.send(Done { itt, result }));
+            device.submit(cmd, Box::new(done));
+        } else {
+            let ticket = self.spawn_pooled(device, itt, cmd, charged);
+            if let Some(g) = self.tasks.get_mut(&itt) {
+                g.ticket = Some(ticket);
             }
         }
     }
 
-    async fn deliver(&mut self, d: Delivery, immediate: bool) -> io::Result<()> {
-        match d {
-            Delivery::Scsi(itt) => return self.deliver_scsi(itt).await,
-            Delivery::Nop(p) => self.answer_ping(p).await?,
-            Delivery::Tmf(p) => self.on_tmf(p).await?,
-            Delivery::Text(p) => self.on_text(p).await?,
-            Delivery::Logout(p) => {
-                self.logout = Some(p);
-                self.try_logout().await?;
+    pub(super) fn done_tx(&self) -> mpsc::UnboundedSender<Done> {
+        self.done_tx.clone()
+    }
+
+    /// After the session ended: what the machine says is moot, except
+    /// that a task that left its table gives its guards back.
+    pub(super) fn forget_outputs(&mut self) {
+        while self.conn.poll_output().is_some() {}
+        while let Some(ev) = self.conn.poll_event() {
+            if let Event::Ended { itt, .. } = ev {
+                self.tasks.remove(&itt);
             }
-            Delivery::Skip => {}
-        }
-        // Non-SCSI commands complete as soon as they are handled.
-        if !immediate {
-            self.window.complete();
-        }
-        Ok(())
-    }
-
-    async fn on_pdu(&mut self, pdu: Pdu) -> io::Result<()> {
-        self.last_rx = Instant::now();
-        let bhs = pdu.bhs.clone();
-        match pdu.opcode() {
-            Opcode::ScsiCommand => self.on_scsi_command(pdu).await,
-            Opcode::DataOut => self.on_data_out(pdu).await,
-            Opcode::NopOut => self.on_nop_out(pdu).await,
-            Opcode::TaskMgmtRequest => self.admit(&bhs, Delivery::Tmf(pdu)).await,
-            Opcode::TextRequest => self.admit(&bhs, Delivery::Text(pdu)).await,
-            Opcode::LogoutRequest => self.admit(&bhs, Delivery::Logout(pdu)).await,
-            Opcode::Snack => self.reject(reject::SNACK_REJECT, &bhs).await,
-            Opcode::LoginRequest => self.reject(reject::PROTOCOL_ERROR, &bhs).await,
-            _ => self.reject(reject::COMMAND_NOT_SUPPORTED, &bhs).await,
         }
     }
 
-    async fn on_nop_out(&mut self, pdu: Pdu) -> io::Result<()> {
-        if pdu.bhs.itt() == NO_TTT {
-            // The answer to our keep-alive (or a ping wanting no answer).
-            if self.nop.is_some_and(|(ttt, _)| ttt == pdu.bhs.ttt()) {
-                self.nop = None;
-            }
-            return Ok(());
-        }
-        let bhs = pdu.bhs.clone();
-        self.admit(&bhs, Delivery::Nop(pdu)).await
+    /// Calls on the blocking pool, with their ITTs.
+    pub(super) fn tickets(&self) -> impl Iterator<Item = (u32, &Arc<Ticket>)> {
+        (self.tasks.iter()).filter_map(|(itt, g)| Some((*itt, g.ticket.as_ref()?)))
     }
 
-    async fn answer_ping(&mut self, pdu: Pdu) -> io::Result<()> {
-        let mut data = pdu.data;
-        data.truncate(self.params.initiator_max_recv_dsl as usize);
-        let reply = response::nop_in(pdu.bhs.itt(), NO_TTT, pdu.bhs.lun(), data);
-        self.send(vec![reply]).await
+    pub(super) fn ticket(&self, itt: u32) -> Option<Arc<Ticket>> {
+        self.tasks.get(&itt)?.ticket.clone()
     }
 
-    /// Answer a Logout once no command is executing (their responses go
-    /// out first), then end the session.
-    pub async fn try_logout(&mut self) -> io::Result<()> {
-        let Some(req) = &self.logout else {
-            return Ok(());
-        };
-        // A call already reported hung is not waited for: the session's end
-        // abandons it (bounded by `abort_timeout`).
-        let waits = |t: &Task| t.executing && !t.ticket.as_ref().is_some_and(|k| k.is_hung());
-        if self.tasks.values().any(waits) {
-            return Ok(());
+    /// Commands finished: answer them (at most `MAX_BATCH`, bounding the
+    /// first one's latency) in one write.
+    async fn on_done(
+        &mut self,
+        first: Done,
+        more: &mut mpsc::UnboundedReceiver<Done>,
+    ) -> io::Result<()> {
+        self.conn.on_done(first.itt, first.result);
+        for _ in 1..MAX_BATCH {
+            let Ok(d) = more.try_recv() else { break };
+            self.conn.on_done(d.itt, d.result);
         }
-        let reason = req.bhs.flags() & 0x7f;
-        let code = match reason {
-            0 => 0,
-            1 if req.bhs.cid() == self.cid => 0,
-            1 => 1, // CID not found
-            _ => 2, // connection recovery is not supported (ERL 0)
-        };
-        let resp = response::logout_response(req.bhs.itt(), code);
-        self.logout = None;
-        self.send(vec![resp]).await?;
-        if code == 0 {
-            self.finished = true;
-        }
-        Ok(())
+        self.flush().await
     }
 
     async fn on_timer(&mut self) -> io::Result<()> {
-        let now = Instant::now();
-        self.check_hung(now).await?;
-        if let Some(deadline) = self.closing
-            && now >= deadline
-        {
-            info!(tsih = ?self.target_name, "initiator did not log out in time; closing");
-            self.finished = true;
-            return Ok(());
+        let now = tokio::time::Instant::now();
+        if self.hang_check.is_some_and(|t| now >= t) {
+            self.report_hung(now);
         }
-        if let Some((_, deadline)) = self.nop {
-            if now >= deadline {
-                warn!(initiator = %self.nexus.initiator_name, "no answer to NOP-In; dropping connection");
-                self.finished = true;
-            }
-            return Ok(());
-        }
-        if now >= self.last_rx + self.shared.settings.nop_interval {
-            let ttt = self.next_ttt();
-            self.nop = Some((ttt, now + self.shared.settings.nop_timeout));
-            self.send(vec![response::nop_in(NO_TTT, ttt, 0, Vec::new())])
-                .await?;
-        }
-        Ok(())
+        self.conn.on_timeout(now.into_std());
+        self.flush().await
     }
 
-    fn next_deadline(&self) -> Instant {
-        let mut t = match self.nop {
-            Some((_, d)) => d,
-            None => self.last_rx + self.shared.settings.nop_interval,
-        };
-        if let Some(c) = self.closing {
-            t = t.min(c);
-        }
-        if let Some(h) = self.hung_deadline() {
-            t = t.min(h);
-        }
-        t
+    fn next_deadline(&self) -> tokio::time::Instant {
+        let t = tokio::time::Instant::from_std(self.conn.next_deadline());
+        self.hang_check.map_or(t, |h| t.min(h))
     }
 
-    /// Shutdown or reinstatement asked us to end.
+    /// Shutdown (or a reload) asked for a logout, or a newer login of the
+    /// same initiator port reinstated the session.
     async fn on_cancel(&mut self) -> io::Result<()> {
-        let asked = self.shared.shutdown.is_cancelled() || self.shared.logout_asked(self.nexus.id);
-        if asked && self.closing.is_none() {
-            let grace = self.shared.settings.logout_grace;
-            self.closing = Some(Instant::now() + grace);
-            let secs = grace.as_secs().max(1) as u16;
-            self.send(vec![response::async_logout_request(secs)]).await
-        } else if !asked {
-            info!(initiator = %self.nexus.initiator_port, "session reinstated; closing the old one");
-            self.finished = true;
-            Ok(())
+        let shared = self.shared();
+        let asked = shared.shutdown.is_cancelled() || shared.logout_asked(self.target.nexus.id);
+        if asked {
+            let grace = shared.settings.logout_grace;
+            self.conn.on_shutdown(Instant::now(), grace);
         } else {
-            Ok(())
+            self.conn.on_reinstated();
         }
+        self.flush().await
+    }
+
+    /// A request from outside the session.
+    async fn on_control(&mut self, c: SessionControl) -> io::Result<()> {
+        match c {
+            // Another initiator's PREEMPT AND ABORT: abort silently.
+            SessionControl::AbortLun(lun) => self.conn.abort_from_outside(lun),
+            SessionControl::SwitchDevice(dev) => self.switch_device(dev),
+        }
+        self.flush().await
+    }
+
+    /// One read outcome.
+    async fn on_read(&mut self, ev: ReadOutcome) -> io::Result<()> {
+        let target = &self.target;
+        match ev {
+            ReadOutcome::Pdu(p) => self.conn.on_pdu(Instant::now(), p, target),
+            ReadOutcome::DataDigest(bhs) => self.conn.on_data_digest(Instant::now(), &bhs, target),
+            ReadOutcome::Fatal(bhs, e) => {
+                warn!(error = %e, "framing lost; closing connection");
+                self.conn.on_framing_lost(&bhs, &e);
+                // The Reject is a courtesy: the connection ends either way.
+                let _ = self.flush().await;
+                return Ok(());
+            }
+            ReadOutcome::Closed => self.finished = true,
+        }
+        self.flush().await
     }
 }
+
+/// Completions answered in one write at most.
+const MAX_BATCH: usize = 64;
+
+/// PDUs handled before completions get their turn.
+const MAX_PDU_BATCH: usize = 32;
 
 /// Run full feature phase until logout, error or cancellation.
 pub async fn run(
@@ -395,38 +383,41 @@ pub async fn run(
     let _counted = shared.stats.session();
     let mut done = done;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let mut s = Session::new(shared.clone(), wr, &done, done_tx);
+    let mut s = Session::new(shared.clone(), wr, &done, done_tx, local);
     let mut control = std::mem::replace(&mut done.control, mpsc::unbounded_channel().1);
-    s.local_addr = local;
+    let params = &done.result.params;
     let framing_in = Framing {
-        header_digest: s.params.header_digest,
-        data_digest: s.params.data_digest,
-        max_data_segment: s.params.target_max_recv_dsl,
+        header_digest: params.header_digest,
+        data_digest: params.data_digest,
+        max_data_segment: params.target_max_recv_dsl,
     };
     let mut reader = wire::PduReader::new(rd, framing_in);
-    if let (Some(dev), SessionType::Normal) = (&s.device, s.kind) {
-        dev.nexus_added(&s.nexus);
+    let t = &s.target;
+    if let (Some(dev), SessionType::Normal) = (&t.device, t.kind) {
+        dev.nexus_added(&t.nexus);
     }
     let cancel = done.cancel.clone();
     let result = session_loop(&mut s, &mut reader, &mut done_rx, &mut control, &cancel).await;
+    let port = s.target.nexus.initiator_port.clone();
     match result {
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-            warn!(initiator = %s.nexus.initiator_port, error = %e, "send stalled; connection dropped")
+            warn!(initiator = %port, error = %e, "send stalled; connection dropped")
         }
         Err(e) => debug!(error = %e, "session ended by I/O error"),
         Ok(()) => {}
     }
-    if let Some(dev) = &s.device {
+    if let Some(dev) = &s.target.device {
         // Changes held by a CBT write lock would otherwise keep this
         // session waiting for itself (it may be the lock's holder).
-        dev.abort_held(None, Some(s.nexus.id), None);
+        dev.abort_held(None, Some(s.target.nexus.id), None);
     }
     s.drain(&mut done_rx).await;
-    if let (Some(dev), SessionType::Normal) = (&s.device, s.kind) {
-        dev.nexus_removed(&s.nexus);
+    let t = &s.target;
+    if let (Some(dev), SessionType::Normal) = (&t.device, t.kind) {
+        dev.nexus_removed(&t.nexus);
     }
     shared.remove_session(done.tsih);
-    info!(initiator = %s.nexus.initiator_port, tsih = done.tsih, "session closed");
+    info!(initiator = %port, tsih = done.tsih, "session closed");
 }
 
 async fn session_loop(
@@ -447,24 +438,20 @@ async fn session_loop(
                 more = false;
                 break;
             };
-            if !s.on_read(ev).await? {
+            s.on_read(ev).await?;
+            if s.finished {
                 return Ok(());
             }
-            if s.finished {
-                break;
-            }
         }
-        if s.finished {
-            break;
-        }
-        if !s.deferred_r2ts.is_empty() {
-            s.serve_deferred().await?;
+        if s.conn.budget_waiting() {
+            s.conn.retry_budget(Instant::now());
+            s.flush().await?;
         }
         if !more && !s.finished {
             more = s.poll_briefly(reader, done_rx).await?;
-            if s.finished {
-                break;
-            }
+        }
+        if s.finished {
+            break;
         }
         tokio::select! {
             biased;
@@ -473,7 +460,7 @@ async fn session_loop(
                 s.on_cancel().await?;
             }
             Some(d) = done_rx.recv() => s.on_done(d, done_rx).await?,
-            Some(c) = control.recv() => s.on_control(c),
+            Some(c) = control.recv() => s.on_control(c).await?,
             // Only wait for the socket when nothing is buffered already.
             _ = std::future::ready(()), if more => {}
             r = reader.fill(), if !more => {
@@ -481,9 +468,9 @@ async fn session_loop(
                     return Ok(()); // closed, or reset
                 }
             }
-            _ = sleep_until(s.next_deadline()) => s.on_timer().await?,
-            // R2Ts waiting for other sessions to free write budget: retry.
-            _ = tokio::time::sleep(BUDGET_RETRY), if !s.deferred_r2ts.is_empty() => {}
+            // Pings, logout grace, task management giving up, write
+            // budget retries (the machine's) and hung calls (ours).
+            _ = tokio::time::sleep_until(s.next_deadline()) => s.on_timer().await?,
         }
     }
     Ok(())
@@ -497,19 +484,17 @@ impl Session {
         reader: &mut wire::PduReader<OwnedReadHalf>,
         done_rx: &mut mpsc::UnboundedReceiver<Done>,
     ) -> io::Result<bool> {
-        let budget = self.shared.settings.busy_poll;
+        let budget = self.shared().settings.busy_poll;
         // A command on the blocking pool may need this very CPU (a target
         // pinned to one core): polling would only delay its completion.
-        if budget.is_zero()
-            || self.tasks.values().any(|t| t.pooled)
-            || !self.poll_policy.should_poll()
-        {
+        if budget.is_zero() || self.tickets().next().is_some() || !self.poll_policy.should_poll() {
             return Ok(false);
         }
         // The rest of a PDU already begun says nothing about how densely
         // commands come.
         let between_pdus = reader.buffered() == 0;
-        match poll::busy_poll(reader, done_rx, budget, &self.shared.pollers).await? {
+        let shared = self.target.shared.clone();
+        match poll::busy_poll(reader, done_rx, budget, &shared.pollers).await? {
             poll::Polled::Bytes(waited) => {
                 if between_pdus {
                     self.poll_policy.bytes_after(waited);
@@ -526,40 +511,5 @@ impl Session {
             }
             poll::Polled::Nothing => Ok(false),
         }
-    }
-}
-
-/// How often R2Ts held back by the target-wide write budget look again.
-const BUDGET_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// PDUs handled before completions get their turn.
-const MAX_PDU_BATCH: usize = 32;
-
-impl Session {
-    /// One read outcome; `false` when the connection is done.
-    async fn on_read(&mut self, ev: ReadOutcome) -> io::Result<bool> {
-        match ev {
-            ReadOutcome::Pdu(p) => self.on_pdu(p).await?,
-            ReadOutcome::DataDigest(bhs) => {
-                self.metrics.digest_error(true);
-                self.on_data_digest_error(&bhs).await?
-            }
-            ReadOutcome::Fatal(bhs, e) => {
-                warn!(error = %e, "framing lost; closing connection");
-                if matches!(e, crate::proto::PduError::HeaderDigest) {
-                    self.metrics.digest_error(false);
-                }
-                let reason = match e {
-                    crate::proto::PduError::HeaderDigest => None,
-                    _ => Some(reject::PROTOCOL_ERROR),
-                };
-                if let Some(r) = reason {
-                    let _ = self.reject(r, &bhs).await;
-                }
-                return Ok(false);
-            }
-            ReadOutcome::Closed => return Ok(false),
-        }
-        Ok(true)
     }
 }

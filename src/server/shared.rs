@@ -48,7 +48,7 @@ pub struct TargetSettings {
     /// depth; see `poll.rs`.
     pub busy_poll: Duration,
     /// A backend call running this long is reported hung and fences its
-    /// LUN until it returns (see `target::hung`).
+    /// LUN until it returns (see `server::hung`).
     pub hung_io_timeout: Duration,
     /// How long task management (and a session's end) waits for an
     /// executing command before abandoning it as hung.
@@ -143,7 +143,7 @@ pub struct Shared {
     pub stats: Arc<super::stats::ServerStats>,
     /// Write data solicited by all sessions together and not yet finished
     /// (see `settings.write_buffer_total`).
-    pub write_charged: AtomicU64,
+    pub write_budget: Arc<crate::proto::conn::BudgetPool>,
     /// Sessions busy polling now (bounded; see `poll.rs`).
     pub(super) pollers: super::poll::PollGate,
     sessions: Mutex<HashMap<u16, SessionEntry>>,
@@ -161,7 +161,9 @@ impl Shared {
         portals: Vec<SocketAddr>,
     ) -> Shared {
         Shared {
-            write_charged: AtomicU64::new(0),
+            write_budget: Arc::new(crate::proto::conn::BudgetPool::new(
+                settings.write_buffer_total,
+            )),
             pollers: super::poll::PollGate::new(),
             registry: RegistryCell::new(registry),
             max_connections: AtomicUsize::new(settings.max_connections),

@@ -4,25 +4,23 @@
 //! responses — is `proto::discovery::TextResponder`'s; this file only says
 //! which targets a session may see.
 
-use super::session::Session;
-use crate::proto::discovery;
+use super::session::Target;
+use crate::proto::conn::Env;
 use crate::proto::login::SessionType;
-use crate::proto::pdu::Pdu;
-use std::io;
 use std::net::SocketAddr;
 
-impl Session {
-    pub(super) async fn on_text(&mut self, pdu: Pdu) -> io::Result<()> {
-        let targets = self.visible_targets();
-        let max = self.params.initiator_max_recv_dsl;
-        let kind = self.kind;
-        let own = self.target_name.clone();
-        let reply = self.text.on_request(&pdu, max, |req| {
-            discovery::answer_session_text(req, kind, own.as_deref(), &targets)
-        });
-        self.send(vec![reply]).await
+impl Env for Target {
+    /// A LUN not mapped for this initiator does not exist for it.
+    fn lun_exists(&self, lun: u64) -> bool {
+        (self.device.as_ref()).is_some_and(|d| d.lu_for(&self.nexus, lun).is_some())
     }
 
+    fn targets(&self, _: SessionType, _: Option<&str>) -> Vec<(String, Vec<String>)> {
+        self.visible_targets()
+    }
+}
+
+impl Target {
     /// Targets with every portal they are served on (RFC 7143 Appendix C:
     /// SendTargets returns all of a target's addresses, which multipath
     /// hosts rely on to find every path): all targets in a discovery

@@ -77,7 +77,9 @@ impl Connection {
 
     /// Charge a write's whole transfer to the budget (once).
     fn charge(&mut self, itt: u32) -> bool {
-        let (used, cap) = (self.write_charged, self.cfg.write_buffer_per_session);
+        // Write data held by abandoned (stuck) calls still counts.
+        let used = self.write_charged + self.stuck.load(SeqCst);
+        let cap = self.cfg.write_buffer_per_session;
         let Some(task) = self.tasks.get_mut(&itt) else {
             return false;
         };

@@ -20,7 +20,7 @@ mod pair;
 mod tests;
 
 pub use budget::{BudgetPool, WriteBudget};
-pub use task::Exec;
+pub use task::{Answered, Exec};
 
 use crate::proto::cmdsn::CmdWindow;
 use crate::proto::discovery::TextResponder;
@@ -31,6 +31,7 @@ use crate::proto::response::{self, SeqNums, reject};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 /// What a connection needs to know of its session and target.
@@ -52,6 +53,9 @@ pub struct Config {
     pub write_buffer_per_session: u64,
     pub nop_interval: Duration,
     pub nop_timeout: Duration,
+    /// How long task management waits for an executing command before it
+    /// asks the driver to abandon it (`Output::Abandon`).
+    pub abort_timeout: Duration,
 }
 
 /// Questions the state machine asks of the target while it decides.
@@ -116,6 +120,10 @@ pub enum Output {
     Abort(AbortScope),
     LunReset(u64),
     TargetReset,
+    /// Task management waited `abort_timeout` for this executing command:
+    /// give it up if it can be (then report `on_abandoned`); if it just
+    /// finished, its `on_done` is on its way.
+    Abandon(u32),
     /// End the connection (after writing what came before).
     Close(CloseReason),
 }
@@ -126,10 +134,12 @@ pub enum Event {
     Reject(u8),
     /// A SCSI command entered the task table (in flight until `Ended`).
     Started {
+        itt: u32,
         lun: u64,
     },
-    /// A SCSI command left the task table, answered or not.
+    /// A SCSI command left the task table, answered, aborted or abandoned.
     Ended {
+        itt: u32,
         lun: u64,
     },
     /// A SCSI command was answered.
@@ -155,6 +165,10 @@ pub struct Connection {
     tags: Tags,
     pending_tmfs: Vec<tmf::PendingTmf>,
     write_charged: u64,
+    /// Write data still held by this connection's abandoned calls: it
+    /// counts against the budget until the driver sees the call return
+    /// (and gives it back to the pool and here).
+    stuck: Arc<AtomicU64>,
     /// R2Ts waiting for write-buffer budget, oldest first.
     deferred_r2ts: VecDeque<(u32, Vec<crate::proto::dataout::R2tRequest>)>,
     budget_tried: Instant,
@@ -168,6 +182,8 @@ pub struct Connection {
     /// Shutdown: the deadline for the initiator to log out.
     closing: Option<Instant>,
     closed: Option<CloseReason>,
+    /// The time of the latest event fed in (for deadlines set meanwhile).
+    now: Instant,
     text: TextResponder,
     out: VecDeque<Output>,
     events: VecDeque<Event>,
@@ -213,6 +229,7 @@ impl Connection {
             tags: Tags(1),
             pending_tmfs: Vec::new(),
             write_charged: 0,
+            stuck: Arc::default(),
             deferred_r2ts: VecDeque::new(),
             budget_tried: now,
             ended_writes: VecDeque::new(),
@@ -221,6 +238,7 @@ impl Connection {
             logout: None,
             closing: None,
             closed: None,
+            now,
             text: TextResponder::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -250,6 +268,12 @@ impl Connection {
     /// before letting the nexus go).
     pub fn executing(&self) -> usize {
         self.tasks.values().filter(|t| t.is_executing()).count()
+    }
+
+    /// The ITTs of the commands the device still executes.
+    pub fn executing_tasks(&self) -> Vec<u32> {
+        let running = self.tasks.iter().filter(|(_, t)| t.is_executing());
+        running.map(|(itt, _)| *itt).collect()
     }
 
     /// ExpCmdSN and the MaxCmdSN last advertised.
@@ -300,6 +324,7 @@ impl Connection {
             return;
         }
         self.last_rx = now;
+        self.now = now;
         let bhs = pdu.bhs.clone();
         match pdu.opcode() {
             Opcode::ScsiCommand => self.on_scsi_command(now, pdu, env),
@@ -315,10 +340,11 @@ impl Connection {
     }
 
     /// A PDU whose header the reader trusted but whose data digest failed.
-    pub fn on_data_digest(&mut self, bhs: &Bhs, env: &dyn Env) {
+    pub fn on_data_digest(&mut self, now: Instant, bhs: &Bhs, env: &dyn Env) {
         if self.closed.is_some() {
             return;
         }
+        self.now = now;
         self.events.push_back(Event::DigestError { data: true });
         self.reject(reject::DATA_DIGEST, bhs);
         match bhs.opcode() {

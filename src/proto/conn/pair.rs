@@ -4,7 +4,7 @@
 //! target sends (StatSN in order, sequence numbers stamped), and a small
 //! memory disk executes commands — at once, or held until released.
 
-use super::{BudgetPool, CloseReason, Config, Connection, Env, Exec, Output, WriteBudget};
+use super::{BudgetPool, CloseReason, Config, Connection, Env, Event, Exec, Output, WriteBudget};
 use crate::proto::login::SessionType;
 use crate::proto::negotiation::SessionParams;
 use crate::proto::pdu::{Opcode, Pdu};
@@ -24,6 +24,7 @@ pub enum DeviceCall {
     Abort(super::AbortScope),
     LunReset(u64),
     TargetReset,
+    Abandon(u32),
 }
 
 pub struct Luns(pub HashSet<u64>);
@@ -52,6 +53,9 @@ pub struct Pair {
     pub closed: Option<CloseReason>,
     pub cmd_sn: u32,
     pub exp_stat_sn: u32,
+    /// Tasks the events say are in the table (`Started` minus `Ended`):
+    /// what the runtime's per-task guards and gauges follow.
+    pub in_table: HashSet<u32>,
     next_itt: u32,
 }
 
@@ -73,6 +77,7 @@ pub fn config() -> Config {
         write_buffer_per_session: 1 << 20,
         nop_interval: Duration::from_secs(30),
         nop_timeout: Duration::from_secs(10),
+        abort_timeout: Duration::from_secs(5),
     }
 }
 
@@ -96,6 +101,7 @@ impl Pair {
             closed: None,
             cmd_sn,
             exp_stat_sn,
+            in_table: HashSet::new(),
             next_itt: 1,
         }
     }
@@ -166,13 +172,39 @@ impl Pair {
                 Output::Abort(s) => self.device.push(DeviceCall::Abort(s)),
                 Output::LunReset(l) => self.device.push(DeviceCall::LunReset(l)),
                 Output::TargetReset => self.device.push(DeviceCall::TargetReset),
+                // A held execution is a stuck call: give it up.
+                Output::Abandon(itt) => {
+                    self.device.push(DeviceCall::Abandon(itt));
+                    if let Some(i) = self.held.iter().position(|e| e.itt == itt) {
+                        self.held.remove(i);
+                        self.conn.on_abandoned(itt);
+                    }
+                }
                 Output::Close(r) => {
                     assert!(self.closed.is_none(), "closed twice");
                     self.closed = Some(r);
                 }
             }
         }
-        while self.conn.poll_event().is_some() {}
+        self.observe();
+    }
+
+    /// Follow the events as the runtime's metrics do, and check that they
+    /// account for exactly the tasks in the table.
+    fn observe(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Started { itt, .. } => {
+                    assert!(self.in_table.insert(itt), "task {itt} started twice")
+                }
+                Event::Ended { itt, .. } => {
+                    assert!(self.in_table.remove(&itt), "task {itt} ended twice")
+                }
+                _ => {}
+            }
+        }
+        let table: HashSet<u32> = self.conn.tasks.keys().copied().collect();
+        assert_eq!(self.in_table, table, "events and task table disagree");
     }
 
     /// The initiator's checks on every PDU: sent before any close, StatSN

@@ -49,7 +49,9 @@ impl Connection {
         let Some(req) = &self.logout else {
             return;
         };
-        if self.executing() > 0 {
+        // A call already reported hung is not waited for: the session's
+        // end abandons it (bounded by the abort timeout).
+        if self.tasks.values().any(|t| t.is_executing() && !t.hung) {
             return;
         }
         let code = match req.bhs.flags() & 0x7f {
@@ -78,6 +80,9 @@ impl Connection {
         if !self.deferred_r2ts.is_empty() {
             t = t.min(self.budget_tried + BUDGET_RETRY);
         }
+        if let Some(g) = self.tmf_deadline() {
+            t = t.min(g);
+        }
         t
     }
 
@@ -85,6 +90,8 @@ impl Connection {
         if self.closed.is_some() {
             return;
         }
+        self.now = now;
+        self.give_up_victims(now);
         if !self.deferred_r2ts.is_empty() && now >= self.budget_tried + BUDGET_RETRY {
             self.retry_budget(now);
         }

@@ -8,7 +8,7 @@ use crate::proto::dataout::{R2tRequest, WriteLimits, WriteTransfer};
 use crate::proto::negotiation::SessionParams;
 use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, DataInPlan, Residual, reject};
-use crate::scsi::{ScsiResult, Sense, SenseReason, status};
+use crate::scsi::{Nexus, OwnedCommand, ScsiResult, Sense, SenseReason, status};
 use std::time::Instant;
 
 /// A command's write data, while it waits for its CmdSN turn.
@@ -50,6 +50,9 @@ pub(super) struct Task {
     pub charged: u32,
     /// Arrival, for the latency histogram.
     pub started: Instant,
+    /// Executing, and the driver reported its call hung: a Logout does
+    /// not wait for it (the session's end abandons it).
+    pub hung: bool,
 }
 
 impl Task {
@@ -78,6 +81,24 @@ pub struct Exec {
     pub cdb: Vec<u8>,
     pub data_out: Vec<u8>,
     pub expected_len: u32,
+    /// Write budget the command holds: an abandoned call keeps it until it
+    /// returns (the driver then gives it back, see `stuck_charges`).
+    pub charged: u64,
+}
+
+impl Exec {
+    /// The command for the device server, from the I_T nexus it came on
+    /// (its tag is the ITT: task management names tasks by it).
+    pub fn into_command(self, nexus: std::sync::Arc<Nexus>) -> OwnedCommand {
+        OwnedCommand {
+            lun: self.lun,
+            cdb: self.cdb,
+            data_out: self.data_out,
+            expected_len: self.expected_len,
+            nexus,
+            tag: u64::from(self.itt),
+        }
+    }
 }
 
 /// A command's answer, for metrics.
@@ -126,7 +147,7 @@ impl Connection {
         };
         let lun_raw: [u8; 8] = bhs.0[8..16].try_into().expect("8 bytes");
         let lun = crate::scsi::lun::decode_lun(lun_raw);
-        self.events.push_back(Event::Started { lun });
+        self.events.push_back(Event::Started { itt, lun });
         let task = Task {
             lun_raw,
             lun,
@@ -138,6 +159,7 @@ impl Connection {
             r2t_count: r2ts.len() as u32,
             charged: 0,
             started: now,
+            hung: false,
         };
         crate::buffers::give(pdu.data);
         self.tasks.insert(itt, task);
@@ -270,6 +292,7 @@ impl Connection {
             cdb: task.cdb.clone(),
             data_out,
             expected_len: task.edtl,
+            charged: u64::from(task.charged),
         }));
     }
 
@@ -287,16 +310,18 @@ impl Connection {
         if matches!(task.state, State::Aborted) {
             self.task_gone(itt);
         } else {
+            let (status, data_in) = (result.status, result.data_in.len());
+            let reply = build_response(itt, &task, result, &self.cfg.params);
+            // The task is done with: its CDB moves into the event.
             self.events.push_back(Event::Answered(Answered {
                 lun: task.lun,
-                cdb: task.cdb.clone(),
+                cdb: task.cdb,
                 read: task.read,
                 edtl: task.edtl,
-                status: result.status,
-                data_in: result.data_in.len(),
+                status,
+                data_in,
                 started: task.started,
             }));
-            let reply = build_response(itt, &task, result, &self.cfg.params);
             self.out.push_back(Output::Send(reply));
         }
         if self.closed.is_none() {
@@ -312,8 +337,52 @@ impl Connection {
         if !task.read && task.edtl > 0 || !task.is_executing() {
             self.note_ended(itt);
         }
-        self.events.push_back(Event::Ended { lun: task.lun });
+        self.events.push_back(Event::Ended { itt, lun: task.lun });
         task
+    }
+
+    /// The driver found this executing command's call hung (its LUN is
+    /// fenced now): a Logout no longer waits for it.
+    pub fn on_hung(&mut self, itt: u32) {
+        if let Some(t) = self.tasks.get_mut(&itt).filter(|t| t.is_executing()) {
+            t.hung = true;
+            if self.closed.is_none() {
+                self.try_logout();
+            }
+        }
+    }
+
+    /// The driver gave an executing command up (task management waited
+    /// too long, or the session ends): it leaves the table unanswered and
+    /// its result, should one come, is dropped. Its write data stays
+    /// charged (the stuck call still holds the buffer) until the driver
+    /// sees the call return.
+    pub fn on_abandoned(&mut self, itt: u32) {
+        if !self.tasks.get(&itt).is_some_and(|t| t.is_executing()) {
+            return;
+        }
+        let task = self.tasks.remove(&itt).expect("checked above");
+        let charged = u64::from(task.charged);
+        self.write_charged -= charged;
+        self.stuck
+            .fetch_add(charged, std::sync::atomic::Ordering::SeqCst);
+        if !task.read && task.edtl > 0 {
+            self.note_ended(itt);
+        }
+        self.events.push_back(Event::Ended { itt, lun: task.lun });
+        if !task.immediate {
+            self.window.complete();
+        }
+        self.task_gone(itt);
+        if self.closed.is_none() {
+            self.try_logout();
+        }
+    }
+
+    /// Write data held by abandoned calls (see `on_abandoned`): the driver
+    /// subtracts an abandoned call's `Exec::charged` when it returns.
+    pub fn stuck_charges(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.stuck.clone()
     }
 
     /// Remember that a write task left the table, so Data-Out still on its

@@ -183,6 +183,46 @@ fn data_out_beyond_its_r2t_fails_the_write() {
 }
 
 #[test]
+fn data_out_offsets_out_of_range() {
+    let mut t = Pair::new(config());
+    for (offset, len) in [(1u32 << 20, 512usize), (0xffff_fff0, 32), (4096, 8192)] {
+        let itt = t.itt();
+        let ttt = start_write(&mut t, itt, 16);
+        let d = data_out(itt, ttt, 0, offset, vec![0xee; len]);
+        t.raw(d.clone());
+        // Data phase error: the task ends with ABORTED COMMAND / 4B/00.
+        assert_reject(&t.next(), PROTOCOL_ERROR, &d);
+        assert_check(&t.next(), itt, (0x0b, 0x4b, 0x00));
+        assert!(t.in_table.is_empty(), "a failed write stayed");
+    }
+    // Nothing was written, and the session goes on.
+    assert!(t.device.is_empty(), "a rejected write ran");
+    let itt = t.itt();
+    t.command(read(itt, 0, 16));
+    let d = t.next();
+    assert_eq!(d.opcode(), Opcode::DataIn);
+    assert!(d.data.iter().all(|&b| b == 0), "a rejected write landed");
+}
+
+#[test]
+fn data_sn_gap() {
+    let mut t = Pair::new(config());
+    let itt = t.itt();
+    let ttt = start_write(&mut t, itt, 32);
+    let mut d0 = data_out(itt, ttt, 0, 0, vec![0x11; 8192]);
+    d0.bhs.set_final(false);
+    t.raw(d0);
+    t.assert_silent();
+    // DataSN 2 where 1 is due.
+    let d2 = data_out(itt, ttt, 2, 8192, vec![0x22; 8192]);
+    t.raw(d2.clone());
+    assert_reject(&t.next(), PROTOCOL_ERROR, &d2);
+    assert_check(&t.next(), itt, (0x0b, 0x4b, 0x00));
+    assert!(t.device.is_empty(), "a failed write ran");
+    assert!(t.disk.iter().all(|&b| b == 0), "a failed write landed");
+}
+
+#[test]
 fn data_out_with_an_unknown_ttt_fails_the_write() {
     let mut t = Pair::new(config());
     let ttt = start_write(&mut t, 2, 8);
@@ -227,13 +267,16 @@ fn task_management_for_unknown_tasks_and_luns() {
     // ABORT TASK of a write waiting for data: done, no response for it,
     // and its late data is dropped quietly.
     let ttt = start_write(&mut t, 9, 8);
+    assert_eq!(t.in_table.len(), 1);
     let rsn = t.cmd_sn.wrapping_sub(1);
     t.command(tmf(0x103, 1, 0, 9, rsn));
     let r = t.next();
     assert_eq!((r.opcode(), r.bhs.0[2]), (Opcode::TaskMgmtResponse, 0));
+    assert!(t.in_table.is_empty(), "the aborted write stayed");
     t.raw(data_out(9, ttt, 0, 0, vec![3; 4096]));
     t.assert_silent();
     assert!(!t.device.iter().any(|c| matches!(c, DeviceCall::Execute(9))));
 }
 
+mod hung;
 mod rules;

@@ -9,6 +9,7 @@ use crate::proto::cmdsn::sn_lt;
 use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, tmf_response as code};
 use std::collections::HashSet;
+use std::time::Instant;
 
 /// Task management functions (RFC 7143 §11.5.1).
 pub(super) mod function {
@@ -27,6 +28,15 @@ pub(super) struct PendingTmf {
     response: u8,
     waiting: HashSet<u32>,
     close_after: bool,
+    /// When its executing victims are given up (`Output::Abandon`).
+    give_up: Instant,
+}
+
+impl PendingTmf {
+    /// The instant its victims are abandoned, while it still waits.
+    fn deadline(&self) -> Option<Instant> {
+        (!self.waiting.is_empty()).then_some(self.give_up)
+    }
 }
 
 /// Which held commands a function finishes in the device, if any.
@@ -87,6 +97,7 @@ impl Connection {
             response: resp,
             waiting: victims,
             close_after: f == TARGET_COLD_RESET && resp == code::FUNCTION_COMPLETE,
+            give_up: self.now + self.cfg.abort_timeout,
         });
         self.flush_tmfs();
     }
@@ -151,6 +162,25 @@ impl Connection {
             }));
         }
         self.abort_lun(lun);
+    }
+
+    /// The earliest instant a TMF gives up on its victims.
+    pub(super) fn tmf_deadline(&self) -> Option<Instant> {
+        self.pending_tmfs.iter().filter_map(|p| p.deadline()).min()
+    }
+
+    /// Ask the driver to abandon the victims TMFs have waited for too long
+    /// (asked again on every timeout until they are gone).
+    pub(super) fn give_up_victims(&mut self, now: Instant) {
+        let expired = (self.pending_tmfs.iter())
+            .filter(|p| p.deadline().is_some_and(|d| now >= d))
+            .flat_map(|p| p.waiting.iter().copied());
+        let mut itts: Vec<u32> = expired.collect();
+        itts.sort_unstable();
+        itts.dedup();
+        for itt in itts {
+            self.out.push_back(Output::Abandon(itt));
+        }
     }
 
     /// An aborted task finished.

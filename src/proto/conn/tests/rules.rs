@@ -248,7 +248,7 @@ fn data_digest_error_fails_the_write() {
     let mut t = Pair::new(config());
     let ttt = start_write(&mut t, 2, 8);
     let d = data_out(2, ttt, 0, 0, vec![7; 4096]);
-    t.conn.on_data_digest(&d.bhs, &t.env);
+    t.conn.on_data_digest(t.now, &d.bhs, &t.env);
     t.pump();
     assert_reject(&t.next(), DATA_DIGEST, &d);
     assert_check(&t.next(), 2, (0x0b, 0x4b, 0x00));
