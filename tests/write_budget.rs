@@ -167,3 +167,51 @@ async fn the_target_wide_budget_is_shared() {
     let back = b.read16(0, 2048, 64, 512).await.unwrap();
     assert!(back.iter().all(|&x| x == 0xb2));
 }
+
+/// A session that ends while its writes wait for their data gives their
+/// budget back to the target: otherwise every initiator that drops its
+/// connection mid-write (a crash, a path failover) would shrink the
+/// target-wide budget for good, until writes stall everywhere.
+#[tokio::test]
+async fn a_session_ending_mid_write_gives_its_budget_back() {
+    let t = target_with(1 << 20, u64::from(96 * KIB));
+    for round in 0..3u64 {
+        let a = login(&t).await;
+        let itt = a.alloc_itt();
+        a.send_raw_command(write16(itt, round * 256, 64 * KIB))
+            .await
+            .unwrap();
+        let r2t = next(&a).await;
+        assert_eq!((r2t.opcode(), r2t.bhs.itt()), (Opcode::R2t, itt));
+        // Gone without sending the data.
+        drop(a);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while t.stats.snapshot().sessions > 0 {
+            assert!(std::time::Instant::now() < deadline, "session never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // 3 x 64 KiB would be held for nothing; both 32 KiB writes of a new
+    // session fit the 96 KiB only if they were given back.
+    let b = login(&t).await;
+    let (b1, b2) = (b.alloc_itt(), b.alloc_itt());
+    b.send_raw_command(write16(b1, 1024, 32 * KIB))
+        .await
+        .unwrap();
+    b.send_raw_command(write16(b2, 2048, 32 * KIB))
+        .await
+        .unwrap();
+    let mut r2ts = Vec::new();
+    for _ in 0..2 {
+        let r = next(&b).await;
+        assert_eq!(r.opcode(), Opcode::R2t, "the second write was asked for its data");
+        r2ts.push(r);
+    }
+    for r in &r2ts {
+        answer(&b, r, 0xc3).await;
+    }
+    for _ in 0..2 {
+        let r = next(&b).await;
+        assert_eq!((r.opcode(), r.bhs.0[3]), (Opcode::ScsiResponse, 0));
+    }
+}

@@ -52,6 +52,20 @@ impl WriteBudget for BudgetPool {
     }
 }
 
+impl Drop for Connection {
+    /// Tasks still in the table when the connection goes (writes waiting
+    /// for data the initiator will never send: it crashed, or failed over
+    /// to another path) give their budget back. The target-wide pool
+    /// outlives every connection; without this each such session would
+    /// shrink it for good, until writes stalled on every session.
+    fn drop(&mut self) {
+        let held: u64 = self.tasks.values().map(|t| u64::from(t.charged)).sum();
+        if held > 0 {
+            self.budget.give(held);
+        }
+    }
+}
+
 impl Connection {
     /// Send a write's R2Ts, or queue them behind earlier deferred ones
     /// when the budget is full.

@@ -244,6 +244,17 @@ fn the_target_wide_budget_is_shared_and_retried() {
 }
 
 #[test]
+fn a_connection_that_goes_mid_write_gives_the_pool_back() {
+    let pool = Arc::new(BudgetPool::new(1 << 20));
+    let mut a = Pair::with_budget(config(), pool.clone());
+    start_write(&mut a, 2, 32);
+    start_write(&mut a, 3, 16);
+    assert_eq!(pool.used(), 24_576);
+    drop(a); // the initiator never sends the data
+    assert_eq!(pool.used(), 0);
+}
+
+#[test]
 fn data_digest_error_fails_the_write() {
     let mut t = Pair::new(config());
     let ttt = start_write(&mut t, 2, 8);
