@@ -204,7 +204,11 @@ async fn a_session_ending_mid_write_gives_its_budget_back() {
     let mut r2ts = Vec::new();
     for _ in 0..2 {
         let r = next(&b).await;
-        assert_eq!(r.opcode(), Opcode::R2t, "the second write was asked for its data");
+        assert_eq!(
+            r.opcode(),
+            Opcode::R2t,
+            "the second write was asked for its data"
+        );
         r2ts.push(r);
     }
     for r in &r2ts {

@@ -47,6 +47,9 @@ pub struct Pair {
     /// Hold executions instead of running them (see `release`).
     pub hold: bool,
     pub held: VecDeque<Exec>,
+    /// Held executions cannot be given up (the driver's `abandon` fails
+    /// for commands run inline or held by a CBT write lock).
+    pub unabandonable: bool,
     pub device: Vec<DeviceCall>,
     /// PDUs the target sent, oldest first (Data-In with its data).
     pub sent: VecDeque<Pdu>,
@@ -96,6 +99,7 @@ impl Pair {
             disk: vec![0; DISK_BLOCKS * BS as usize],
             hold: false,
             held: VecDeque::new(),
+            unabandonable: false,
             device: Vec::new(),
             sent: VecDeque::new(),
             closed: None,
@@ -175,7 +179,8 @@ impl Pair {
                 // A held execution is a stuck call: give it up.
                 Output::Abandon(itt) => {
                     self.device.push(DeviceCall::Abandon(itt));
-                    if let Some(i) = self.held.iter().position(|e| e.itt == itt) {
+                    let pos = self.held.iter().position(|e| e.itt == itt);
+                    if let Some(i) = pos.filter(|_| !self.unabandonable) {
                         self.held.remove(i);
                         self.conn.on_abandoned(itt);
                     }

@@ -9,7 +9,7 @@ use crate::proto::cmdsn::sn_lt;
 use crate::proto::pdu::Pdu;
 use crate::proto::response::{self, tmf_response as code};
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Task management functions (RFC 7143 §11.5.1).
 pub(super) mod function {
@@ -21,6 +21,10 @@ pub(super) mod function {
     pub const TARGET_COLD_RESET: u8 = 7;
     pub const TASK_REASSIGN: u8 = 8;
 }
+
+/// How often task management asks again for victims the driver could
+/// not abandon.
+const GIVE_UP_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub(super) struct PendingTmf {
@@ -172,10 +176,17 @@ impl Connection {
     /// Ask the driver to abandon the victims TMFs have waited for too long
     /// (asked again on every timeout until they are gone).
     pub(super) fn give_up_victims(&mut self, now: Instant) {
-        let expired = (self.pending_tmfs.iter())
-            .filter(|p| p.deadline().is_some_and(|d| now >= d))
-            .flat_map(|p| p.waiting.iter().copied());
-        let mut itts: Vec<u32> = expired.collect();
+        let mut itts = Vec::new();
+        for p in &mut self.pending_tmfs {
+            if p.deadline().is_some_and(|d| now >= d) {
+                itts.extend(p.waiting.iter().copied());
+                // Asked again later, not on every turn: a victim the
+                // driver cannot give up (run inline, or held by a CBT
+                // write lock) would keep the deadline in the past and
+                // the driver spinning until it finished.
+                p.give_up = now + GIVE_UP_RETRY;
+            }
+        }
         itts.sort_unstable();
         itts.dedup();
         for itt in itts {

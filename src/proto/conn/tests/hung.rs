@@ -89,3 +89,34 @@ fn logout_does_not_wait_for_a_hung_call() {
     );
     assert_eq!(t.closed, Some(CloseReason::Logout));
 }
+
+#[test]
+fn a_victim_that_cannot_be_abandoned_is_asked_for_again_not_spun_on() {
+    let mut t = Pair::new(config());
+    stuck_write(&mut t);
+    t.unabandonable = true;
+    t.command(tmf(0x400, 1, 0, 2, t.cmd_sn.wrapping_sub(1)));
+    t.advance(Duration::from_millis(5050));
+    let asked = |t: &Pair| {
+        (t.device.iter())
+            .filter(|c| **c == DeviceCall::Abandon(2))
+            .count()
+    };
+    assert_eq!(asked(&t), 1);
+    // The next wake-up is a retry period away, not in the past.
+    assert!(t.conn.next_deadline() > t.now, "the driver would spin");
+    t.advance(Duration::from_millis(40));
+    assert_eq!(asked(&t), 1);
+    t.advance(Duration::from_millis(20));
+    assert_eq!(asked(&t), 2, "asked again after the retry period");
+    t.assert_silent(); // the TMF still waits for its victim
+    // The call returns after all: the TMF is answered.
+    let e = t.held.pop_front().expect("held");
+    t.conn.on_done(e.itt, ScsiResult::good(Vec::new(), 4096));
+    t.pump();
+    let tmf_answer = (t.sent.iter()).find(|p| p.opcode() == Opcode::TaskMgmtResponse);
+    assert_eq!(
+        tmf_answer.map(|p| (p.bhs.itt(), p.bhs.0[2])),
+        Some((0x400, 0))
+    );
+}
