@@ -4,9 +4,13 @@
 # of size 1. Everything lives in DIR (config, keyring, daemon data, logs,
 # sockets); nothing outside it is touched.
 #
-#   scripts/ceph-one-node.sh start DIR   start (or find running) and wait
+#   scripts/ceph-one-node.sh start DIR [--owner PID]
+#                                        start (or find running) and wait
 #                                        until an image can be created;
-#                                        prints the ceph.conf path
+#                                        prints the ceph.conf path. With
+#                                        --owner, the cluster stops by
+#                                        itself once PID has exited (test
+#                                        binaries have no "after all").
 #   scripts/ceph-one-node.sh stop DIR    stop the daemons, remove DIR
 #   scripts/ceph-one-node.sh env DIR     print CEPH_CONF=… for a shell
 #
@@ -18,9 +22,10 @@ usage() {
     echo "usage: $0 start|stop|env DIR" >&2
     exit 2
 }
-[[ $# == 2 ]] || usage
+[[ $# == 2 || ($# == 4 && $3 == --owner) ]] || usage
 cmd=$1
 dir=$2
+owner=${4:-}
 conf=$dir/ceph.conf
 
 need() {
@@ -98,6 +103,10 @@ osd op num threads per shard = 1
 [client]
 # Here, not under [global]: the daemons keep their own keyrings.
 keyring = $dir/keyring
+# Many clients at once (targets, rbd commands): one shared log, no admin
+# sockets (they would collide on \$name).
+log file = $dir/log/client.log
+admin socket =
 EOF
 }
 
@@ -166,7 +175,16 @@ start() {
     pid_alive osd.0 || start_osd
     make_pool
     wait_usable
+    [[ -z $owner ]] || watch_owner
     echo "$conf"
+}
+
+# A detached watcher: stop the cluster when the owner process is gone.
+watch_owner() {
+    local self
+    self=$(realpath "$0")
+    setsid bash -c "while kill -0 $owner 2>/dev/null; do sleep 0.5; done; exec '$self' stop '$dir'" \
+        </dev/null >/dev/null 2>&1 &
 }
 
 stop_daemon() { # NAME SIGNAL
