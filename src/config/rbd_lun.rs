@@ -63,12 +63,14 @@ pub(super) fn check(what: &str, lun: &LunConfig, f: &mut Findings) {
     if lun.namespace.as_deref() == Some("") {
         err("namespace is empty (leave it out for the pool's default namespace)".into());
     }
-    if let Some(c) = &lun.client {
-        if c.is_empty() || c.starts_with("client.") {
-            err(format!(
-                "client {c:?}: give the cephx id without \"client.\" (e.g. \"admin\")"
-            ));
-        }
+    if let Some(c) = lun
+        .client
+        .as_ref()
+        .filter(|c| c.is_empty() || c.starts_with("client."))
+    {
+        err(format!(
+            "client {c:?}: give the cephx id without \"client.\" (e.g. \"admin\")"
+        ));
     }
     if lun.path.is_some() {
         err("an RBD LUN takes pool and image, not path".into());
