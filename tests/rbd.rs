@@ -553,3 +553,38 @@ fn without_librbd_an_rbd_lun_fails_to_start_naming_the_library() {
     let _ = child.wait();
     assert!(portal.is_some(), "a memory LUN serves without librbd");
 }
+
+/// libiscsi's MultipathIO.CompareAndWrite after its Unmap tests: one
+/// block compared with zeros where the image was written, unmapped to
+/// its end, then zeroed by WRITE SAME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_write_of_zeros_after_unmap_and_write_same() {
+    let image = unique_image("cawz");
+    let (t, _dir) = target_on_new(&image, 16 * MIB);
+    let s = login(&t).await;
+    write_all(&s, 0, &pattern(MIB as usize, 9)).await;
+    let r = s
+        .scsi(0, &write_same16(0, 0, true), Some(&[0u8; BS]), 0)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 0, "WRITE SAME UNMAP to the end: {r:?}");
+    let r = s
+        .scsi(0, &write_same16(0, 256, false), Some(&[0u8; BS]), 0)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 0, "WRITE SAME zeros: {r:?}");
+    for lba in 0..4u64 {
+        let new = pattern(BS, lba as u8);
+        let r = s
+            .scsi(
+                0,
+                &caw_cdb(lba, 1),
+                Some(&[vec![0u8; BS], new.clone()].concat()),
+                0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 0, "CAW of zeros at {lba}: {r:?}");
+        assert_eq!(s.read16(0, lba, 1, BS as u32).await.unwrap(), new);
+    }
+}
