@@ -588,3 +588,23 @@ async fn compare_and_write_of_zeros_after_unmap_and_write_same() {
         assert_eq!(s.read16(0, lba, 1, BS as u32).await.unwrap(), new);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_rbd_config_serves_on_the_cluster() {
+    let ceph = cluster();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/rbd.toml")).unwrap();
+    let image = unique_image("example");
+    let text = text
+        .replace("/etc/ceph/ceph.conf", &ceph.conf.display().to_string())
+        .replace("\"gentgt-lun0\"", &format!("\"{image}\""))
+        .replace("\"10GiB\"", "\"64MiB\"");
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestTarget::from_toml(&text, dir.path(), false);
+    assert!(ceph.exists(&image), "create = true made the image");
+    let s = login(&t).await;
+    assert_eq!(
+        s.read_capacity16(0).await.unwrap(),
+        (64 * MIB / BS as u64, BS as u32)
+    );
+}
