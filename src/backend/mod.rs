@@ -69,6 +69,14 @@ pub trait Backend: Send + Sync {
         let _ = (offset, len, block);
         Err(not_offloaded())
     }
+    /// Does [`compare_and_write`](Self::compare_and_write) of `len`
+    /// bytes at `offset` run in the storage? Asked first, so that a
+    /// device server that compares itself stamps changed-block tracking
+    /// only when it writes.
+    fn compares_and_writes(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        false
+    }
     /// Compare `expect` with the bytes at `offset` and only if they are
     /// equal write `new` there, atomically in the storage itself (RBD's
     /// compare-and-write, atomic against every client of the image, other

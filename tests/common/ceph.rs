@@ -6,8 +6,10 @@
 //! saying to run scripts/install-test-deps.sh: CI installs it, so a
 //! missing cluster is a broken setup, never a reason to pass.
 
+use gentgt::backend::{Backend, RbdBackend, RbdOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -98,6 +100,21 @@ impl Ceph {
     /// Does `rbd/NAME` exist?
     pub fn exists(&self, image: &str) -> bool {
         self.rbd(&["info", &format!("rbd/{image}")]).0
+    }
+
+    /// A backend on a new image `rbd/IMAGE` of `size` bytes, opened as an
+    /// RBD LUN opens it (for tests that build their targets by hand).
+    pub fn backend(&self, image: &str, size: u64) -> Arc<dyn Backend> {
+        let opts = RbdOptions {
+            pool: "rbd".into(),
+            image: image.into(),
+            namespace: None,
+            ceph_conf: Some(self.conf.clone()),
+            client: "admin".into(),
+            create_size: Some(size),
+            read_only: false,
+        };
+        Arc::new(RbdBackend::open(&opts).unwrap_or_else(|e| panic!("open rbd/{image}: {e}")))
     }
 
     /// `[[target.lun]]` keys of an RBD LUN on `rbd/IMAGE` of this cluster.

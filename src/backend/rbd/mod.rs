@@ -300,6 +300,13 @@ impl Backend for RbdBackend {
         })
     }
 
+    fn compares_and_writes(&self, offset: u64, len: u64) -> bool {
+        // Ceph 16 refuses (EINVAL) anything but one sector: the device
+        // server compares the rest, atomic against this gateway's writes
+        // only.
+        offset % SECTOR + len <= SECTOR
+    }
+
     fn compare_and_write(
         &self,
         offset: u64,
@@ -314,10 +321,7 @@ impl Backend for RbdBackend {
                 "compare and write halves differ",
             ));
         }
-        if offset % SECTOR + len_of(expect) > SECTOR {
-            // Ceph 16 refuses (EINVAL) anything but one sector: do not
-            // ask. The device server compares instead, atomic against
-            // this gateway's writes only.
+        if !self.compares_and_writes(offset, expect.len() as u64) {
             return Err(super::not_offloaded());
         }
         let mut mismatch: u64 = 0;
@@ -378,10 +382,6 @@ impl Backend for RbdBackend {
         runs.truncate(max_runs.max(1));
         Ok(runs)
     }
-}
-
-fn len_of(b: &[u8]) -> u64 {
-    b.len() as u64
 }
 
 /// Ceph 16 compares at most one 512-byte sector.

@@ -57,7 +57,11 @@ fn offloaded(
     new: &[u8],
     fua: bool,
 ) -> Result<Option<CmdResult>, Sense> {
-    let blocks = new.len() as u64 / lu.block_bytes().max(1);
+    let (bs, len) = (lu.block_bytes(), new.len() as u64);
+    if !lu.backend.compares_and_writes(lba * bs, len) {
+        return Ok(None);
+    }
+    let blocks = len / bs.max(1);
     if fua {
         io_fault::check_sync_intact(lu, Some(lba))?;
     }
