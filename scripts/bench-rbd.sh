@@ -21,8 +21,12 @@ cport=$((20000 + RANDOM % 10000))
 
 cleanup() {
     local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    tgtadm -C "$cport" --op delete --mode system >/dev/null 2>&1 || true
+    # SIGKILL, before the cluster goes: the figures are taken, and a
+    # graceful stop would flush to a cluster that is about to vanish
+    # (gentgt waits for it; tgtd ignores SIGTERM anyway).
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -f "/var/run/tgtd/socket.$cport" "/var/run/tgtd/socket.$cport.lock"
     scripts/ceph-one-node.sh stop "$ceph_dir" || true
     rm -rf "$work"
 }
