@@ -2,8 +2,10 @@
 # Side-by-side on one one-node Ceph cluster, in one run: gentgt's RBD LUN
 # and tgtd's bs_rbd (Debian's tgt-rbd), both driven over iSCSI on
 # 127.0.0.1 by `gentgt bench`, and `rbd bench` (librbd with no iSCSI in
-# between: the limit). 4 KiB random read and write at QD32. Prints one
-# line per figure: IOPS and the driving side's target-process CPU per I/O.
+# between: the limit). 4 KiB random read and write at QD32, then 1 MiB
+# (random for gentgt bench, which has no sequential mode; sequential for
+# rbd bench) at QD32. Prints one line per figure: IOPS and the target
+# process's (for rbd bench: the client's) CPU per I/O.
 #
 #   scripts/bench-rbd.sh [SECONDS]     (default 10 s per figure)
 #
@@ -82,36 +84,41 @@ sleep 1
 
 # gentgt bench against PORT/IQN/LUN; prints "NAME RW iops=… cpu_us_per_io=…"
 # with CPU of the target process PID.
-iscsi_figure() { # NAME PID PORT IQN LUN RW
+iscsi_figure() { # NAME PID PORT IQN LUN RW BS
     local before after json iops
     before=$(cpu_of "$2")
     json=$("$bin" bench --portal "127.0.0.1:$3" --target "$4" --lun "$5" --qd 32 \
-        --rw "$6" --bs 4KiB --seconds "$secs" --warmup 1 --json)
+        --rw "$6" --bs "$7" --seconds "$secs" --warmup 1 --json)
     after=$(cpu_of "$2")
     iops=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["iops"]))' "$json")
-    python3 -c 'import sys; n,rw,i,c=sys.argv[1:]; i=float(i); c=float(c)
-print(f"{n:<12} rand{rw:<5} 4KiB QD32  iops={i:>8.0f}  target_cpu_us_per_io={1e6*c/max(i,1):.1f}")' \
-        "$1" "$6" "$iops" "$(python3 -c "print(($after - $before) / ($secs + 1))")"
+    python3 -c 'import sys; n,rw,bs,i,c=sys.argv[1:]; i=float(i); c=float(c)
+print(f"{n:<12} rand{rw:<5} {bs:<5} QD32  iops={i:>8.0f}  target_cpu_us_per_io={1e6*c/max(i,1):.1f}")' \
+        "$1" "$6" "$7" "$iops" "$(python3 -c "print(($after - $before) / ($secs + 1))")"
 }
 
-rbd_figure() { # RW
+rbd_figure() { # RW SIZE PATTERN TOTAL_MIB
     local out
     # A fixed amount of I/O (rbd bench stops by bytes, not time).
-    out=$(/usr/bin/time -f 'cpu %U %S' rbd -c "$conf" bench --io-type "$1" --io-pattern rand \
-        --io-size 4K --io-threads 32 --io-total "$((secs * 20))M" rbd/bench-r 2>&1)
-    python3 - "$1" "$out" <<'PY'
+    out=$(/usr/bin/time -f 'cpu %U %S' rbd -c "$conf" bench --io-type "$1" --io-pattern "$3" \
+        --io-size "$2" --io-threads 32 --io-total "${4}M" rbd/bench-r 2>&1)
+    python3 - "$1" "$out" "$2" "$3" <<'PY'
 import re, sys
-rw, out = sys.argv[1], sys.argv[2]
+rw, out, size, pattern = sys.argv[1:5]
 m = re.search(r"elapsed:\s*([\d.]+)\s+ops:\s*(\d+)\s+ops/sec:\s*([\d.]+)", out)
 c = re.search(r"^cpu ([\d.]+) ([\d.]+)", out, re.M)
 ops, iops = int(m.group(2)), float(m.group(3))
 cpu = float(c.group(1)) + float(c.group(2))
-print(f"{'rbd bench':<12} rand{rw:<5} 4KiB QD32  iops={iops:>8.0f}  client_cpu_us_per_io={1e6 * cpu / ops:.1f}")
+print(f"{'rbd bench':<12} {pattern}{rw:<5} {size:<5} QD32  iops={iops:>8.0f}  client_cpu_us_per_io={1e6 * cpu / ops:.1f}")
 PY
 }
 
 for rw in read write; do
-    iscsi_figure gentgt-rbd "$gpid" "$gport" iqn.2026-11.dev.gentgt:bench-rbd 0 "$rw"
-    iscsi_figure tgt-rbd "$tpid" "$tport" iqn.2026-11.dev.gentgt:bench-tgt 1 "$rw"
-    rbd_figure "$rw"
+    iscsi_figure gentgt-rbd "$gpid" "$gport" iqn.2026-11.dev.gentgt:bench-rbd 0 "$rw" 4KiB
+    iscsi_figure tgt-rbd "$tpid" "$tport" iqn.2026-11.dev.gentgt:bench-tgt 1 "$rw" 4KiB
+    rbd_figure "$rw" 4K rand "$((secs * 20))"
+done
+for rw in read write; do
+    iscsi_figure gentgt-rbd "$gpid" "$gport" iqn.2026-11.dev.gentgt:bench-rbd 0 "$rw" 1MiB
+    iscsi_figure tgt-rbd "$tpid" "$tport" iqn.2026-11.dev.gentgt:bench-tgt 1 "$rw" 1MiB
+    rbd_figure "$rw" 1M seq "$((secs * 100))"
 done
