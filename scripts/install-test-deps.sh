@@ -34,7 +34,12 @@ apt_deps() {
     # strace: the power-loss harness records the target's syscalls with it
     # (tests/power_loss.rs). e2fsprogs, util-linux: mkfs.ext4 and losetup
     # for the restore and fault tests on loop devices.
-    for p in libiscsi-bin python3 tgt strace e2fsprogs util-linux; do
+    # ceph-mon, ceph-osd, ceph-common: the one-node cluster of the RBD
+    # tests (scripts/ceph-one-node.sh); librbd1/librados2 come with them
+    # (gentgt loads librbd at run time). tgt-rbd: tgtd's RBD backing
+    # store, the side-by-side peer of the RBD benchmarks.
+    for p in libiscsi-bin python3 tgt strace e2fsprogs util-linux \
+        ceph-mon ceph-osd ceph-common tgt-rbd; do
         installed "$p" || need+=("$p")
     done
     if ((${#need[@]})); then

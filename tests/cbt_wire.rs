@@ -1,14 +1,17 @@
 //! The CBT wire contract end to end: an in-process target with tracking
 //! on, driven over real iSCSI through the client module the CLI and the
 //! backup client use. Guarantee 1 (never under-report) is checked on every
-//! reply against the writes this test made.
+//! reply against the writes this test made. Every test runs on a memory
+//! LUN and on an RBD LUN of the one-node Ceph cluster (tests/common/ceph.rs).
 
 mod common;
 
 use common::{INITIATOR, LunSpec, TargetOptions, TestTarget};
+use gentgt::backend::{Backend, MemoryBackend};
 use gentgt::initiator::cbt::{self as wire, CbtClientError, ExtentDescriptor};
 use gentgt::initiator::{ConnectOptions, Initiator, Session};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 const BS: u32 = 512;
 /// 16 blocks (8 KiB) per extent; the 4 MiB LUN has 512 extents.
@@ -19,10 +22,15 @@ const BLOCKS: u64 = SIZE / BS as u64;
 const INVALID_FIELD: (u8, u8, u8) = (5, 0x24, 0);
 const ACCESS_DENIED: (u8, u8, u8) = (5, 0x20, 0x02);
 
-fn target() -> TestTarget {
+/// The LUN under test: memory, or a new RBD image.
+fn target(rbd: bool) -> TestTarget {
+    let backend: Arc<dyn Backend> = match rbd {
+        true => common::ceph::cluster().backend(&common::ceph::unique_image("cbtwire"), SIZE),
+        false => Arc::new(MemoryBackend::new(SIZE)),
+    };
     TestTarget::start(
-        &[LunSpec::Memory {
-            size: SIZE,
+        &[LunSpec::Backend {
+            backend,
             block_size: BS,
         }],
         TargetOptions {
@@ -75,9 +83,7 @@ fn sense(e: CbtClientError) -> Option<(u8, u8, u8)> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_close_changes_with_writes() {
-    let t = target();
+async fn status_close_changes_with_writes(t: TestTarget) {
     let s = login(&t, INITIATOR).await;
     let r = s.cbt_report(0).await.unwrap();
     assert!(r.flags.tracking_on && !r.flags.persistent);
@@ -133,9 +139,7 @@ async fn status_close_changes_with_writes() {
     s.logout().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paging_and_short_allocation() {
-    let t = target();
+async fn paging_and_short_allocation(t: TestTarget) {
     let s = login(&t, INITIATOR).await;
     let mut written = BTreeSet::new();
     for i in 0..20u64 {
@@ -182,9 +186,7 @@ async fn paging_and_short_allocation() {
     s.logout().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_fields_and_access() {
-    let t = target();
+async fn bad_fields_and_access(t: TestTarget) {
     let s = login(&t, INITIATOR).await;
     let open = s.cbt_report(0).await.unwrap().open_generation;
     let raw = |cdb: [u8; 16]| {
@@ -225,3 +227,27 @@ async fn bad_fields_and_access() {
     other.logout().await.unwrap();
     s.logout().await.unwrap();
 }
+
+/// Each contract test on a memory LUN and on an RBD LUN: tracking sits
+/// above the backend, so the wire answers must be the same.
+macro_rules! on_memory_and_rbd {
+    ($($name:ident),*) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(super::target(false)).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rbd() {
+                super::$name(super::target(true)).await
+            }
+        }
+    )* };
+}
+
+on_memory_and_rbd!(
+    status_close_changes_with_writes,
+    paging_and_short_allocation,
+    bad_fields_and_access
+);

@@ -14,12 +14,14 @@ pub mod file;
 pub mod memory;
 pub mod overlay;
 mod rangelock;
+pub mod rbd;
 mod ring;
 pub mod uring;
 
 pub use backup::{BackupBackend, InstantOptions};
 pub use file::FileBackend;
 pub use memory::MemoryBackend;
+pub use rbd::{RbdBackend, RbdOptions};
 pub use uring::{UringBackend, UringOptions};
 
 pub trait Backend: Send + Sync {
@@ -59,6 +61,38 @@ pub trait Backend: Send + Sync {
         let _ = (offset, max_runs);
         Ok(vec![(len, true)])
     }
+    /// Write `block` repeated over `[offset, offset + len)` in one
+    /// operation of the storage itself (RBD's writesame: one request, not
+    /// a stream of copies). `len` is a multiple of the block's length.
+    /// Default: [`not_offloaded`], the caller writes the copies.
+    fn write_same(&self, offset: u64, len: u64, block: &[u8]) -> io::Result<()> {
+        let _ = (offset, len, block);
+        Err(not_offloaded())
+    }
+    /// Does [`compare_and_write`](Self::compare_and_write) of `len`
+    /// bytes at `offset` run in the storage? Asked first, so that a
+    /// device server that compares itself stamps changed-block tracking
+    /// only when it writes.
+    fn compares_and_writes(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        false
+    }
+    /// Compare `expect` with the bytes at `offset` and only if they are
+    /// equal write `new` there, atomically in the storage itself (RBD's
+    /// compare-and-write, atomic against every client of the image, other
+    /// gateways included). `Ok(Some(n))`: byte `n` of the range differs,
+    /// nothing was written. Default: [`not_offloaded`], the device server
+    /// compares and writes under its own lock.
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        expect: &[u8],
+        new: &[u8],
+        fua: bool,
+    ) -> io::Result<Option<u64>> {
+        let _ = (offset, expect, new, fua);
+        Err(not_offloaded())
+    }
     /// The storage this backend holds and could still get (thin
     /// provisioning resources); `None` where it cannot tell.
     fn space(&self) -> io::Result<Option<SpaceUse>> {
@@ -88,6 +122,22 @@ pub struct SyncFailed(pub io::Error);
 /// finds its errno).
 pub fn sync_failed(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), SyncFailed(e))
+}
+
+/// A backend does not do this operation itself (this time or ever): the
+/// caller does it with plain reads and writes. A tag, so that it is never
+/// mistaken for a storage error such as EOPNOTSUPP.
+#[derive(Debug, thiserror::Error)]
+#[error("not offloaded to the backend")]
+pub struct NotOffloaded;
+
+pub fn not_offloaded() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, NotOffloaded)
+}
+
+/// Is `e` a [`not_offloaded`] answer?
+pub fn is_not_offloaded(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NotOffloaded>())
 }
 
 /// The OS error number of `e`, looking through a [`SyncFailed`] tag.

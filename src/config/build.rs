@@ -4,7 +4,7 @@ use super::identity::{self, identity_path};
 use super::schema::{
     BackendKind, ChapConfig, Config, IoEngine, LunConfig, TargetConfig, TrackingMode,
 };
-use super::{ConfigError, backup_lun, portals, validate};
+use super::{ConfigError, backup_lun, portals, rbd_lun, validate};
 use crate::backend::{Backend, FileBackend, MemoryBackend, UringOptions, uring};
 use crate::cbt::Tracker;
 use crate::proto::login::ChapSecrets;
@@ -73,28 +73,24 @@ pub(super) fn build_lun(
     if let Some(rel) = lun.path.as_ref().filter(|p| p.is_relative()) {
         create_dir(data_dir.join(rel).parent().unwrap_or(data_dir))?;
     }
-    let backend = match lun.backend {
-        BackendKind::Backup => backup_lun::open(target, lun, data_dir)?,
-        _ => open_backend(lun, path.as_deref()).map_err(|source| ConfigError::Storage {
-            what: format!("target {target:?} LUN {}: cannot open backend", lun.id),
-            path: path.clone().unwrap_or_default(),
-            source,
-        })?,
-    };
-    let identity = match (&path, stored.get(&(target, lun.id))) {
-        (_, Some(id)) => id.clone(),
-        (Some(p), None) => {
-            let idp = identity_path(p);
-            identity::load_or_create(&idp)
-                .map_err(|reason| ConfigError::Identity { path: idp, reason })?
+    let (backend, own_identity) = match lun.backend {
+        BackendKind::Backup => (backup_lun::open(target, lun, data_dir)?, None),
+        BackendKind::Rbd => {
+            let (b, id) = rbd_lun::open(target, lun)?;
+            (b, Some(id))
         }
-        // Another backup is another disk: its own designators.
-        (None, None) => match (&lun.backend, &lun.backup) {
-            (BackendKind::Backup, Some(b)) => {
-                identity::derived_identity(&format!("{target}/backup/{b}"), lun.id)
-            }
-            _ => identity::derived_identity(target, lun.id),
-        },
+        _ => {
+            let b = open_backend(lun, path.as_deref()).map_err(|source| ConfigError::Storage {
+                what: format!("target {target:?} LUN {}: cannot open backend", lun.id),
+                path: path.clone().unwrap_or_default(),
+                source,
+            })?;
+            (b, None)
+        }
+    };
+    let identity = match own_identity {
+        Some(id) => id,
+        None => stored_identity(target, lun, path.as_deref(), stored)?,
     };
     let mut unit = LogicalUnit::new(backend, lun.block_size, identity, lun.write_protected())
         .with_removable(lun.removable)
@@ -115,6 +111,31 @@ pub(super) fn build_lun(
         }
         None => Ok(unit),
     }
+}
+
+/// The identity of a LUN whose storage has none of its own: stored
+/// beside a file LUN's data (made on first use), derived for the others.
+fn stored_identity(
+    target: &str,
+    lun: &LunConfig,
+    path: Option<&Path>,
+    stored: &BTreeMap<(&str, u64), LunIdentity>,
+) -> Result<LunIdentity, ConfigError> {
+    Ok(match (path, stored.get(&(target, lun.id))) {
+        (_, Some(id)) => id.clone(),
+        (Some(p), None) => {
+            let idp = identity_path(p);
+            identity::load_or_create(&idp)
+                .map_err(|reason| ConfigError::Identity { path: idp, reason })?
+        }
+        // Another backup is another disk: its own designators.
+        (None, None) => match (&lun.backend, &lun.backup) {
+            (BackendKind::Backup, Some(b)) => {
+                identity::derived_identity(&format!("{target}/backup/{b}"), lun.id)
+            }
+            _ => identity::derived_identity(target, lun.id),
+        },
+    })
 }
 
 /// Changed-block tracking for one LUN: settings, then the tracker
@@ -180,7 +201,8 @@ pub(super) fn setup_tracking(
     })?;
     unit.tracker = Some(Arc::new(tracker));
     if lun.views_on() {
-        unit.cbt.view = Some(view_settings(lun, &dir, leases.view_ms));
+        let bytes = unit.backend.size();
+        unit.cbt.view = Some(view_settings(lun, bytes, &dir, leases.view_ms));
         crate::scsi::viewlun::attach(unit);
     }
     Ok(())
@@ -189,7 +211,12 @@ pub(super) fn setup_tracking(
 /// Views of a tracked LUN: kept data goes beside the CBT state (same
 /// filesystem as the LUN's data), or to the temporary directory for LUNs
 /// without one.
-fn view_settings(lun: &LunConfig, cbt_dir: &Path, max_ms: Option<u64>) -> ViewSettings {
+fn view_settings(
+    lun: &LunConfig,
+    lun_bytes: u64,
+    cbt_dir: &Path,
+    max_ms: Option<u64>,
+) -> ViewSettings {
     let max_lease = max_ms.map_or(DEFAULT_MAX_VIEW_LEASE, Duration::from_millis);
     let store_dir = match cbt_dir.as_os_str().is_empty() {
         true => std::env::temp_dir(),
@@ -197,7 +224,7 @@ fn view_settings(lun: &LunConfig, cbt_dir: &Path, max_ms: Option<u64>) -> ViewSe
     };
     ViewSettings {
         lun: lun.view_lun_id(),
-        space: lun.view_space_bytes(),
+        space: lun.view_space_bytes(lun_bytes),
         max_lease,
         default_lease: max_lease,
         store_dir,

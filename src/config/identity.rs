@@ -2,7 +2,9 @@
 //! recognise a disk by its serial number and NAA designator, so those must
 //! never change while the data stays the same: for a file LUN they are made
 //! once and kept beside the data file; for a memory LUN, whose data dies with
-//! the process anyway, they are derived from the target name and LUN id.
+//! the process anyway, they are derived from the target name and LUN id;
+//! for an RBD LUN, from the image's own identity (the same on every
+//! gateway).
 
 use crate::scsi::LunIdentity;
 use md5::{Digest, Md5};
@@ -53,6 +55,20 @@ pub fn derived_identity(target: &str, lun: u64) -> LunIdentity {
     h.update(target.as_bytes());
     h.update([0]);
     h.update(lun.to_be_bytes());
+    let d: [u8; 16] = h.finalize().into();
+    LunIdentity {
+        serial: hex::encode_upper(&d[..8]),
+        naa: naa6(&d),
+    }
+}
+
+/// An RBD LUN's identity, from the image's identity seed (see
+/// `RbdBackend::identity_seed`): the same on every gateway that exports
+/// the image, so multipath sees one disk.
+pub fn rbd_identity(seed: &str) -> LunIdentity {
+    let mut h = Md5::new();
+    h.update(b"gentgt rbd image\0");
+    h.update(seed.as_bytes());
     let d: [u8; 16] = h.finalize().into();
     LunIdentity {
         serial: hex::encode_upper(&d[..8]),

@@ -13,6 +13,7 @@ mod io_tests;
 #[cfg(test)]
 mod lun_map_tests;
 pub mod portals;
+mod rbd_lun;
 mod reload;
 mod schema;
 mod validate;
@@ -55,6 +56,9 @@ pub enum ConfigError {
         what: String,
         source: crate::backend::backup::InstantError,
     },
+    /// An RBD LUN's library, cluster, pool or image cannot be used.
+    #[error("{what}: {source}")]
+    Rbd { what: String, source: io::Error },
     /// Creating the data directory or opening a backend failed.
     #[error("{what} {}: {source}", path.display())]
     Storage {
@@ -146,6 +150,12 @@ impl Config {
                     cache_size: None,
                     writable: false,
                     overlay: None,
+                    pool: None,
+                    image: None,
+                    namespace: None,
+                    ceph_conf: None,
+                    client: None,
+                    create: false,
                 }],
                 max_lock_lease_ms: None,
                 max_view_lease_ms: None,

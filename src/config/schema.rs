@@ -159,6 +159,8 @@ pub enum BackendKind {
     Memory,
     /// A backup served from its repository (instant restore).
     Backup,
+    /// A Ceph RBD image (see rbd_lun.rs).
+    Rbd,
 }
 
 impl fmt::Display for BackendKind {
@@ -167,6 +169,7 @@ impl fmt::Display for BackendKind {
             BackendKind::File => "file",
             BackendKind::Memory => "memory",
             BackendKind::Backup => "backup",
+            BackendKind::Rbd => "rbd",
         })
     }
 }
@@ -264,6 +267,25 @@ pub struct LunConfig {
     /// `<overlay>.map`). Default in the data directory.
     #[serde(default)]
     pub overlay: Option<PathBuf>,
+    /// RBD LUNs (backend = "rbd", see rbd_lun.rs): the pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// RBD LUNs: the image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// RBD LUNs: the RADOS namespace of the image. Default: none.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// RBD LUNs: the Ceph configuration file. Default: Ceph's own search
+    /// ($CEPH_CONF, /etc/ceph/ceph.conf).
+    #[serde(default)]
+    pub ceph_conf: Option<PathBuf>,
+    /// RBD LUNs: the cephx user id (without "client."). Default "admin".
+    #[serde(default)]
+    pub client: Option<String>,
+    /// RBD LUNs: create the image with `size` when it does not exist.
+    #[serde(default)]
+    pub create: bool,
 }
 
 impl LunConfig {
@@ -273,6 +295,8 @@ impl LunConfig {
             BackendKind::File => TrackingMode::Persistent,
             BackendKind::Memory => TrackingMode::Volatile,
             BackendKind::Backup => TrackingMode::Off,
+            // Tracking state in RADOS is not there yet (issue 18).
+            BackendKind::Rbd => TrackingMode::Volatile,
         })
     }
 
@@ -286,9 +310,10 @@ impl LunConfig {
         self.view_lun.unwrap_or(DEFAULT_VIEW_LUN_BASE + self.id)
     }
 
-    /// VIEW SPACE LIMIT in bytes after defaults.
-    pub fn view_space_bytes(&self) -> u64 {
-        self.view_space.map_or(self.size_bytes(), |s| s.0)
+    /// VIEW SPACE LIMIT in bytes after defaults, for a LUN of
+    /// `lun_bytes` (its storage's size: an RBD LUN's is the image's).
+    pub fn view_space_bytes(&self, lun_bytes: u64) -> u64 {
+        self.view_space.map_or(lun_bytes, |s| s.0)
     }
 
     /// The configured size in bytes (0 when not given).

@@ -142,7 +142,7 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
     if bs != 512 && bs != 4096 {
         f.errors
             .push(format!("{what}: block_size {bs} is not 512 or 4096"));
-    } else if lun.size.is_none() && lun.backend != BackendKind::Backup {
+    } else if lun.size.is_none() && matches!(lun.backend, BackendKind::File | BackendKind::Memory) {
         f.errors.push(format!("{what}: size is required"));
     } else if lun.size.is_some()
         && (lun.size_bytes() == 0 || !lun.size_bytes().is_multiple_of(u64::from(bs)))
@@ -166,13 +166,16 @@ fn check_lun(what: &str, lun: &LunConfig, f: &mut Findings) {
         (Some(p), _) if !(1..=99).contains(&p) => f.errors.push(format!(
             "{what}: soft_threshold {p} is not a percentage from 1 to 99"
         )),
-        (Some(_), BackendKind::Memory | BackendKind::Backup) => f.errors.push(format!(
-            "{what}: soft_threshold needs a file backend (space is measured on its filesystem)"
-        )),
+        (Some(_), BackendKind::Memory | BackendKind::Backup | BackendKind::Rbd) => {
+            f.errors.push(format!(
+                "{what}: soft_threshold needs a file backend (space is measured on its filesystem)"
+            ))
+        }
         _ => {}
     }
     super::backup_lun::check(what, lun, f);
-    if lun.backend != BackendKind::Backup {
+    super::rbd_lun::check(what, lun, f);
+    if matches!(lun.backend, BackendKind::File | BackendKind::Memory) {
         check_io(what, lun, f);
     }
     for name in lun.initiators.iter().flatten() {
@@ -246,7 +249,8 @@ fn check_views(what: &str, lun: &LunConfig, f: &mut Findings) {
             lun.view_lun_id()
         ));
     }
-    if lun.view_space_bytes() == 0 {
+    // Without a size (RBD, backup LUNs) the default is the storage's.
+    if lun.view_space.is_some_and(|s| s.0 == 0) {
         f.errors.push(format!(
             "{what}: view_space must be more than 0 (or views = false)"
         ));

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod bystander;
+pub mod ceph;
 pub mod raw;
 
 use gentgt::backend::{Backend, FileBackend, MemoryBackend};
