@@ -23,8 +23,9 @@ pub struct BackupArgs {
     /// Repository (created with defaults if missing; see `gentgt init`).
     #[command(flatten)]
     access: super::repo::RepoAccess,
-    /// zstd level for the chunks of this run (default: the repository's).
-    #[arg(long, value_name = "N")]
+    /// zstd level for the chunks of this run (default: the repository's;
+    /// negative: zstd's fast levels).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     compression_level: Option<i32>,
     /// Initiator name (must be in the LUN's cbt_initiators).
     #[arg(long, value_name = "NAME", default_value = DEFAULT_CBT_INITIATOR)]

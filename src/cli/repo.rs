@@ -80,8 +80,14 @@ pub struct InitArgs {
     /// Pack file size in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pack_mib: u64,
-    /// zstd level for chunks (0 = no compression).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// zstd level for chunks (0 = no compression; negative: zstd's
+    /// fast levels).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
     compression_level: i32,
     /// Encrypt with the key file or passphrase given.
     #[arg(long)]
@@ -441,7 +447,12 @@ pub struct UpgradeArgs {
     access: RepoAccess,
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pack_mib: u64,
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
     compression_level: i32,
     /// Encrypt the converted repository with the key given.
     #[arg(long)]

@@ -544,6 +544,17 @@ pub fn decode(buf: &[u8], framing: &Framing) -> Result<Option<(Pdu, usize)>, Pdu
 mod tests {
     use super::*;
 
+    /// Every combination of header and data digests.
+    fn framings() -> impl Iterator<Item = Framing> {
+        [(false, false), (false, true), (true, false), (true, true)]
+            .into_iter()
+            .map(|(hd, dd)| Framing {
+                header_digest: hd,
+                data_digest: dd,
+                max_data_segment: 8192,
+            })
+    }
+
     fn sample() -> Pdu {
         let mut p = Pdu::new(Opcode::ScsiCommand);
         p.bhs.set_final(true);
@@ -556,21 +567,14 @@ mod tests {
 
     #[test]
     fn roundtrip_all_framings() {
-        for hd in [false, true] {
-            for dd in [false, true] {
-                let f = Framing {
-                    header_digest: hd,
-                    data_digest: dd,
-                    max_data_segment: 8192,
-                };
-                let wire = encode(&sample(), &f);
-                assert_eq!(wire.len() % 4, 0);
-                let (pdu, used) = decode(&wire, &f).unwrap().unwrap();
-                assert_eq!(used, wire.len());
-                assert_eq!(pdu.data, sample().data);
-                assert_eq!(pdu.bhs.itt(), 0x1234);
-                assert_eq!(pdu.bhs.cdb()[0], 0x28);
-            }
+        for f in framings() {
+            let wire = encode(&sample(), &f);
+            assert_eq!(wire.len() % 4, 0);
+            let (pdu, used) = decode(&wire, &f).unwrap().unwrap();
+            assert_eq!(used, wire.len());
+            assert_eq!(pdu.data, sample().data);
+            assert_eq!(pdu.bhs.itt(), 0x1234);
+            assert_eq!(pdu.bhs.cdb()[0], 0x28);
         }
     }
 
@@ -592,37 +596,25 @@ mod tests {
 
     #[test]
     fn owned_decode_keeps_the_tail_and_checks_like_the_copying_one() {
-        for hd in [false, true] {
-            for dd in [false, true] {
-                let f = Framing {
-                    header_digest: hd,
-                    data_digest: dd,
-                    max_data_segment: 8192,
-                };
-                let wire = encode(&sample(), &f);
-                let bhs = Bhs(wire[..BHS_LEN].try_into().unwrap());
-                let tail = wire[BHS_LEN..].to_vec();
-                let at = tail.as_ptr();
-                let pdu = decode_owned(bhs.clone(), tail.clone(), &f).unwrap();
-                assert_eq!(pdu, decode_tail(bhs.clone(), &tail, &f).unwrap());
-                if !hd {
-                    let kept = decode_owned(bhs.clone(), tail, &f).unwrap();
-                    assert_eq!(kept.data.as_ptr(), at, "the tail's buffer is the data");
-                }
-                let mut bad = wire[BHS_LEN..].to_vec();
-                bad[usize::from(hd) * 4 + 1] ^= 1;
-                let want = decode_tail(bhs.clone(), &bad, &f).map(|_| ());
-                assert_eq!(decode_owned(bhs.clone(), bad, &f).map(|_| ()), want);
-                assert_eq!(
-                    decode_owned(bhs, wire[BHS_LEN + 1..].to_vec(), &f).map(|_| ()),
-                    decode_tail(
-                        Bhs(wire[..BHS_LEN].try_into().unwrap()),
-                        &wire[BHS_LEN + 1..],
-                        &f
-                    )
-                    .map(|_| ())
-                );
+        for f in framings() {
+            let wire = encode(&sample(), &f);
+            let bhs = Bhs(wire[..BHS_LEN].try_into().unwrap());
+            let tail = wire[BHS_LEN..].to_vec();
+            let at = tail.as_ptr();
+            let pdu = decode_owned(bhs.clone(), tail.clone(), &f).unwrap();
+            assert_eq!(pdu, decode_tail(bhs.clone(), &tail, &f).unwrap());
+            if !f.header_digest {
+                let kept = decode_owned(bhs.clone(), tail, &f).unwrap();
+                assert_eq!(kept.data.as_ptr(), at, "the tail's buffer is the data");
             }
+            // A flipped data byte, and a tail one byte short.
+            let mut bad = wire[BHS_LEN..].to_vec();
+            bad[usize::from(f.header_digest) * 4 + 1] ^= 1;
+            let want = decode_tail(bhs.clone(), &bad, &f).map(|_| ());
+            assert_eq!(decode_owned(bhs.clone(), bad, &f).map(|_| ()), want);
+            let short = &wire[BHS_LEN + 1..];
+            let want = decode_tail(bhs.clone(), short, &f).map(|_| ());
+            assert_eq!(decode_owned(bhs, short.to_vec(), &f).map(|_| ()), want);
         }
     }
 
