@@ -58,12 +58,18 @@ pub fn with_capacity(cap: usize) -> Vec<u8> {
 /// large enough to be worth recycling (4 KiB and up), copied exactly
 /// otherwise (text, sense and the like, which may be kept a while).
 pub fn copy_of(bytes: &[u8]) -> Vec<u8> {
-    if bytes.len() < 1 << MIN_SHIFT {
-        return bytes.to_vec();
-    }
-    let mut v = with_capacity(bytes.len());
+    let mut v = room_for(bytes.len());
     v.extend_from_slice(bytes);
     v
+}
+
+/// An empty buffer for `cap` bytes of data: pooled like [`copy_of`]'s
+/// from 4 KiB up, exactly `cap` below.
+pub fn room_for(cap: usize) -> Vec<u8> {
+    if cap < 1 << MIN_SHIFT {
+        return Vec::with_capacity(cap);
+    }
+    with_capacity(cap)
 }
 
 /// Hand a buffer back to the process's pool: see [`Pool::give`].

@@ -241,25 +241,65 @@ async fn scribble(s: &Session, img: &mut [u8]) {
     s.sync_cache(0).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writable_lun_keeps_writes_across_restarts_and_the_backup_untouched() {
+/// A writable instant-restore LUN of a fresh backup, served by `gentgt
+/// serve` and written to by `scribble` (`want`: what it must hold now).
+struct Scribbled {
+    dir: tempfile::TempDir,
+    img: Vec<u8>,
+    repo: PathBuf,
+    id: String,
+    inst: PathBuf,
+    toml: String,
+    server: ServeProcess,
+    s: Session,
+    want: Vec<u8>,
+}
+
+async fn writable_and_scribbled() -> Scribbled {
     let dir = tempfile::tempdir().unwrap();
     let img = image();
     let (repo, id) = make_backup(dir.path(), &img, None);
     let inst = dir.path().join("inst");
     std::fs::create_dir_all(&inst).unwrap();
     let toml = instant_toml(&repo, &id, "writable = true\n");
-    let mut server = ServeProcess::start_in(&inst, &toml);
+    let server = ServeProcess::start_in(&inst, &toml);
     let s = login(&server).await;
     let mut want = img.clone();
     scribble(&s, &mut want).await;
-    let mut all = Vec::new();
-    for lba in (0..SIZE as u64 / 512).step_by(2048) {
-        all.extend(s.read16(0, lba, 2048, BS).await.unwrap());
+    Scribbled {
+        dir,
+        img,
+        repo,
+        id,
+        inst,
+        toml,
+        server,
+        s,
+        want,
     }
-    assert_same(&all, &want, "read back after writes");
+}
+
+/// Where the served LUN keeps its overlay.
+fn overlay_path(inst: &Path, id: &str) -> PathBuf {
+    inst.join(format!("data/{INST}-lun0-{id}.overlay"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_lun_keeps_writes_across_restarts_and_the_backup_untouched() {
+    let Scribbled {
+        dir,
+        img,
+        repo,
+        id,
+        inst,
+        toml,
+        mut server,
+        s,
+        want,
+    } = writable_and_scribbled().await;
+    assert_same(&read_all(&s).await, &want, "read back after writes");
     let _ = s.logout().await;
-    let overlay = inst.join(format!("data/{INST}-lun0-{id}.overlay"));
+    let overlay = overlay_path(&inst, &id);
     assert!(overlay.is_file() && overlay.with_extension("overlay.map").is_file());
 
     // SIGKILL: only what was synced counts, and all of it was.
@@ -546,16 +586,17 @@ fn json(text: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlay_merges_back_through_gentgt_restore_or_is_discarded() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = image();
-    let (repo, id) = make_backup(dir.path(), &img, None);
-    let inst = dir.path().join("inst");
-    std::fs::create_dir_all(&inst).unwrap();
-    let toml = instant_toml(&repo, &id, "writable = true\n");
-    let mut server = ServeProcess::start_in(&inst, &toml);
-    let s = login(&server).await;
-    let mut want = img.clone();
-    scribble(&s, &mut want).await;
+    let Scribbled {
+        dir,
+        img,
+        repo,
+        id,
+        inst,
+        toml,
+        mut server,
+        s,
+        mut want,
+    } = writable_and_scribbled().await;
     // A text extent made zeros, through the overlay.
     unmap(&s, (2 * EXTENT / 512) as u64, (EXTENT / 512) as u32).await;
     want[2 * EXTENT..3 * EXTENT].fill(0);
@@ -566,11 +607,8 @@ async fn overlay_merges_back_through_gentgt_restore_or_is_discarded() {
     let dealloc = deallocated_extents(&lba_status(&s).await);
     assert!(dealloc[0] && !dealloc[16] && !dealloc[1], "{dealloc:?}");
 
-    let (r, ov) = (
-        repo.to_str().unwrap(),
-        format!("data/{INST}-lun0-{id}.overlay"),
-    );
-    let ov = inst.join(ov);
+    let r = repo.to_str().unwrap();
+    let ov = overlay_path(&inst, &id);
     let o = ov.to_str().unwrap();
     let out = dir.path().join("merged.img");
     let to = out.to_str().unwrap();

@@ -270,12 +270,15 @@ pub fn restore_to_path(
     };
     let progress = Progress::new(o.progress, m.lun.logical_bytes(), "restore");
     let done = Done::new(runs.len());
-    let threads = if dest.marker.is_some() {
-        file_threads(o.parallel)
-    } else {
-        o.parallel
-    };
-    let r = run_workers(repo, &m, &dest, &runs, threads, &progress, &done);
+    let r = run_workers(
+        repo,
+        &m,
+        &dest,
+        &runs,
+        dest.workers(o.parallel),
+        &progress,
+        &done,
+    );
     let counts = r
         .and_then(|c| match &ov {
             Some(ov) => dest.merge(ov, &m, &progress).map(|more| c.plus(more)),
@@ -375,6 +378,16 @@ impl Dest {
         })
     }
 
+    /// Worker threads: `parallel` for a block device (its queue wants
+    /// depth), [`file_threads`] for a regular file (the one with a
+    /// `.restoring` marker).
+    fn workers(&self, parallel: usize) -> usize {
+        match self.marker {
+            Some(_) => file_threads(parallel),
+            None => parallel,
+        }
+    }
+
     /// Everything durable, then the marker removed.
     fn finish(&self) -> Result<()> {
         self.file.sync_all().map_err(BackupError::io(&self.path))?;
@@ -429,8 +442,7 @@ impl Dest {
 /// writes to one file take its inode lock in turn and the work is
 /// CPU-bound (read the pack, hash, copy into the page cache), so threads
 /// beyond the cores only contend: on 2 cores 16 threads restored at 0.76
-/// to 0.84 of a plain write, 2 to 4 at 0.84 to 0.90 (docs/restore.md). A
-/// block device keeps `parallel`: its queue wants depth.
+/// to 0.84 of a plain write, 2 to 4 at 0.84 to 0.90 (docs/restore.md).
 fn file_threads(parallel: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     parallel.clamp(1, cores.max(2))

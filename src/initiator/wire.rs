@@ -24,10 +24,10 @@ pub(crate) async fn read_pdu<R: AsyncRead + Unpin>(
     }
 }
 
-/// `n` bytes into a pooled buffer of their own, without zeroing it first
-/// (the tail becomes the PDU's data: `decode_owned`).
+/// `n` bytes into a buffer of their own (pooled when large), without
+/// zeroing it first (the tail becomes the PDU's data: `decode_owned`).
 async fn read_tail<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> Result<Vec<u8>> {
-    let mut tail = crate::buffers::with_capacity(n);
+    let mut tail = crate::buffers::room_for(n);
     while tail.len() < n {
         // Limited: the buffer may have room beyond `n`, and what follows
         // belongs to the next PDU.

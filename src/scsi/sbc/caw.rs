@@ -68,10 +68,7 @@ fn offloaded(
     // Logged before the backend may write; a miscompare then over-reports
     // the range as changed, which tracking allows (never under-report).
     let _change = lu.begin_change(lba, blocks, ChangeKind::Write)?;
-    match lu
-        .backend
-        .compare_and_write(lba * lu.block_bytes(), expect, new, fua)
-    {
+    match lu.backend.compare_and_write(lba * bs, expect, new, fua) {
         Err(e) if crate::backend::is_not_offloaded(&e) => Ok(None),
         Err(e) => Err(io_fault::write_failure(lu, &e, lba, fua)),
         Ok(Some(at)) => Ok(Some(Err(miscompare(at)))),
